@@ -1,0 +1,46 @@
+"""Run-length encoding of binary masks in the Kaggle Carvana convention.
+
+The mask is flattened row-major (C order); each run of 1s is written as ``start length`` with
+1-indexed starts, all pairs separated by single spaces. An empty mask encodes to ``""``.
+Both directions are vectorised with NumPy because they run on every one of 100,064 test masks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def encode(mask: np.ndarray) -> str:
+    """Encode a 2-D mask (any dtype; non-zero means 1) as a Carvana RLE string."""
+    flat = np.asarray(mask).ravel(order="C").astype(bool, copy=False)
+    # A 0 on both ends turns every run into one rising and one falling edge.
+    padded = np.concatenate(([False], flat, [False]))
+    edges = np.flatnonzero(padded[1:] != padded[:-1]) + 1
+    edges[1::2] -= edges[::2]  # falling edge -> run length
+    return " ".join(map(str, edges.tolist()))
+
+
+def decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
+    """Decode a Carvana RLE string into a uint8 mask of ``shape`` (height, width), values 0/1.
+
+    Raises ``ValueError`` on a malformed string or on runs that leave the image; callers turn that
+    into a ``BenchError`` naming the file and the row.
+    """
+    height, width = shape
+    size = height * width
+    text = rle.strip() if isinstance(rle, str) else ""
+    numbers = np.array(text.split(), dtype=np.int64) if text else np.empty(0, dtype=np.int64)
+    if numbers.size % 2:
+        raise ValueError("odd number of values (expected start/length pairs)")
+    starts, lengths = numbers[0::2] - 1, numbers[1::2]
+    if numbers.size:
+        ends = starts + lengths
+        if starts.min() < 0 or lengths.min() < 1 or ends.max() > size:
+            raise ValueError(f"a run lies outside the {width}x{height} image")
+        if np.any(starts[1:] < ends[:-1]):
+            raise ValueError("runs are not sorted and non-overlapping")
+    # +1 where a run starts, -1 where it ends; the running sum is the mask.
+    delta = np.zeros(size + 1, dtype=np.int8)
+    delta[starts] += 1
+    delta[starts + lengths] -= 1
+    return np.cumsum(delta[:-1], dtype=np.int8).astype(np.uint8).reshape(height, width)
