@@ -1,0 +1,171 @@
+"""The networks: output contract, TernausNet's structure, name checks, offline failure, training."""
+
+from __future__ import annotations
+
+import inspect
+import time
+
+import pytest
+import torch
+import torchvision
+from huggingface_hub import constants as hf_constants
+
+from harness import weights
+from harness.errors import BenchError
+from plugins.nets.smp_models import linknet, smp_model
+from plugins.nets.ternausnet import unet11, wide_unet11
+from plugins.nets.unet import unet
+
+FACTORIES = {
+    "unet11": unet11,
+    "wide_unet11": wide_unet11,
+    "unet": unet,
+    "linknet": linknet,
+    "smp_fpn": lambda: smp_model(arch="fpn", encoder="resnet18"),
+}
+
+
+@pytest.mark.parametrize("factory", [unet11, wide_unet11, unet, linknet, smp_model])
+def test_factories_are_keyword_only_typed_and_defaulted(factory):
+    """What segbench needs to validate a recipe's [model] table against the signature."""
+    hints = inspect.get_annotations(factory, eval_str=True)
+    for param in inspect.signature(factory).parameters.values():
+        assert param.kind is inspect.Parameter.KEYWORD_ONLY and param.default is not param.empty
+        assert isinstance(param.default, hints[param.name])
+
+
+def conv_params(cin: int, cout: int, k: int = 3) -> int:
+    return k * k * cin * cout + cout  # a Conv2d or ConvTranspose2d with bias
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+VGG11_PARAMS = sum(
+    conv_params(cin, cout)
+    for cin, cout in [(3, 64), (64, 128), (128, 256), (256, 256), (256, 512)] + [(512, 512)] * 3
+)
+
+
+@pytest.mark.parametrize("name", FACTORIES)
+def test_logits_have_the_input_size(name):
+    model = FACTORIES[name]().eval()
+    for size in [(64, 96), (96, 64)]:
+        with torch.no_grad():
+            logits = model(torch.randn(2, 3, *size))
+        assert logits.shape == (2, 1, *size) and logits.dtype == torch.float32
+
+
+def test_unet11_matches_ternausnet():
+    """Parameter count from the paper's layer list, TernausNet's key names, VGG11's encoder."""
+    decoder = (
+        conv_params(512, 512) + conv_params(512, 256)  # center: DecoderBlock(512, 512, 256)
+        + conv_params(768, 512) + conv_params(512, 256)  # dec5: DecoderBlock(256 + 512, 512, 256)
+        + conv_params(768, 512) + conv_params(512, 128)  # dec4: DecoderBlock(256 + 512, 512, 128)
+        + conv_params(384, 256) + conv_params(256, 64)  # dec3: DecoderBlock(128 + 256, 256, 64)
+        + conv_params(192, 128) + conv_params(128, 32)  # dec2: DecoderBlock(64 + 128, 128, 32)
+        + conv_params(96, 32)  # dec1: ConvRelu(32 + 64, 32)
+        + conv_params(32, 1, k=1)  # final
+    )  # fmt: skip
+    model = unet11()
+    assert n_params(model) == VGG11_PARAMS + decoder == 22_927_393
+    keys = set(model.state_dict())
+    assert {"conv1.weight", "center.block.0.conv.weight", "dec5.block.1.weight",
+            "dec1.conv.weight", "final.weight"} <= keys  # fmt: skip
+    vgg = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["A"])
+    assert {k: v.shape for k, v in model.encoder.state_dict().items()} == {
+        k: v.shape for k, v in vgg.state_dict().items()
+    }
+
+
+def test_wide_unet11_matches_artsiom():
+    """asanakoy/vgg_unet.py UnetVgg11(num_filters=64, v=1), layer by layer."""
+    decoder = (
+        conv_params(512, 1024) + conv_params(1024, 512)  # center: DecoderBlock(512, 1024, 512)
+        + conv_params(1024, 512) + conv_params(512, 512)  # dec5: DecoderBlock(1024, 512, 512)
+        + conv_params(1024, 512) + conv_params(512, 256)  # dec4: DecoderBlock(1024, 512, 256)
+        + conv_params(512, 256) + conv_params(256, 128)  # dec3: DecoderBlock(512, 256, 128)
+        + conv_params(256, 128) + conv_params(128, 64)  # dec2: DecoderBlock(256, 128, 64)
+        + conv_params(128, 64)  # dec1: ConvRelu(128, 64)
+        + conv_params(64, 1, k=1)
+    )  # fmt: skip
+    assert n_params(wide_unet11()) == VGG11_PARAMS + decoder
+
+
+def test_unet11_encoder_loads_a_torchvision_vgg11_file(tmp_path):
+    vgg = torchvision.models.vgg11()  # random init, with the classifier a real file carries
+    torch.save(vgg.state_dict(), tmp_path / "vgg11.pth")
+    model = unet11(encoder_weights=str(tmp_path / "vgg11.pth"))
+    assert torch.equal(model.conv5.weight, vgg.features[18].weight)
+    assert torch.equal(model.encoder[0].bias, vgg.features[0].bias)
+
+
+def test_linknet_encoder_loads_a_file(tmp_path):
+    source = linknet(encoder="resnet18")
+    torch.save(source.state_dict(), tmp_path / "linknet.pth")  # a whole smp model
+    model = linknet(encoder="resnet18", encoder_weights=str(tmp_path / "linknet.pth"))
+    assert torch.equal(model.encoder.layer4[1].conv2.weight, source.encoder.layer4[1].conv2.weight)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"encoder": "resnet43"}, r'"resnet43" is not an smp name; did you mean .*resnet34'),
+        ({"arch": "unett"}, r'arch = "unett" is not an smp name; did you mean unet'),
+        ({"encoder": "tu-resnet343"}, r'"tu-resnet343" is not an smp name; did you mean tu-resnet'),
+    ],
+)  # fmt: skip
+def test_bad_smp_names_are_refused_with_close_matches(kwargs, match):
+    with pytest.raises(BenchError, match=match):
+        smp_model(**kwargs)
+
+
+def test_bad_unet_options_are_refused():
+    with pytest.raises(BenchError, match='upsample = "nearest"'):
+        unet(upsample="nearest")
+    with pytest.raises(BenchError, match="depth >= 1"):
+        unet(depth=0)
+
+
+@pytest.mark.parametrize("factory", [unet11, linknet])
+def test_imagenet_offline_fails_fast(factory, tmp_path, monkeypatch):
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "torch_hub"))
+    monkeypatch.setattr(weights, "_reachable", lambda *args, **kwargs: False)
+    started = time.perf_counter()
+    with pytest.raises(BenchError, match=r"cannot download the ImageNet weights .*/path/to/"):
+        factory(encoder_weights="imagenet")
+    assert time.perf_counter() - started < 5
+
+
+def test_smp_imagenet_reads_smp_settings_without_downloading():
+    source = weights.smp_imagenet("resnet34")
+    assert source is not None and source.repo_id == "smp-hub/resnet34.imagenet"
+    assert len(source.revision) == 40
+    assert weights.smp_imagenet("tu-resnet34") is None
+
+
+@pytest.mark.parametrize(
+    "build, size",
+    [
+        (lambda: unet(base_filters=8, depth=3), 32),
+        (lambda: unet(base_filters=8, depth=3, upsample="transposed", up_convs=2), 32),
+        (unet11, 32),
+        (lambda: linknet(encoder="resnet18"), 64),
+    ],
+)
+def test_a_few_adam_steps_reduce_the_loss(build, size):
+    torch.manual_seed(0)
+    model = build().train()
+    images = torch.randn(2, 3, size, size)
+    target = (images[:, :1] > 0).float()  # learnable from the input pixel by pixel
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(6):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(images), target)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
