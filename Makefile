@@ -1,0 +1,36 @@
+# make test / make demo create or refresh .venv themselves, so both work on a fresh clone.
+# torch and torchvision are pinned: the CPU-only torch 2.13 wheel found on some machines has no
+# torchvision that works with it. constraints.txt pins everything else for reproducible installs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BENCH := $(VENV)/bin/bench
+STAMP := $(VENV)/.installed-stamp
+export NO_ALBUMENTATIONS_UPDATE := 1
+
+.PHONY: install test demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+demo: $(STAMP)
+	$(BENCH) data synth --out results/demo-data --cars 6 --test-cars 2 --seed 0 || true
+	$(BENCH) data check results/demo-data
+	$(BENCH) data split results/demo-data --folds 3 --out results/demo-data-splits.json
+	$(BENCH) plugins
+	$(BENCH) show recipes/alexander.toml --profile quick
+
+bench: $(STAMP)
+	$(PY) -m pytest tests/benchmarks --benchmark-enable --benchmark-autosave --benchmark-compare --benchmark-compare-fail=mean:25%
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,314 @@
+"""Recipes: a TOML file, resolved with profiles and ``--set`` overrides, validated into one object.
+
+Resolution order: the file's own values, then each ``--profile`` in the order given (a profile is a
+``[profiles.NAME]`` table of the same shape as the recipe, deep-merged: tables merge, everything else
+replaces), then each ``--set key=value``. Validation happens once, on the result, and every problem
+is reported as one line that names where the offending key came from (the file, a profile, or the
+``--set`` flag), the key, and the close matches. Component tables (``[model]``, ``[loss]``, ...) are
+checked against the registered factory's signature (see ``harness.components``).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pydantic
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field
+
+from harness import components
+from harness.errors import BenchError
+from harness.plugins import Plugins, UnknownComponent
+
+Key = tuple[str | int, ...]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ComponentSpec(BaseModel):
+    """``name`` picks a registered component; every other key is a parameter of its factory."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class SourceSpec(ComponentSpec):
+    name: str = "synthetic"
+
+
+class DataSpec(_Strict):
+    root: str | None = Field(
+        None, description="A folder in the Carvana layout, read as-is; unset: made by `source`."
+    )
+    source: SourceSpec = SourceSpec()
+
+
+class FoldsSpec(_Strict):
+    k: Annotated[int, Field(ge=2)] = 5
+    method: Literal["rank_by_area", "stratified_by_area"] = "rank_by_area"
+    seed: int = 0
+
+
+Size = tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]]
+
+
+class InputSpec(_Strict):
+    size: Size | Literal["original"] = Field(
+        "original", description="[width, height] fed to the model, or the image's own size."
+    )
+    fit: Literal["pad", "resize"] = "pad"
+    pad_mode: Literal["reflect", "constant"] = "constant"
+    normalize: Literal["imagenet", "none"] = "imagenet"
+
+
+class TrainSpec(_Strict):
+    epochs: Annotated[int, Field(ge=1)]
+    batch_size: Annotated[int, Field(ge=1)]
+    accumulate: Annotated[int, Field(ge=1)] = 1
+    grad_clip: Annotated[float, Field(gt=0)] | None = None
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool | Literal["auto"] = "auto"
+    compile: bool = False
+    workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
+
+
+class PredictSpec(_Strict):
+    mode: Literal["pad", "resize", "tile"] = "pad"
+    tta: Literal["none", "hflip", "vflip", "hvflip", "d4"] = "none"
+    average: Literal["logits", "probabilities"] = "logits"
+    threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
+
+
+class PseudoLabelSpec(_Strict):
+    """vladimir's second stage: add confidently predicted unlabelled test images to training."""
+
+    uncertain: tuple[float, float] = (0.05, 0.95)
+    max_uncertain_share: Annotated[float, Field(ge=0, le=1)] = 0.005
+    max_images: Annotated[int, Field(ge=1)] | None = None
+
+
+class Recipe(_Strict):
+    name: str
+    description: str = ""
+    seed: int = 0
+    data: DataSpec = DataSpec()
+    folds: FoldsSpec = FoldsSpec()
+    input: InputSpec = InputSpec()
+    model: ComponentSpec
+    loss: ComponentSpec
+    optimizer: ComponentSpec
+    schedule: ComponentSpec = ComponentSpec(name="constant")
+    augment: list[ComponentSpec] = []
+    preprocess: list[ComponentSpec] = []
+    callbacks: list[ComponentSpec] = []
+    train: TrainSpec
+    predict: PredictSpec = PredictSpec()
+    pseudo_label: PseudoLabelSpec | None = None
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))
+
+
+# Kinds whose factories are cheap and take no run-time arguments: loading a recipe builds them once,
+# so a value the factory rejects (an empty LR cycle, say) is reported at load time too.
+DRY_BUILT_KINDS = frozenset({"loss", "schedule", "augmentation", "preprocessor", "callback"})
+
+# Recipe key -> component kind, for the tables whose `name` is looked up in the plugin registry.
+COMPONENT_KEYS: dict[str, str] = {
+    "data.source": "dataset",
+    "model": "model",
+    "loss": "loss",
+    "optimizer": "optimizer",
+    "schedule": "schedule",
+    "augment": "augmentation",
+    "preprocess": "preprocessor",
+    "callbacks": "callback",
+}
+
+
+def load_recipe(
+    path: Path, plugins: Plugins, profiles: list[str] = (), overrides: list[str] = ()
+) -> Recipe:
+    """Read, resolve and validate a recipe file; any problem is a one-line ``BenchError``."""
+    raw = _read_toml(Path(path))
+    available = raw.pop("profiles", {})
+    origins = _Origins(str(path))
+    for profile in profiles:
+        if profile not in available:
+            raise BenchError(f"{path}: no profile {profile!r}{_suggest(profile, list(available), 'profiles')}")
+        raw = _merge(raw, available[profile], origins, f"profile {profile!r} of {path}")
+    for override in overrides:
+        key, value = _parse_override(override)
+        _set(raw, key, value, path)
+        origins.mark(key, f"--set {override}")
+    recipe = _validate(raw, origins)
+    return _check_components(recipe, plugins, origins)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise BenchError(f"{path}: recipe file not found")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise BenchError(f"{path}: not valid TOML: {error}") from None
+
+
+class _Origins:
+    """Where each key's value came from, so a message can point at the file, profile or flag."""
+
+    def __init__(self, default: str):
+        self.default, self.by_key = default, {}
+
+    def mark(self, key: Key, origin: str) -> None:
+        self.by_key[tuple(key)] = origin
+
+    def of(self, key: Key) -> str:
+        for end in range(len(key), 0, -1):  # the most specific key that has an origin
+            if tuple(key[:end]) in self.by_key:
+                return self.by_key[tuple(key[:end])]
+        return self.default
+
+
+def _merge(base: dict, update: dict, origins: _Origins, origin: str, prefix: Key = ()) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value, origins, origin, prefix + (key,))
+        else:
+            merged[key] = copy.deepcopy(value)
+            origins.mark(prefix + (key,), origin)
+    return merged
+
+
+def _parse_override(text: str) -> tuple[Key, Any]:
+    """``a.b.0.c=VALUE``; VALUE is read as a TOML value (``3``, ``true``, ``[1, 2]``), else as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise BenchError(f"--set {text}: expected KEY=VALUE, e.g. --set train.epochs=3")
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    parts = tuple(int(p) if p.isdigit() else p for p in key.strip().split("."))
+    return parts, parsed
+
+
+def _set(raw: dict, key: Key, value: Any, path: Path) -> None:
+    node: Any = raw
+    for depth, part in enumerate(key[:-1]):
+        if isinstance(part, int):
+            if not isinstance(node, list) or part >= len(node):
+                where = ".".join(map(str, key[: depth + 1]))
+                raise BenchError(f"--set {'.'.join(map(str, key))}: {where} is not an item of a list in {path}")
+            node = node[part]
+        else:
+            node = node.setdefault(part, {})
+            if not isinstance(node, (dict, list)):
+                where = ".".join(map(str, key[: depth + 1]))
+                raise BenchError(f"--set {'.'.join(map(str, key))}: {where} is a value, not a table")
+    last = key[-1]
+    if isinstance(last, int):
+        if not isinstance(node, list) or last >= len(node):
+            raise BenchError(f"--set {'.'.join(map(str, key))}: no list item {last} in {path}")
+    node[last] = value
+
+
+def _validate(raw: dict, origins: _Origins) -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except pydantic.ValidationError as error:
+        # A misspelt key also leaves its real key missing; the typo is the message worth reading.
+        problems = sorted(error.errors(), key=lambda problem: problem["type"] != "extra_forbidden")
+        first = problems[0]
+        key = tuple(first["loc"])
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise BenchError(f"{origins.of(key)}: {_describe(first, key)}{more}") from None
+
+
+def _describe(problem: dict, key: Key) -> str:
+    dotted = ".".join(map(str, key))
+    if problem["type"] == "extra_forbidden":
+        return f"unknown key {dotted!r}{_suggest(str(key[-1]), _fields_at(key[:-1]), '.'.join(map(str, key[:-1])))}"
+    if problem["type"] == "missing":
+        return f"missing key {dotted!r}"
+    return f"key {dotted!r}: {problem['msg']} (got {problem.get('input')!r})"
+
+
+def _fields_at(parent: Key) -> list[str]:
+    """Field names of the schema table at ``parent`` (list indices skipped), for close matches."""
+    model: Any = Recipe
+    for part in parent:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field else None
+        model = next((t for t in _model_types(annotation)), None)
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def _model_types(annotation: Any):
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+    for arg in getattr(annotation, "__args__", ()):
+        yield from _model_types(arg)
+
+
+def _suggest(word: str, known: list[str], where: str) -> str:
+    close = difflib.get_close_matches(word, known, n=3, cutoff=0.5)
+    if close:
+        return f" (did you mean {' or '.join(map(repr, close))}?)"
+    return f" (known in {where or 'the recipe'}: {', '.join(known)})" if known else ""
+
+
+def _check_components(recipe: Recipe, plugins: Plugins, origins: _Origins) -> Recipe:
+    """Look every component up and validate its parameters; returns the recipe with coerced params."""
+    updates: dict[str, Any] = {}
+    for dotted, kind in COMPONENT_KEYS.items():
+        value = _get(recipe, dotted)
+        specs = value if isinstance(value, list) else [value]
+        checked = []
+        for index, spec in enumerate(specs):
+            key = tuple(dotted.split(".")) + ((index,) if isinstance(value, list) else ())
+            where = ".".join(map(str, key))
+            try:
+                component = plugins.get(kind, spec.name)
+            except UnknownComponent as unknown:
+                raise BenchError(
+                    f"{origins.of(key + ('name',))}: unknown {kind} {spec.name!r} at key '{where}.name' ({unknown.hint()})"
+                ) from None
+            params, problems = components.validate_params(component, spec.params)
+            if problems:
+                problem = problems[0]
+                full = key + tuple(problem.key.split("."))
+                raise BenchError(
+                    f"{origins.of(full)}: key '{'.'.join(map(str, full))}' of {kind} {spec.name!r}: {problem.message}"
+                )
+            if kind in DRY_BUILT_KINDS:
+                try:
+                    components.build(component, params)
+                except (ValueError, TypeError) as error:
+                    raise BenchError(f"{origins.of(key)}: key '{where}' ({kind} {spec.name!r}): {error}") from None
+            checked.append(type(spec)(name=spec.name, **params))
+        updates[dotted] = checked if isinstance(value, list) else checked[0]
+    data = recipe.data.model_copy(update={"source": updates.pop("data.source")})
+    return recipe.model_copy(update={"data": data, **updates})
+
+
+def _get(recipe: Recipe, dotted: str) -> Any:
+    value: Any = recipe
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value

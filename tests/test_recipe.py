@@ -1,0 +1,139 @@
+"""Recipes: the seed files load, profiles and --set resolve, and every mistake is one clear line."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from harness.errors import BenchError
+from harness.recipe import load_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+
+RECIPES = sorted((REPO / "recipes").glob("*.toml"))
+
+
+def write(tmp_path, text, name="r.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+MINIMAL = """
+name = "tiny"
+[model]
+name = "linknet"
+encoder = "resnet18"
+[loss]
+name = "bce_dice"
+[optimizer]
+name = "adam"
+lr = 1e-3
+[train]
+epochs = 2
+batch_size = 4
+[profiles.short.train]
+epochs = 1
+"""
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_every_recipe_and_profile_loads(path, plugins):
+    profiles = tomllib.loads(path.read_text()).get("profiles", {})
+    assert "quick" in profiles, f"{path.name} has no quick profile"
+    load_recipe(path, plugins)
+    for profile in profiles:
+        load_recipe(path, plugins, [profile])
+
+
+def test_faithful_values_survive_validation(plugins):
+    alexander = load_recipe(REPO / "recipes/alexander.toml", plugins)
+    assert alexander.train.grad_clip == 1.0 and alexander.predict.tta == "hflip"
+    assert alexander.schedule.params["lead"] == ((1.0, 12), (0.1, 11))
+    assert [a.name for a in alexander.augment] == ["hflip", "shift_scale_rotate", "brightness", "hsv"]
+    artsiom = load_recipe(REPO / "recipes/artsiom.toml", plugins)
+    assert (artsiom.folds.k, artsiom.folds.method) == (7, "stratified_by_area")
+    assert (artsiom.train.batch_size, artsiom.train.accumulate) == (1, 4)
+    vladimir = load_recipe(REPO / "recipes/vladimir.toml", plugins)
+    assert vladimir.pseudo_label.max_uncertain_share == 0.005
+
+
+def test_profiles_and_sets_resolve_in_order(plugins):
+    recipe = load_recipe(
+        REPO / "recipes/alexander.toml", plugins, ["quick", "rmsprop", "clahe"],
+        ["train.epochs=7", "data.root=/some/folder", "augment.0.p=1.0", "input.size=[128, 96]"],
+    )
+    assert recipe.train.epochs == 7 and recipe.train.batch_size == 8
+    assert recipe.optimizer.name == "rmsprop" and recipe.optimizer.params == {"lr": 1e-4}
+    assert [p.name for p in recipe.preprocess] == ["clahe"]
+    assert recipe.data.root == "/some/folder" and recipe.augment[0].params["p"] == 1.0
+    assert recipe.input.size == (128, 96)
+
+
+def test_resolved_recipe_round_trips(plugins, tmp_path):
+    recipe = load_recipe(REPO / "recipes/vladimir.toml", plugins, ["quick"])
+    again = load_recipe(write(tmp_path, recipe.to_toml()), plugins)
+    assert again == recipe
+
+
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ("epochs = 2", "epohcs = 2", "r.toml: unknown key 'train.epohcs' (did you mean 'epochs'?)"),
+        ('name = "tiny"', 'name = "tiny"\ncolour = 1', "r.toml: unknown key 'colour'"),
+        ("[train]", "[folds]\nk = 'five'\n[train]", "r.toml: key 'folds.k': Input should be a valid integer"),
+        ("[train]", "[predict]\ntta = 'hflp'\n[train]", "r.toml: key 'predict.tta': Input should be"),
+        ('"bce_dice"', '"bce_dise"', "r.toml: unknown loss 'bce_dise' at key 'loss.name' (did you mean 'bce_dice'"),
+        ('"bce_dice"', '"bce_dice"\nper_imag = true', "key 'loss.per_imag' of loss 'bce_dice': unknown key (did you mean 'per_image'?)"),
+        ('"bce_dice"', '"bce_dice"\nper_image = "maybe"', "key 'loss.per_image' of loss 'bce_dice': Input should be a valid boolean"),
+        ("[train]", "[schedule]\nname = 'piecewise_cyclic'\ncycle = []\n[train]", "key 'schedule' (schedule 'piecewise_cyclic'): cycle must hold"),
+        ("[train]", "[[augment]]\nname = 'hflipp'\n[train]", "unknown augmentation 'hflipp' at key 'augment.0.name' (did you mean 'hflip'"),
+    ],
+)
+def test_bad_recipe_is_one_line_naming_file_and_key(tmp_path, plugins, old, new, message):
+    path = write(tmp_path, MINIMAL.replace(old, new, 1))
+    with pytest.raises(BenchError) as error:
+        load_recipe(path, plugins)
+    assert message in str(error.value)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_missing_key_and_bad_toml(tmp_path, plugins):
+    with pytest.raises(BenchError, match=r"missing key 'model'"):
+        load_recipe(write(tmp_path, MINIMAL.replace('[model]\nname = "linknet"\nencoder = "resnet18"\n', "")), plugins)
+    with pytest.raises(BenchError, match=r"unknown key 'trainx' \(did you mean 'train'\?\) \(and 1 more\)"):
+        load_recipe(write(tmp_path, MINIMAL.replace("[train]", "[trainx]")), plugins)
+    with pytest.raises(BenchError, match=r"r.toml: not valid TOML"):
+        load_recipe(write(tmp_path, "name = "), plugins)
+    with pytest.raises(BenchError, match=r"nope.toml: recipe file not found"):
+        load_recipe(tmp_path / "nope.toml", plugins)
+
+
+def test_errors_name_the_profile_or_flag_they_came_from(tmp_path, plugins):
+    path = write(tmp_path, MINIMAL + "[profiles.bad.train]\nepochs = -1\n")
+    with pytest.raises(BenchError, match=r"profile 'bad' of .*r.toml: key 'train.epochs'"):
+        load_recipe(path, plugins, ["bad"])
+    with pytest.raises(BenchError, match=r"--set optimizer.lrr=1: key 'optimizer.lrr' of optimizer 'adam': unknown key \(did you mean 'lr'\?\)"):
+        load_recipe(path, plugins, [], ["optimizer.lrr=1"])
+    with pytest.raises(BenchError, match=r"no profile 'shrot'.*did you mean 'short'"):
+        load_recipe(path, plugins, ["shrot"])
+    with pytest.raises(BenchError, match=r"--set train: expected KEY=VALUE"):
+        load_recipe(path, plugins, [], ["train"])
+    with pytest.raises(BenchError, match=r"--set augment.3.p: "):
+        load_recipe(path, plugins, [], ["augment.3.p=1"])
+
+
+def test_bench_show_prints_resolved_toml(bench):
+    result = bench("show", REPO / "recipes/alexander.toml", "--profile", "quick", "--set", "train.epochs=2")
+    assert result.code == 0, result.err
+    resolved = tomllib.loads(result.out)
+    assert resolved["train"]["epochs"] == 2 and resolved["model"]["encoder_weights"] == "none"
+    assert "profiles" not in resolved
+
+
+def test_bench_show_bad_key_is_exit_2_one_line(bench, tmp_path):
+    result = bench("show", write(tmp_path, MINIMAL.replace("[train]", "[train]\nepohcs = 1")))
+    assert result.code == 2 and result.out == ""
+    assert result.err.strip().count("\n") == 0 and "unknown key 'train.epohcs'" in result.err
