@@ -118,7 +118,12 @@ def bench_callbacks() -> Mapping[str, Callable[..., Any]]:
 
     * ``after_train_step(batch, loss: float, step: int) -> batch | None``: called after every
       optimisation step with the batch it used and its loss. Returning a batch asks the engine for one
-      extra optimisation step on it (this is how hard negative mining replays a batch).
+      extra optimisation step on it (this is how hard negative mining replays a batch). The batch
+      is ``(images, masks)`` as the model saw them; with gradient accumulation, the last micro-batch.
+      The replay step itself is not reported back.
+    * ``state_dict() -> dict`` and ``load_state_dict(state)``: what the callback must carry across an
+      interrupted and resumed run (tensors, numbers, lists and dicts only: checkpoints are loaded with
+      ``weights_only=True``).
     """
 
 

@@ -58,6 +58,14 @@ class HardNegativeMining:
         self._replayed = replay
         return replay
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to replay the same batch as an uninterrupted one."""
+        return {"steps": self._steps, "worst_loss": self._worst_loss, "worst_batch": self._worst_batch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._steps, self._worst_loss = state["steps"], state["worst_loss"]
+        self._worst_batch = state["worst_batch"]
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(every={self.every})"
 

@@ -1,0 +1,79 @@
+"""Fitting images to the network's input and predictions back to the image's own size.
+
+The networks need sides that are multiples of 32; Carvana's 1918 is not. Two ways, as the seed
+teams did: pad (reflect or zero) to a multiple of 32 and crop back, or resize to a fixed input and
+upsample the logits bilinearly back (artsiom). Training and prediction use these same functions, so
+a model never sees a different geometry at test time than it trained on.
+
+Padding is centred; a mask is padded with the image's mode, so that reflected car pixels are
+labelled as car (zero-padding pads the mask with 0, as the image with black).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+MULTIPLE = 32
+CV2_BORDERS = {"reflect": cv2.BORDER_REFLECT_101, "constant": cv2.BORDER_CONSTANT}
+
+
+@dataclass(frozen=True)
+class Fit:
+    """How an image of any size becomes a network input (see the module docstring)."""
+
+    mode: Literal["pad", "resize"]
+    size: tuple[int, int] | None  # (width, height) of the network input; None: the image's own
+    pad_mode: Literal["reflect", "constant"] = "constant"
+
+    def input_shape(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) the network sees for an image of this size."""
+        if self.size is not None:
+            return self.size[1], self.size[0]
+        return _round_up(height), _round_up(width)
+
+    def check(self, height: int, width: int) -> str | None:
+        """Why this fit cannot take an image of this size, or None."""
+        if self.size is None:
+            return None
+        fit_w, fit_h = self.size
+        if fit_w % MULTIPLE or fit_h % MULTIPLE:
+            return f"input.size {fit_w}x{fit_h} is not a multiple of {MULTIPLE} on both sides"
+        if self.mode == "pad" and (fit_w < width or fit_h < height):
+            return f"input.size {fit_w}x{fit_h} is smaller than the {width}x{height} images; use fit = 'resize'"
+        return None
+
+    def array(self, image: np.ndarray, is_mask: bool = False) -> np.ndarray:
+        """Fit an HxW(xC) uint8 array to the network input."""
+        height, width = image.shape[:2]
+        target_h, target_w = self.input_shape(height, width)
+        if self.mode == "resize":
+            interpolation = cv2.INTER_NEAREST if is_mask else cv2.INTER_LINEAR
+            return cv2.resize(image, (target_w, target_h), interpolation=interpolation)
+        top, bottom, left, right = _pads(height, width, target_h, target_w)
+        if not (top or bottom or left or right):
+            return image
+        return cv2.copyMakeBorder(image, top, bottom, left, right, CV2_BORDERS[self.pad_mode], value=0)
+
+    def restore(self, logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Logits ``(N, C, h, w)`` of fitted inputs, back at the original ``height`` x ``width``."""
+        if self.mode == "resize":
+            if logits.shape[-2:] == (height, width):
+                return logits
+            return F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+        top, _, left, _ = _pads(height, width, logits.shape[-2], logits.shape[-1])
+        return logits[..., top : top + height, left : left + width]
+
+
+def _round_up(side: int) -> int:
+    return -(-side // MULTIPLE) * MULTIPLE
+
+
+def _pads(height: int, width: int, target_h: int, target_w: int) -> tuple[int, int, int, int]:
+    top, left = (target_h - height) // 2, (target_w - width) // 2
+    return top, target_h - height - top, left, target_w - width - left

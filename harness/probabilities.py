@@ -1,0 +1,106 @@
+"""Probability maps of many images in one memory-mapped file, quantised to uint8.
+
+At Carvana scale the out-of-fold maps alone are 5088 x 1918 x 1280 bytes (12 GB), and the test maps
+twenty times that, so nothing may hold them in memory: every map is written and read through a
+``numpy.memmap``, one image at a time. uint8 (``round(p * 255)``) keeps a quarter of the fp32 size;
+``p >= 0.5`` and ``u >= 128`` select exactly the same pixels, so the seed's threshold survives the
+rounding. Images may differ in size: the index stores each one's offset and shape.
+
+Layout for a store at ``PATH``: ``PATH.u8`` (the bytes) and ``PATH.json`` (ids, shapes, offsets).
+Writing a map twice overwrites it, so a resumed run can redo any part of its predictions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import numpy as np
+
+from harness.errors import BenchError
+from harness.io import atomic_write_json
+
+LEVELS = 255
+
+
+def quantise(probability: np.ndarray) -> np.ndarray:
+    return np.rint(np.clip(probability, 0.0, 1.0) * LEVELS).astype(np.uint8)
+
+
+def binarise(quantised: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """The mask ``p >= threshold`` of a quantised map (``round(p*255) >= round-up of threshold*255``)."""
+    return quantised >= int(np.ceil(threshold * LEVELS - 0.5))
+
+
+class ProbabilityMaps:
+    """A fixed set of image ids, each with its own (height, width) map; see the module docstring."""
+
+    def __init__(self, path: Path, ids: list[str], shapes: list[tuple[int, int]], mode: str):
+        self.path = Path(path)
+        self.shapes = {image_id: tuple(shape) for image_id, shape in zip(ids, shapes)}
+        sizes = [h * w for h, w in shapes]
+        self.offsets = dict(zip(ids, np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(int).tolist()))
+        total = max(1, sum(sizes))
+        self._bytes = np.memmap(self.path.with_suffix(".u8"), dtype=np.uint8, mode=mode, shape=(total,))
+
+    @classmethod
+    def create(cls, path: Path, shapes: Mapping[str, tuple[int, int]]) -> ProbabilityMaps:
+        """Open the store at ``path`` for writing, allocating it if it does not exist yet."""
+        path = Path(path)
+        ids, dims = list(shapes), [tuple(shape) for shape in shapes.values()]
+        index = path.with_suffix(".json")
+        if index.exists():
+            existing = cls.open(path, mode="r+")
+            if list(existing.shapes) != ids or list(existing.shapes.values()) != dims:
+                raise BenchError(f"{index}: holds other images than this run predicts; remove it to start over")
+            return existing
+        path.parent.mkdir(parents=True, exist_ok=True)
+        store = cls(path, ids, dims, mode="w+")
+        store.flush()
+        atomic_write_json(index, {"ids": ids, "shapes": [list(s) for s in dims]})
+        return store
+
+    @classmethod
+    def open(cls, path: Path, mode: str = "r") -> ProbabilityMaps:
+        index = Path(path).with_suffix(".json")
+        try:
+            meta = json.loads(index.read_text())
+            return cls(Path(path), meta["ids"], [tuple(s) for s in meta["shapes"]], mode=mode)
+        except (OSError, ValueError, KeyError) as error:
+            raise BenchError(f"{index}: cannot read probability maps ({error})") from None
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.shapes)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def __contains__(self, image_id: str) -> bool:
+        return image_id in self.shapes
+
+    def _view(self, image_id: str) -> np.ndarray:
+        height, width = self.shapes[image_id]
+        start = self.offsets[image_id]
+        return self._bytes[start : start + height * width].reshape(height, width)
+
+    def quantised(self, image_id: str) -> np.ndarray:
+        """The stored uint8 map (a view into the file: copy it to keep it)."""
+        return self._view(image_id)
+
+    def __getitem__(self, image_id: str) -> np.ndarray:
+        """The probability map as float32 in [0, 1]."""
+        return self._view(image_id).astype(np.float32) / LEVELS
+
+    def __setitem__(self, image_id: str, probability: np.ndarray) -> None:
+        if probability.shape != self.shapes[image_id]:
+            raise ValueError(f"{image_id}: map {probability.shape} != image {self.shapes[image_id]}")
+        self._view(image_id)[:] = quantise(probability)
+
+    def items(self) -> Iterator[tuple[str, np.ndarray]]:
+        for image_id in self.shapes:
+            yield image_id, self[image_id]
+
+    def flush(self) -> None:
+        self._bytes.flush()

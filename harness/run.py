@@ -1,0 +1,261 @@
+"""``bench run``: a recipe, k-fold, into a run folder that ``bench compare`` and ``bench ensemble`` read.
+
+The run folder's layout is documented in ``results/README.md``. A folder is complete when
+``summary.json`` exists; it is written last. Every stage before it leaves a marker of its own
+(``fold-K/fold.json``, ``test.json``), so ``--resume`` skips finished work and redoes only the
+interrupted stage; within a fold, training resumes from the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+import torch
+from rich.console import Console
+
+from harness import components
+from harness.carvana import CarvanaSet, car_id, car_mask_areas, open_carvana
+from harness.data import (CachedImage, EpochSampler, Images, Normalise, PredictionSamples, TestImage,
+                          TrainingSamples, shapes_of_test_images)
+from harness.device import Compute, resolve_compute
+from harness.environment import describe_environment
+from harness.errors import BenchError
+from harness.geometry import Fit
+from harness.io import atomic_write_json, atomic_write_text
+from harness.plugins import Plugins
+from harness.predict import TTA, predict_loader
+from harness.probabilities import ProbabilityMaps
+from harness.progress import ConsoleReporter, Workload
+from harness.recipe import Recipe
+from harness.splits import Splits, make_splits, read_splits, write_splits
+from harness.train import FoldSetup, train_fold
+
+CACHE_BYTES = 4 << 30  # decoded training images kept in memory when they fit (Carvana needs 37 GB)
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    recipe: Recipe
+    results: Path
+    name: str | None = None
+    resume: bool = False
+    device: str | None = None
+    estimate_only: bool = False
+
+
+def run_id(recipe: Recipe) -> str:
+    """``<recipe name>-<hash of the resolved recipe>``: the same recipe finds its own folder again."""
+    return f"{recipe.name}-{hashlib.sha256(recipe.to_toml().encode()).hexdigest()[:8]}"
+
+
+def run(request: RunRequest, plugins: Plugins, console: Console) -> Path:
+    """Run (or resume, or find complete) a recipe; return the run folder."""
+    recipe = request.recipe
+    folder = request.results / (request.name or run_id(recipe))
+    if (folder / "summary.json").exists():
+        console.print(f"{folder} is already complete; nothing to do", highlight=False)
+        return folder
+    if folder.exists() and not request.resume and not request.estimate_only:
+        raise BenchError(f"{folder} holds an unfinished run; pass --resume to finish it, or remove the folder")
+    compute = resolve_compute(request.device, recipe.train.precision, recipe.train.channels_last)
+    dataset = open_carvana(_data_root(recipe, plugins))
+    fit = _fit(recipe, dataset)
+    splits = make_splits(car_mask_areas(dataset), recipe.folds.k, recipe.folds.method, recipe.folds.seed)
+    if request.estimate_only:
+        with tempfile.TemporaryDirectory() as scratch:
+            _run_folds(recipe, plugins, compute, dataset, fit, splits, Path(scratch), console, estimate_only=True)
+        return folder
+    _prepare(folder, recipe, splits, compute, request.resume)
+    console.print(f"run {folder} on {compute.describe()}", highlight=False)
+    models = _run_folds(recipe, plugins, compute, dataset, fit, splits, folder, console)
+    _predict_test(recipe, plugins, compute, dataset, fit, splits, folder, models)
+    _summarise(folder, recipe, dataset, splits, compute, plugins)
+    return folder
+
+
+def _data_root(recipe: Recipe, plugins: Plugins) -> Path:
+    if recipe.data.root:
+        return Path(recipe.data.root)
+    source = recipe.data.source
+    return components.build(plugins.get("dataset", source.name), source.params)
+
+
+def _fit(recipe: Recipe, dataset: CarvanaSet) -> Fit:
+    size = None if recipe.input.size == "original" else tuple(recipe.input.size)
+    fit = Fit(recipe.input.fit, size, recipe.input.pad_mode)
+    for height, width in set(dataset.sizes.values()):
+        problem = fit.check(height, width)
+        if problem:
+            raise BenchError(f"{problem} (data: {dataset.root})")
+    return fit
+
+
+def _prepare(folder: Path, recipe: Recipe, splits: Splits, compute: Compute, resume: bool) -> None:
+    """Create the run folder, or check that the one being resumed was made by this very recipe."""
+    if resume and folder.exists():
+        if (folder / "recipe.toml").read_text() != recipe.to_toml():
+            raise BenchError(f"{folder}/recipe.toml differs from this recipe; resume with the same recipe, profiles and --set")
+        if read_splits(folder / "splits.json").hash != splits.hash:
+            raise BenchError(f"{folder}/splits.json differs from this data's folds; the data changed since the run started")
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    write_splits(splits, folder / "splits.json")
+    atomic_write_json(folder / "environment.json", describe_environment(compute))
+    atomic_write_text(folder / "recipe.toml", recipe.to_toml())
+
+
+def _compose(recipe: Recipe, plugins: Plugins, key: str, kind: str) -> A.Compose | None:
+    specs = getattr(recipe, key)
+    if not specs:
+        return None
+    return A.Compose([components.build(plugins.get(kind, s.name), s.params) for s in specs])
+
+
+def _run_folds(recipe, plugins, compute, dataset, fit, splits, folder, console, estimate_only=False):
+    """Train every unfinished fold; return the paths of every fold's best weights."""
+    preprocess = _compose(recipe, plugins, "preprocess", "preprocessor")
+    augment = _compose(recipe, plugins, "augment", "augmentation")
+    pending = [f for f in range(splits.k) if not (folder / f"fold-{f}" / "fold.json").exists()]
+    oof = ProbabilityMaps.create(folder / "oof_maps", {i: dataset.sizes[i] for i in dataset.train})
+    if pending:
+        images = Images(dataset, dataset.train, preprocess, CACHE_BYTES)
+        position = {image_id: index for index, image_id in enumerate(dataset.train)}
+        batch = recipe.train.batch_size
+        largest_fold = max(len(splits.training_images(dataset, f)) for f in pending)
+        work = Workload(
+            folds=len(pending), epochs=recipe.train.epochs, steps_per_epoch=-(-largest_fold // batch),
+            batch_size=batch, val_images_per_fold=len(dataset.train) // splits.k,
+            test_images=len(dataset.test), tta_variants=len(TTA[recipe.predict.tta]),
+        )
+        reporter = ConsoleReporter(console, work, estimate_only)
+        try:
+            for fold in pending:
+                setup = _fold_setup(recipe, plugins, compute, dataset, fit, splits, folder, fold,
+                                    images, position, augment, oof)
+                summary = train_fold(setup, reporter)
+                console.print(f"fold {fold + 1}/{splits.k}: best val Dice {summary['val_dice']:.4f} "
+                              f"(epoch {summary['best_epoch'] + 1})", highlight=False)
+        finally:
+            reporter.close()
+    return [folder / f"fold-{f}" / "best.pt" for f in range(splits.k)]
+
+
+def _workers(recipe: Recipe, compute: Compute) -> int:
+    """``auto``: no workers on a CPU (the model needs every core), up to 8 feeding a GPU."""
+    if recipe.train.workers != "auto":
+        return recipe.train.workers
+    return 0 if compute.device.type == "cpu" else min(8, os.cpu_count() or 1)
+
+
+def _loader(samples, compute: Compute, workers: int, batch_size: int, sampler=None):
+    return torch.utils.data.DataLoader(
+        samples, batch_size=batch_size, sampler=sampler, num_workers=workers,
+        pin_memory=compute.device.type == "cuda", persistent_workers=workers > 0,
+    )
+
+
+def _fold_setup(recipe, plugins, compute, dataset, fit, splits, folder, fold, images, position, augment, oof):
+    train_ids = splits.training_images(dataset, fold)
+    val_ids = splits.validation_images(dataset, fold)
+    train_idx = [position[i] for i in train_ids]
+    val_idx = [position[i] for i in val_ids]
+    workers = _workers(recipe, compute)
+    samples = TrainingSamples(images, train_idx, augment, fit, seed=recipe.seed)
+    sampler = EpochSampler(len(samples), seed=recipe.seed + fold, shuffle=True)
+    val_samples = PredictionSamples(CachedImage(images, val_idx), len(val_idx), fit)
+    torch.manual_seed(recipe.seed + fold)  # model initialisation
+    model = components.build(plugins.get("model", recipe.model.name), recipe.model.params)
+    optimizer = components.build(plugins.get("optimizer", recipe.optimizer.name), recipe.optimizer.params,
+                                 model.parameters())
+    fold_folder = folder / f"fold-{fold}"
+    fold_folder.mkdir(parents=True, exist_ok=True)
+    return FoldSetup(
+        fold=fold, seed=recipe.seed, epochs=recipe.train.epochs, accumulate=recipe.train.accumulate,
+        grad_clip=recipe.train.grad_clip, threshold=recipe.predict.threshold, tta=recipe.predict.tta,
+        average=recipe.predict.average, compute=compute, fit=fit, normalise=Normalise(recipe.input.normalize),
+        model=model, optimizer=optimizer,
+        multiplier=components.build(plugins.get("schedule", recipe.schedule.name), recipe.schedule.params),
+        loss=components.build(plugins.get("loss", recipe.loss.name), recipe.loss.params),
+        callbacks=[components.build(plugins.get("callback", c.name), c.params) for c in recipe.callbacks],
+        train_loader=_loader(samples, compute, workers, recipe.train.batch_size, sampler),
+        val_loader=_loader(val_samples, compute, workers, recipe.train.batch_size),
+        val_ids=val_ids, val_shapes=[dataset.sizes[i] for i in val_ids],
+        val_mask=lambda index: images[val_idx[index]][1], oof=oof, folder=fold_folder,
+        compile=recipe.train.compile,
+    )
+
+
+def _predict_test(recipe, plugins, compute, dataset, fit, splits, folder, model_paths) -> None:
+    """Fold-averaged probabilities of every test image (idempotent: a rerun rewrites them)."""
+    if (folder / "test.json").exists() or not dataset.test:
+        return
+    models = []
+    for path in model_paths:
+        model = components.build(plugins.get("model", recipe.model.name), recipe.model.params)
+        model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu")["model"])
+        models.append(model.to(compute.device, memory_format=compute.memory_format).eval())
+    shapes = shapes_of_test_images(dataset)
+    store = ProbabilityMaps.create(folder / "test_maps", shapes)
+    preprocess = _compose(recipe, plugins, "preprocess", "preprocessor")
+    samples = PredictionSamples(TestImage(dataset, preprocess), len(dataset.test), fit)
+    loader = _loader(samples, compute, _workers(recipe, compute), recipe.train.batch_size)
+    normalise = Normalise(recipe.input.normalize).to(compute.device)
+    ordered_shapes = [shapes[i] for i in dataset.test]
+    started = time.perf_counter()
+    for index, probability in predict_loader(models, loader, ordered_shapes, fit, normalise,
+                                             recipe.predict.tta, recipe.predict.average, compute):
+        store[dataset.test[index]] = probability.numpy()
+    store.flush()
+    seconds = time.perf_counter() - started
+    atomic_write_json(folder / "test.json", {
+        "images": len(dataset.test), "models": len(models), "seconds": round(seconds, 3),
+        "images_per_s": round(len(dataset.test) / max(seconds, 1e-9), 2),
+    })
+
+
+def _summarise(folder, recipe, dataset, splits, compute, plugins) -> None:
+    """Pool the folds' per-image Dice into per_image.csv and write summary.json (the completion mark)."""
+    rows, folds = [], []
+    for fold in range(splits.k):
+        fold_folder = folder / f"fold-{fold}"
+        folds.append(json.loads((fold_folder / "fold.json").read_text()))
+        for line in (fold_folder / "per_image.csv").read_text().splitlines()[1:]:
+            image_id, score = line.split(",")
+            rows.append((image_id, car_id(image_id), fold, float(score)))
+    rows.sort()
+    atomic_write_text(folder / "per_image.csv", "image,car,fold,dice\n" + "".join(
+        f"{image_id},{car},{fold},{score:.6f}\n" for image_id, car, fold, score in rows))
+    scores = np.array([score for *_, score in rows])
+    fold_means = np.array([f["val_dice"] for f in folds])
+    test = json.loads((folder / "test.json").read_text()) if (folder / "test.json").exists() else {}
+    model = components.build(plugins.get("model", recipe.model.name), recipe.model.params)
+    train_seconds = sum(f["train_seconds"] for f in folds)
+    summary = {
+        "complete": True,
+        "recipe": recipe.name,
+        "run": folder.name,
+        "splits_hash": splits.hash,
+        "data": str(dataset.root),
+        "train_images": len(dataset.train),
+        "test_images": len(dataset.test),
+        "oof_dice": float(scores.mean()),
+        "fold_dice_mean": float(fold_means.mean()),
+        "fold_dice_std": float(fold_means.std(ddof=1)) if len(folds) > 1 else 0.0,
+        "folds": folds,
+        "train_seconds": round(train_seconds, 3),
+        "train_images_per_s": round(sum(f["train_images_per_s"] * f["train_seconds"] for f in folds)
+                                    / max(train_seconds, 1e-9), 2),
+        "inference_images_per_s": test.get("images_per_s", folds[-1].get("val_images_per_s")),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "device": compute.describe(),
+        "reproduce": f"bench run {folder / 'recipe.toml'} --name {folder.name}-again",
+    }
+    atomic_write_json(folder / "summary.json", summary)

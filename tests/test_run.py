@@ -1,0 +1,178 @@
+"""`bench run`: real training on tiny synthetic data, the run folder, resume after SIGKILL, NaN stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.probabilities import ProbabilityMaps
+from harness.splits import read_splits
+
+TINY = """
+name = "tiny"
+seed = 0
+[data]
+root = "{root}"
+[folds]
+k = 2
+[model]
+name = "smp"
+arch = "unet"
+encoder = "resnet18"
+[loss]
+name = "bce_dice"
+[optimizer]
+name = "adam"
+lr = 3e-3
+[train]
+epochs = {epochs}
+batch_size = 8
+[[augment]]
+name = "hflip"
+p = 0.5
+[predict]
+tta = "hflip"
+"""
+
+
+def tiny_recipe(tmp_path: Path, root: Path, epochs: int = 6) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY.format(root=root, epochs=epochs))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(synthetic_set, tmp_path_factory):
+    """One complete tiny run, shared by the tests that only read it."""
+    from harness.cli import main
+
+    tmp = tmp_path_factory.mktemp("run")
+    recipe = tiny_recipe(tmp, synthetic_set)
+    results = tmp / "results"
+    argv = sys.argv
+    sys.argv = ["bench", "run", str(recipe), "--results", str(results), "--name", "done"]
+    try:
+        with pytest.raises(SystemExit) as exited:
+            main()
+    finally:
+        sys.argv = argv
+    assert exited.value.code == 0
+    return results / "done"
+
+
+def test_run_trains_to_a_useful_dice_and_writes_a_complete_folder(finished_run, synthetic_set):
+    summary = json.loads((finished_run / "summary.json").read_text())
+    assert summary["complete"] and summary["recipe"] == "tiny"
+    assert summary["oof_dice"] > 0.8, summary["oof_dice"]  # 4 cars, 64x40, a minute of CPU
+    for name in ("recipe.toml", "environment.json", "splits.json", "per_image.csv", "test.json"):
+        assert (finished_run / name).exists(), name
+    assert read_splits(finished_run / "splits.json").hash == summary["splits_hash"]
+    for fold in range(2):
+        history = (finished_run / f"fold-{fold}" / "history.csv").read_text().splitlines()
+        assert history[0].startswith("epoch,lr,train_loss,val_dice") and len(history) == 7
+        assert (finished_run / f"fold-{fold}" / "best.pt").exists()
+
+
+def test_oof_and_test_maps_cover_every_image_at_its_own_size(finished_run, synthetic_set):
+    train_ids = sorted(p.stem for p in (synthetic_set / "train").glob("*.jpg"))
+    oof = ProbabilityMaps.open(finished_run / "oof_maps")
+    assert sorted(oof.ids) == train_ids
+    assert all(oof.shapes[i] == (40, 64) for i in train_ids)
+    rows = (finished_run / "per_image.csv").read_text().splitlines()
+    assert rows[0] == "image,car,fold,dice" and len(rows) == len(train_ids) + 1
+    per_image = np.array([float(r.split(",")[3]) for r in rows[1:]])
+    summary = json.loads((finished_run / "summary.json").read_text())
+    assert per_image.mean() == pytest.approx(summary["oof_dice"], abs=1e-6)
+    test = ProbabilityMaps.open(finished_run / "test_maps")
+    assert len(test) == 16 and 0.0 <= test[test.ids[0]].min() and test[test.ids[0]].max() <= 1.0
+
+
+def test_complete_run_is_not_redone_and_unfinished_needs_resume(bench, finished_run, tmp_path):
+    recipe = finished_run / "recipe.toml"
+    again = bench("run", recipe, "--results", finished_run.parent, "--name", "done")
+    assert again.code == 0 and "already complete" in again.out
+    (finished_run.parent / "half").mkdir()
+    refused = bench("run", recipe, "--results", finished_run.parent, "--name", "half")
+    assert refused.code == 2 and "--resume" in refused.err
+
+
+def test_sigkill_mid_fold_then_resume_equals_an_uninterrupted_run(synthetic_set, finished_run, tmp_path):
+    recipe = finished_run / "recipe.toml"  # the same resolved recipe as the finished run
+    results = tmp_path / "results"
+    command = [sys.executable, "-m", "harness.cli", "run", str(recipe), "--results", str(results), "--name", "killed"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    fold_one_epoch = results / "killed" / "fold-1" / "last.pt"
+    deadline = time.monotonic() + 240
+    while not fold_one_epoch.exists():
+        assert process.poll() is None and time.monotonic() < deadline, "run ended before it could be killed"
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    killed = results / "killed"
+    assert not (killed / "summary.json").exists()
+    fold_zero = {p.name: p.read_bytes() for p in (killed / "fold-0").iterdir()}
+
+    resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert {p.name: p.read_bytes() for p in (killed / "fold-0").iterdir()} == fold_zero
+    assert (killed / "per_image.csv").read_text() == (finished_run / "per_image.csv").read_text()
+    oof_killed, oof_clean = ProbabilityMaps.open(killed / "oof_maps"), ProbabilityMaps.open(finished_run / "oof_maps")
+    assert all(np.array_equal(oof_killed.quantised(i), oof_clean.quantised(i)) for i in oof_clean.ids)
+
+
+NAN_PLUGIN = '''
+from harness import hookimpl
+
+def explodes(*, after: int = 2):
+    calls = []
+    def loss(logits, target):
+        calls.append(1)
+        value = (logits.float() - target).abs().mean()
+        return value * float("nan") if len(calls) > after else value
+    return loss
+
+@hookimpl
+def bench_losses():
+    return {"explodes": explodes}
+'''
+
+
+def test_nan_loss_stops_the_fold_with_the_reason_recorded(bench, synthetic_set, tmp_path):
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "explodes.py").write_text(NAN_PLUGIN)
+    result = bench("--plugins-dir", tmp_path / "plugins", "run", tiny_recipe(tmp_path, synthetic_set),
+                   "--results", tmp_path / "results", "--name", "nan", "--set", "loss={name = 'explodes'}")
+    assert result.code == 2
+    assert "the loss became nan at epoch 0, step 2 of fold 0" in result.err
+    assert len(result.err.strip().splitlines()) == 1
+    failure = json.loads((tmp_path / "results/nan/fold-0/failure.json").read_text())
+    assert failure["epoch"] == 0 and failure["step"] == 2 and "nan" in failure["reason"]
+    assert not (tmp_path / "results/nan/summary.json").exists()
+
+
+def test_images_not_a_multiple_of_32_train_and_predict_at_their_own_size(bench, tmp_path):
+    from harness.synthetic import write_synthetic_carvana
+
+    root = write_synthetic_carvana(tmp_path / "odd", cars=2, test_cars=1, size=(300, 200), seed=3)
+    result = bench("run", tiny_recipe(tmp_path, root, epochs=1), "--results", tmp_path / "results",
+                   "--name", "odd", "--set", "data.root=" + str(root))
+    assert result.code == 0, result.err
+    for store in ("oof", "test"):
+        maps = ProbabilityMaps.open(tmp_path / "results/odd" / f"{store}_maps")
+        assert set(maps.shapes.values()) == {(200, 300)}
+        assert maps[maps.ids[0]].shape == (200, 300)
+
+
+def test_estimate_prints_a_duration_and_writes_no_run(bench, synthetic_set, tmp_path):
+    result = bench("run", tiny_recipe(tmp_path, synthetic_set), "--results", tmp_path / "results", "--estimate")
+    assert result.code == 0, result.err
+    assert "estimate: about" in result.out and "s/step" in result.out
+    assert not (tmp_path / "results").exists()
