@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_all_start_methods, get_context
+from multiprocessing import get_context
 from pathlib import Path
 from types import MappingProxyType
 
@@ -467,8 +467,14 @@ def _background(studio: Studio, camera: Camera, size: tuple[int, int], car: Car,
 
 def _shadow(studio: Studio, camera: Camera, size: tuple[int, int], car: Car, rotation: np.ndarray,
             scale: float) -> np.ndarray:
-    """A soft blurred footprint plus a darker contact shadow: shadow is floor, never car."""
-    width, height = size
+    """A soft blurred footprint plus a darker contact shadow: shadow is floor, never car.
+
+    Drawn at about 240 px wide and scaled up: the shadow is smooth, and blurring a 1918 px image with a
+    90 px Gaussian would cost more than rendering the car.
+    """
+    shrink = max(1, size[0] // 240)
+    width, height = -(-size[0] // shrink), -(-size[1] // shrink)
+    scale = scale * shrink
     corners = np.array([[-0.55, 0, -car.width * 0.6], [0.55, 0, -car.width * 0.6],
                         [0.55, 0, car.width * 0.6], [-0.55, 0, car.width * 0.6]])
     corners = _chaikin(corners[:, [0, 2]], 3)
@@ -476,10 +482,11 @@ def _shadow(studio: Studio, camera: Camera, size: tuple[int, int], car: Car, rot
     pixels = camera.project(ground)[0] / scale
     soft = np.zeros((height, width), np.float32)
     cv2.fillPoly(soft, [np.round(pixels * 16).astype(np.int32)], 1.0, shift=4)
-    car_pixels = width * studio.frame
+    car_pixels = width * studio.frame  # a side view's length, in the pixels drawn here
     contact = cv2.GaussianBlur(soft, (0, 0), max(0.5, 0.015 * car_pixels))
     soft = cv2.GaussianBlur(soft, (0, 0), max(1.0, 0.06 * car_pixels))
-    return np.clip(studio.shadow * soft + 0.3 * contact, 0, 0.85)
+    shadow = np.clip(studio.shadow * soft + 0.3 * contact, 0, 0.85)
+    return cv2.resize(shadow, size, interpolation=cv2.INTER_LINEAR) if shrink > 1 else shadow
 
 
 def _highlights(rng: np.random.Generator, count: int, coverage: np.ndarray) -> np.ndarray:
@@ -575,10 +582,9 @@ def _generate(root: Path, cars: int, test_cars: int, size: tuple[int, int], seed
         (root / folder).mkdir()
     tasks = list(_tasks(root, cars, test_cars, size, seed))
     if workers > 1 and len(tasks) > 1:
-        # fork where there is one: spawn would re-run the caller's __main__ (a script without a
-        # __main__ guard, or stdin, breaks). The workers use only NumPy, OpenCV and PIL, one thread each.
-        method = "fork" if "fork" in get_all_start_methods() else "spawn"
-        with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=get_context(method),
+        # spawn, not fork: a fork of a process that already runs torch threads hung here in testing.
+        # One OpenCV thread per worker, since the workers already fill the CPUs.
+        with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=get_context("spawn"),
                                  initializer=cv2.setNumThreads, initargs=(1,)) as pool:
             results = list(pool.map(_write_car, tasks))
     else:
@@ -634,6 +640,8 @@ def write_synthetic_carvana(out: Path, *, cars: int, test_cars: int, size: tuple
     ``size`` is (width, height). The folder appears complete or not at all (generated beside it,
     then renamed); an existing non-empty ``out`` is refused rather than mixed with new files.
     ``workers`` processes render cars in parallel (default: the usable CPUs); the files do not depend on it.
+    They are spawned, so a script that calls this with ``workers > 1`` needs the usual
+    ``if __name__ == "__main__":`` guard; ``workers=1`` renders in this process.
     """
     out = Path(out)
     size = _check(cars, test_cars, size)
