@@ -83,7 +83,8 @@ class TrainSpec(_Strict):
 
 
 class PredictSpec(_Strict):
-    mode: Literal["pad", "resize", "tile"] = "pad"
+    """Inference uses the training geometry (``input``); TTA and averaging are chosen here."""
+
     tta: Literal["none", "hflip", "vflip", "hvflip", "d4"] = "none"
     average: Literal["logits", "probabilities"] = "logits"
     threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5

@@ -66,6 +66,9 @@ def run(request: RunRequest, plugins: Plugins, console: Console) -> Path:
     if folder.exists() and not request.resume and not request.estimate_only:
         raise BenchError(f"{folder} holds an unfinished run; pass --resume to finish it, or remove the folder")
     compute = resolve_compute(request.device, recipe.train.precision, recipe.train.channels_last)
+    if recipe.pseudo_label is not None:
+        console.print("[yellow]warning:[/] the recipe's \\[pseudo_label] stage is not implemented yet; "
+                      "this run trains and predicts the first stage only")
     dataset = open_carvana(_data_root(recipe, plugins))
     fit = _fit(recipe, dataset)
     splits = make_splits(car_mask_areas(dataset), recipe.folds.k, recipe.folds.method, recipe.folds.seed)

@@ -94,37 +94,11 @@ def train_fold(setup: FoldSetup, reporter: Reporter) -> dict[str, Any]:
     state = _resume(setup, scaler)
     trained = torch.compile(model) if setup.compile else model
     base_lrs = [group["lr"] for group in setup.optimizer.param_groups]
-    steps_per_epoch = len(setup.train_loader)
-    reporter.fold_started(setup.fold, setup.epochs, steps_per_epoch, state.epoch)
+    reporter.fold_started(setup.fold, setup.epochs, len(setup.train_loader), state.epoch)
 
     for epoch in range(state.epoch, setup.epochs):
-        setup.train_loader.sampler.epoch = epoch
-        torch.manual_seed(sample_seed(setup.seed, setup.fold, epoch))
-        started, losses = time.perf_counter(), []
-        model.train()
-        for index, (images, masks) in enumerate(setup.train_loader):
-            lr_factor = setup.multiplier(epoch + index / steps_per_epoch)
-            for group, base in zip(setup.optimizer.param_groups, base_lrs):
-                group["lr"] = base * lr_factor
-            images = setup.normalise(images.to(compute.device, non_blocking=True))
-            images = images.contiguous(memory_format=compute.memory_format)
-            masks = masks.to(compute.device, non_blocking=True).float()
-            loss = _backward(trained, setup, scaler, images, masks, setup.accumulate)
-            losses.append(loss)
-            state.train_images += len(images)
-            if not math.isfinite(loss):
-                _stop(setup, epoch, index, loss)
-            if (index + 1) % setup.accumulate == 0 or index + 1 == steps_per_epoch:
-                _optimizer_step(model, setup, scaler)
-                state.step += 1
-                for callback in setup.callbacks:
-                    replay = getattr(callback, "after_train_step", lambda *_: None)((images, masks), loss, state.step)
-                    if replay is not None:
-                        _backward(trained, setup, scaler, *replay, accumulate=1)
-                        _optimizer_step(model, setup, scaler)
-            reporter.step_done(loss)
-        state.train_seconds += time.perf_counter() - started
-
+        started = time.perf_counter()
+        losses = train_epoch(setup, state, epoch, trained, scaler, base_lrs, reporter)
         model.eval()
         record = {"epoch": epoch, "lr": base_lrs[0] * setup.multiplier(epoch), "train_loss": float(np.mean(losses))}
         record.update(_validate(model, setup))
@@ -144,6 +118,45 @@ def train_fold(setup: FoldSetup, reporter: Reporter) -> dict[str, Any]:
         _validate(model, setup)
         state.oof_epoch = state.best_epoch
     return _finish(setup, state)
+
+
+def train_epoch(setup: FoldSetup, state: TrainState, epoch: int, trained: torch.nn.Module, scaler,
+                base_lrs: list[float], reporter: Reporter) -> list[float]:
+    """One pass over the training loader; returns the per-step losses.
+
+    This is the hot loop: per step it sets the learning rate, moves and normalises the batch, runs
+    forward and backward, and steps the optimizer; nothing else (``bench benchmark`` compares it with
+    a bare PyTorch loop).
+    """
+    compute, model = setup.compute, setup.model
+    steps_per_epoch = len(setup.train_loader)
+    setup.train_loader.sampler.epoch = epoch
+    torch.manual_seed(sample_seed(setup.seed, setup.fold, epoch))
+    started, losses = time.perf_counter(), []
+    model.train()
+    for index, (images, masks) in enumerate(setup.train_loader):
+        lr_factor = setup.multiplier(epoch + index / steps_per_epoch)
+        for group, base in zip(setup.optimizer.param_groups, base_lrs):
+            group["lr"] = base * lr_factor
+        images = setup.normalise(images.to(compute.device, non_blocking=True))
+        images = images.contiguous(memory_format=compute.memory_format)
+        masks = masks.to(compute.device, non_blocking=True).float()
+        loss = _backward(trained, setup, scaler, images, masks, setup.accumulate)
+        losses.append(loss)
+        state.train_images += len(images)
+        if not math.isfinite(loss):
+            _stop(setup, epoch, index, loss)
+        if (index + 1) % setup.accumulate == 0 or index + 1 == steps_per_epoch:
+            _optimizer_step(model, setup, scaler)
+            state.step += 1
+            for callback in setup.callbacks:
+                replay = getattr(callback, "after_train_step", lambda *_: None)((images, masks), loss, state.step)
+                if replay is not None:
+                    _backward(trained, setup, scaler, *replay, accumulate=1)
+                    _optimizer_step(model, setup, scaler)
+        reporter.step_done(loss)
+    state.train_seconds += time.perf_counter() - started
+    return losses
 
 
 def _backward(model, setup: FoldSetup, scaler, images, masks, accumulate: int) -> float:

@@ -66,7 +66,7 @@ def test_profiles_and_sets_resolve_in_order(plugins):
         ["train.epochs=7", "data.root=/some/folder", "augment.0.p=1.0", "input.size=[128, 96]"],
     )
     assert recipe.train.epochs == 7 and recipe.train.batch_size == 8
-    assert recipe.optimizer.name == "rmsprop" and recipe.optimizer.params == {"lr": 1e-4}
+    assert recipe.optimizer.name == "rmsprop" and recipe.optimizer.params == {"lr": 1e-3}
     assert [p.name for p in recipe.preprocess] == ["clahe"]
     assert recipe.data.root == "/some/folder" and recipe.augment[0].params["p"] == 1.0
     assert recipe.input.size == (128, 96)
@@ -133,7 +133,15 @@ def test_bench_show_prints_resolved_toml(bench):
     assert "profiles" not in resolved
 
 
-def test_bench_show_bad_key_is_exit_2_one_line(bench, tmp_path):
-    result = bench("show", write(tmp_path, MINIMAL.replace("[train]", "[train]\nepohcs = 1")))
+@pytest.mark.parametrize(
+    "old, new, needle",
+    [
+        ("epochs = 2", "epohcs = 2", "unknown key 'train.epohcs'"),
+        ("epochs = 2", "epochs = 'two'", "key 'train.epochs': Input should be a valid integer"),
+        ('"linknet"', '"linknt"', "unknown model 'linknt'"),
+    ],
+)
+def test_bench_show_bad_recipe_is_exit_2_one_line(bench, tmp_path, old, new, needle):
+    result = bench("show", write(tmp_path, MINIMAL.replace(old, new, 1)))
     assert result.code == 2 and result.out == ""
-    assert result.err.strip().count("\n") == 0 and "unknown key 'train.epohcs'" in result.err
+    assert result.err.strip().count("\n") == 0 and needle in result.err

@@ -176,3 +176,11 @@ def test_estimate_prints_a_duration_and_writes_no_run(bench, synthetic_set, tmp_
     assert result.code == 0, result.err
     assert "estimate: about" in result.out and "s/step" in result.out
     assert not (tmp_path / "results").exists()
+
+
+def test_workers_do_not_change_the_result(bench, finished_run, tmp_path):
+    """Augmentation is seeded per (epoch, image), so two DataLoader workers train the same model."""
+    result = bench("run", finished_run / "recipe.toml", "--results", tmp_path, "--name", "workers",
+                   "--set", "train.workers=2")
+    assert result.code == 0, result.err
+    assert (tmp_path / "workers/per_image.csv").read_text() == (finished_run / "per_image.csv").read_text()
