@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from harness.errors import BenchError
@@ -26,6 +27,14 @@ data_app = typer.Typer(help="Make, check and split data sets in the Carvana layo
 app.add_typer(data_app, name="data")
 
 console = Console(soft_wrap=True)  # a long line stays one line in logs
+
+RecipeArgument = Annotated[Path, typer.Argument(help="A recipe TOML file.")]
+ProfileOption = Annotated[
+    Optional[list[str]], typer.Option("--profile", "-p", help="A [profiles.NAME] to apply (repeatable).")
+]
+SetOption = Annotated[
+    Optional[list[str]], typer.Option("--set", help="Override KEY=VALUE, e.g. train.epochs=3 (repeatable).")
+]
 
 
 @app.callback()
@@ -48,7 +57,7 @@ def _plugins(ctx: typer.Context):
 
     plugins = load_plugins(ctx.obj["plugins_dir"], strict=ctx.obj["strict"])
     for failure in plugins.failures:
-        Console(stderr=True).print(f"[yellow]warning:[/] {failure.describe()}", highlight=False)
+        Console(stderr=True).print(f"[yellow]warning:[/] {escape(failure.describe())}", highlight=False)
     return plugins
 
 
@@ -63,16 +72,16 @@ def plugins_command(ctx: typer.Context) -> None:
         registers = "\n".join(f"{kind}: {', '.join(names)}" for kind, names in info.components.items())
         table.add_row(info.name, info.version, info.source, "\n".join(info.hooks), registers)
     for failure in plugins.failures:
-        table.add_row(failure.name, "-", failure.source, "", f"[red]failed: {failure.error}[/]")
+        table.add_row(failure.name, "-", failure.source, "", f"[red]failed: {escape(failure.error)}[/]")
     console.print(table)
 
 
 @app.command("show")
 def show_command(
     ctx: typer.Context,
-    recipe: Annotated[Path, typer.Argument(help="A recipe TOML file.")],
-    profile: Annotated[Optional[list[str]], typer.Option("--profile", "-p", help="A [profiles.NAME] to apply (repeatable).")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override KEY=VALUE, e.g. train.epochs=3 (repeatable).")] = None,
+    recipe: RecipeArgument,
+    profile: ProfileOption = None,
+    set_: SetOption = None,
 ) -> None:
     """Print the recipe as it resolves after profiles and --set overrides, validated."""
     from harness.recipe import load_recipe
@@ -84,9 +93,9 @@ def show_command(
 @app.command("run")
 def run_command(
     ctx: typer.Context,
-    recipe: Annotated[Path, typer.Argument(help="A recipe TOML file.")],
-    profile: Annotated[Optional[list[str]], typer.Option("--profile", "-p", help="A [profiles.NAME] to apply (repeatable).")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override KEY=VALUE, e.g. data.root=/data/carvana (repeatable).")] = None,
+    recipe: RecipeArgument,
+    profile: ProfileOption = None,
+    set_: SetOption = None,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present).")] = None,
     results: Annotated[Path, typer.Option(help="Where run folders go.")] = Path("results"),
     name: Annotated[Optional[str], typer.Option(help="Run folder name (default: recipe name + recipe hash).")] = None,
@@ -180,7 +189,7 @@ def main() -> None:
         Console(stderr=True).print(str(done), highlight=False)
         sys.exit(0)
     except BenchError as error:
-        Console(stderr=True).print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+        Console(stderr=True).print(f"[red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted")

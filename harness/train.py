@@ -91,9 +91,10 @@ def train_fold(setup: FoldSetup, reporter: Reporter) -> dict[str, Any]:
     model.to(compute.device, memory_format=compute.memory_format)
     setup.normalise.to(compute.device)
     scaler = torch.amp.GradScaler(compute.device.type, enabled=compute.precision == "fp16")
+    # Before _resume: a saved optimizer carries the last *scheduled* lr, not the recipe's base lr.
+    base_lrs = [group["lr"] for group in setup.optimizer.param_groups]
     state = _resume(setup, scaler)
     trained = torch.compile(model) if setup.compile else model
-    base_lrs = [group["lr"] for group in setup.optimizer.param_groups]
     reporter.fold_started(setup.fold, setup.epochs, len(setup.train_loader), state.epoch)
 
     for epoch in range(state.epoch, setup.epochs):

@@ -139,6 +139,7 @@ def test_bench_show_prints_resolved_toml(bench):
         ("epochs = 2", "epohcs = 2", "unknown key 'train.epohcs'"),
         ("epochs = 2", "epochs = 'two'", "key 'train.epochs': Input should be a valid integer"),
         ('"linknet"', '"linknt"', "unknown model 'linknt'"),
+        ("epochs = 2", "epochs = [2]", "(got [2])"),  # brackets are text, not terminal markup
     ],
 )
 def test_bench_show_bad_recipe_is_exit_2_one_line(bench, tmp_path, old, new, needle):

@@ -32,6 +32,10 @@ name = "bce_dice"
 [optimizer]
 name = "adam"
 lr = 3e-3
+[schedule]  # not constant from the first epoch on, so a resume that lost the base lr would show
+name = "piecewise_cyclic"
+lead = [[0.5, 1]]
+cycle = [[1.0, 3], [0.3, 2]]
 [train]
 epochs = {epochs}
 batch_size = 8
