@@ -12,7 +12,9 @@ import time
 from dataclasses import dataclass
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
+                           TimeRemainingColumn)
+from rich.text import Text
 
 from harness.errors import BenchError
 
@@ -59,6 +61,13 @@ def estimate_seconds(step_seconds: float, work: Workload) -> float:
     return train + validation + test
 
 
+class SpeedColumn(ProgressColumn):
+    """Training steps per second, as rich measures them over its recent window."""
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:.2f} it/s" if task.speed else "")
+
+
 class ConsoleReporter:
     """A rich progress bar on a terminal, one line per epoch otherwise (logs, CI)."""
 
@@ -70,6 +79,7 @@ class ConsoleReporter:
         self.steps_seen = 0
         self.measure_started: float | None = None
         self.estimated = False
+        self.last_val = ""
 
     def fold_started(self, fold: int, epochs: int, steps_per_epoch: int, first_epoch: int) -> None:
         if not self.live:
@@ -77,7 +87,7 @@ class ConsoleReporter:
         self.close()
         self.progress = Progress(
             TextColumn(f"fold {fold + 1}/{self.work.folds}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"), TimeRemainingColumn(), console=self.console,
+            SpeedColumn(), TextColumn("{task.fields[status]}"), TimeRemainingColumn(), console=self.console,
         )
         self.progress.start()
         self.task = self.progress.add_task("train", total=epochs * steps_per_epoch,
@@ -90,12 +100,13 @@ class ConsoleReporter:
         elif not self.estimated and self.steps_seen == WARMUP_STEPS + MEASURED_STEPS:
             self._estimate((time.perf_counter() - self.measure_started) / MEASURED_STEPS)
         if self.progress is not None:
-            self.progress.update(self.task, advance=1, status=f"loss {loss:.4f}")
+            self.progress.update(self.task, advance=1, status=f"loss {loss:.4f}{self.last_val}")
 
     def epoch_done(self, fold: int, record: dict[str, float]) -> None:
         line = (f"fold {fold + 1}/{self.work.folds} epoch {record['epoch'] + 1}/{self.work.epochs}: "
                 f"loss {record['train_loss']:.4f}, val Dice {record['val_dice']:.4f}, {record['seconds']:.0f} s")
         self.console.print(line, highlight=False)
+        self.last_val = f", val Dice {record['val_dice']:.4f}"
 
     def _estimate(self, step_seconds: float) -> None:
         self.estimated = True

@@ -63,3 +63,50 @@ def synthetic_set(tmp_path_factory) -> Path:
 def carvana_copy(synthetic_set, tmp_path) -> Path:
     """A private copy of the synthetic set that a test may break."""
     return Path(shutil.copytree(synthetic_set, tmp_path / "carvana"))
+
+
+TINY_RUN = """
+name = "{name}"
+[data]
+root = "{root}"
+[folds]
+k = 2
+seed = {folds_seed}
+[model]
+name = "smp"
+arch = "{arch}"
+encoder = "resnet18"
+[loss]
+name = "bce_dice"
+[optimizer]
+name = "adam"
+lr = 3e-3
+[train]
+epochs = 2
+batch_size = 8
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(synthetic_set, tmp_path_factory) -> dict[str, Path]:
+    """Four complete tiny runs for the readers of run folders (compare, ensemble, report).
+
+    ``linknet``, ``unet`` and ``fpn`` share data and splits; ``other_splits`` uses other folds.
+    Two epochs each: the point is realistic run folders, not good models.
+    """
+    from rich.console import Console
+
+    from harness.plugins import load_plugins
+    from harness.recipe import load_recipe
+    from harness.run import RunRequest, run
+
+    plugins = load_plugins()
+    folder = tmp_path_factory.mktemp("tiny_runs")
+    variants = {"linknet": ("linknet", 0), "unet": ("unet", 0), "fpn": ("fpn", 0), "other_splits": ("linknet", 1)}
+    runs = {}
+    for name, (arch, folds_seed) in variants.items():
+        path = folder / f"{name}.toml"
+        path.write_text(TINY_RUN.format(name=name, root=synthetic_set, arch=arch, folds_seed=folds_seed))
+        recipe = load_recipe(path, plugins)
+        runs[name] = run(RunRequest(recipe, folder / "results", name=name), plugins, Console(quiet=True))
+    return runs
