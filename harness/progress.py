@@ -82,6 +82,7 @@ class ConsoleReporter:
         self.last_val = ""
 
     def fold_started(self, fold: int, epochs: int, steps_per_epoch: int, first_epoch: int) -> None:
+        self.last_val = ""
         if not self.live:
             return
         self.close()
