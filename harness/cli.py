@@ -22,8 +22,11 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # plain help: rich's would eat [brackets] in help texts and print from get_help()
 )
-data_app = typer.Typer(help="Make, check and split data sets in the Carvana layout.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Make, check and split data sets in the Carvana layout.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(data_app, name="data")
 
 console = Console(soft_wrap=True)  # a long line stays one line in logs
@@ -119,6 +122,64 @@ def run_command(
                       highlight=False)
 
 
+RunsArgument = Annotated[
+    Optional[list[str]],
+    typer.Argument(help="Run folders, folders of runs, or globs (default: every run in --results).", show_default=False),
+]
+ResultsOption = Annotated[Path, typer.Option(help="Where run folders are found when no RUNS are given.")]
+FilterOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--filter", help="FIELD OP VALUE on summary.json, OP one of = != > >= < <= ~ (glob); repeatable."),
+]
+
+
+@app.command("compare")
+def compare_command(
+    runs: RunsArgument = None,
+    results: ResultsOption = Path("results"),
+    format_: Annotated[str, typer.Option("--format", help="table, csv, markdown or json.")] = "table",
+    sort: Annotated[str, typer.Option(help="dice, fold_mean, fold_std, train_seconds, train_speed, "
+                                           "inference_speed, parameters, recipe or run.")] = "dice",
+    filter_: FilterOption = None,
+    by: Annotated[str, typer.Option(help="run (the leaderboard), fold, or image (the worst images).")] = "run",
+    worst: Annotated[int, typer.Option(help="Images per run in --by image.")] = 10,
+    resamples: Annotated[int, typer.Option(min=100, help="Bootstrap and permutation resamples.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Seed of the resamples: same seed, same intervals.")] = 0,
+) -> None:
+    """Rank complete runs of one data set and one set of folds, with intervals, p-values, speed and cost."""
+    from harness import compare
+    from harness.results import scan
+
+    if format_ not in ("table", "csv", "markdown", "json"):
+        raise BenchError(f"--format {format_}: expected table, csv, markdown or json")
+    if by not in ("run", "fold", "image"):
+        raise BenchError(f"--by {by}: expected run, fold or image")
+    options = compare.Options(by, sort, tuple(filter_ or ()), worst, resamples, seed)
+    index = scan(runs or [], results)
+    found = compare.boards(compare.select_groups(index, options.filters, explicit=bool(runs)), options)
+    compare.render(found, index.unfinished, format_, console, options)
+
+
+@app.command("report")
+def report_command(
+    runs: RunsArgument = None,
+    results: ResultsOption = Path("results"),
+    out: Annotated[Path, typer.Option(help="The HTML file to write.")] = Path("report.html"),
+    filter_: FilterOption = None,
+    worst: Annotated[int, typer.Option(help="Worst-predicted images shown per run.")] = 4,
+) -> None:
+    """Write one self-contained HTML page: leaderboard, learning curves, Dice vs speed, folds, worst images."""
+    from harness import compare
+    from harness.report import write_report
+    from harness.results import scan
+
+    groups = compare.select_groups(scan(runs or [], results), tuple(filter_ or ()), explicit=True)
+    if not groups:
+        raise BenchError(f"no complete runs in {', '.join(runs) if runs else results}")
+    write_report(groups[0], out, worst)
+    console.print(f"wrote {out} ({len(groups[0])} runs)", highlight=False)
+
+
 def _parse_size(text: str) -> tuple[int, int]:
     width, sep, height = text.lower().partition("x")
     if not (sep and width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
@@ -180,20 +241,34 @@ def data_split(
 
 
 def main() -> None:
-    """Entry point: run the app; bad input is one line and exit code 2, never a traceback."""
+    """Entry point: bad input (a flag or a file) is one line and exit code 2, never a traceback."""
+    from typer.exceptions import TyperException
+
     from harness.progress import EstimateOnly
 
+    errors = Console(stderr=True, soft_wrap=True, highlight=False)
     try:
-        app()
+        code = app(standalone_mode=False, prog_name="bench")
+    except TyperException as error:  # typer's (vendored click's) own: unknown flag, missing argument
+        context = getattr(error, "ctx", None)
+        help_text = context.get_help() if context is not None else None
+        if error.format_message() == help_text:  # a bare `bench` or `bench data`: show the help
+            typer.echo(help_text)
+            code = 0
+        else:
+            command = context.command_path if context is not None else "bench"
+            errors.print(f"[red]error:[/] {escape(command)}: {escape(error.format_message())} (see {command} --help)")
+            code = 2
     except EstimateOnly as done:
-        Console(stderr=True).print(str(done), highlight=False)
-        sys.exit(0)
+        errors.print(escape(str(done)))
+        code = 0
     except BenchError as error:
-        Console(stderr=True).print(f"[red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted")
-        sys.exit(130)
+        errors.print(f"[red]error:[/] {escape(str(error))}")
+        code = 2
+    except (KeyboardInterrupt, typer.Abort):
+        errors.print("interrupted")
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

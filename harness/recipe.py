@@ -144,6 +144,8 @@ def load_recipe(
     raw = _read_toml(Path(path))
     available = raw.pop("profiles", {})
     origins = _Origins(str(path))
+    if not isinstance(available, dict) or not all(isinstance(p, dict) for p in available.values()):
+        raise BenchError(f"{path}: 'profiles' must hold tables, e.g. [profiles.quick]")
     for profile in profiles:
         if profile not in available:
             raise BenchError(f"{path}: no profile {profile!r}{_suggest(profile, list(available), 'profiles')}")
@@ -206,23 +208,22 @@ def _parse_override(text: str) -> tuple[Key, Any]:
 
 
 def _set(raw: dict, key: Key, value: Any, path: Path) -> None:
+    """Put ``value`` at ``key``, creating tables on the way; lists are addressed by item number."""
+    flag = f"--set {'.'.join(map(str, key))}"
     node: Any = raw
-    for depth, part in enumerate(key[:-1]):
-        if isinstance(part, int):
-            if not isinstance(node, list) or part >= len(node):
-                where = ".".join(map(str, key[: depth + 1]))
-                raise BenchError(f"--set {'.'.join(map(str, key))}: {where} is not an item of a list in {path}")
-            node = node[part]
+    for depth, part in enumerate(key):
+        here = ".".join(map(str, key[:depth])) or "the recipe"
+        if isinstance(node, list):
+            if not isinstance(part, int) or part >= len(node):
+                raise BenchError(f"{flag}: {here} is a list of {len(node)} in {path}; address an item by number, e.g. {here}.0")
+        elif not isinstance(node, dict):
+            raise BenchError(f"{flag}: {here} is a value, not a table")
+        elif isinstance(part, int):
+            raise BenchError(f"{flag}: {here} is a table, not a list")
+        if depth == len(key) - 1:
+            node[part] = value
         else:
-            node = node.setdefault(part, {})
-            if not isinstance(node, (dict, list)):
-                where = ".".join(map(str, key[: depth + 1]))
-                raise BenchError(f"--set {'.'.join(map(str, key))}: {where} is a value, not a table")
-    last = key[-1]
-    if isinstance(last, int):
-        if not isinstance(node, list) or last >= len(node):
-            raise BenchError(f"--set {'.'.join(map(str, key))}: no list item {last} in {path}")
-    node[last] = value
+            node = node[part] if isinstance(node, list) else node.setdefault(part, {})
 
 
 def _validate(raw: dict, origins: _Origins) -> Recipe:

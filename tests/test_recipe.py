@@ -121,8 +121,17 @@ def test_errors_name_the_profile_or_flag_they_came_from(tmp_path, plugins):
         load_recipe(path, plugins, ["shrot"])
     with pytest.raises(BenchError, match=r"--set train: expected KEY=VALUE"):
         load_recipe(path, plugins, [], ["train"])
-    with pytest.raises(BenchError, match=r"--set augment.3.p: "):
-        load_recipe(path, plugins, [], ["augment.3.p=1"])
+    with pytest.raises(BenchError, match=r"--set augment.3.p: augment is a list of 0"):
+        load_recipe(path, plugins, [], ["augment=[]", "augment.3.p=1"])
+    with pytest.raises(BenchError, match=r"--set augment.p: augment is a list of 1 .* e.g. augment.0"):
+        load_recipe(path, plugins, [], ["augment=[{name = 'hflip'}]", "augment.p=1"])
+    with pytest.raises(BenchError, match=r"--set train.epochs.x: train.epochs is a value, not a table"):
+        load_recipe(path, plugins, [], ["train.epochs.x=1"])
+    with pytest.raises(BenchError, match=r"--set train.0: train is a table, not a list"):
+        load_recipe(path, plugins, [], ["train.0=1"])
+    bad_profiles = write(tmp_path, MINIMAL.replace("[profiles.short.train]\nepochs = 1", "[profiles]\nshort = 3"), "p.toml")
+    with pytest.raises(BenchError, match=r"p.toml: 'profiles' must hold tables"):
+        load_recipe(bad_profiles, plugins, ["short"])
 
 
 def test_bench_show_prints_resolved_toml(bench):
