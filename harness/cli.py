@@ -180,6 +180,107 @@ def report_command(
     console.print(f"wrote {out} ({len(groups[0])} runs)", highlight=False)
 
 
+@app.command("ensemble")
+def ensemble_command(
+    ctx: typer.Context,
+    runs: Annotated[Optional[list[str]], typer.Argument(
+        help="Run folders, run names under --results, or globs.", show_default=False)] = None,
+    out: Annotated[Path, typer.Option(help="Folder for submission.csv.gz and ensemble.json.")] = Path("results/ensemble"),
+    results: Annotated[Path, typer.Option(help="Where run names are looked up.")] = Path("results"),
+    top: Annotated[Optional[int], typer.Option(help="Keep only the K runs with the best out-of-fold Dice.")] = None,
+    weights: Annotated[Optional[str], typer.Option(help="w1,w2,...: merge all runs with these weights (no selection).")] = None,
+    max_members: Annotated[int, typer.Option(help="Greedy selection steps at most (a run may be picked again).")] = 8,
+    threshold: Annotated[Optional[float], typer.Option(help="Fix the threshold (default: tuned out-of-fold).")] = None,
+    post: Annotated[str, typer.Option(help="Post-processors to try, in order: NAME[:key=value...],... or none.")] = "convex_hull,keep_largest",
+    force_post: Annotated[bool, typer.Option("--force-post", help="Apply --post as given, without the out-of-fold guard.")] = False,
+    tolerance: Annotated[float, typer.Option(help="Share of images a kept post-processor may make worse.")] = 0.02,
+    merger: Annotated[str, typer.Option(help="How maps are merged (a registered merger).")] = "mean",
+    data: Annotated[Optional[Path], typer.Option(help="Data folder (default: the one in the runs' summary.json).")] = None,
+    check: Annotated[Optional[Path], typer.Option("--check", help="Validate this submission instead (needs --data or a run).")] = None,
+) -> None:
+    """Choose and weigh the best runs on out-of-fold data and write a Kaggle submission (or --check one)."""
+    import shlex
+
+    from harness import ensemble
+
+    if check is not None:
+        rows = ensemble.check(check, data, runs or [], results)
+        console.print(f"{check}: valid, {rows} test images, each once", highlight=False)
+        return
+    if not runs:
+        raise BenchError("bench ensemble: name the runs to merge (folders, names or globs), or --check a file")
+    request = ensemble.EnsembleRequest(
+        runs=runs, out=out, results=results, top=top, weights=_parse_weights(weights), max_members=max_members,
+        threshold=threshold, post=[] if post.strip() == "none" else [p for p in post.split(",") if p],
+        force_post=force_post, tolerance=tolerance, merger=merger, data=data,
+        command=shlex.join(["bench", *sys.argv[1:]]),
+    )
+    report = ensemble.build_ensemble(request, _plugins(ctx), console)
+    oof = report["oof"]
+    members = ", ".join(f"{m['run']} {m['weight']:.3f}" for m in report["members"])
+    if len(report["members"]) == 1:
+        verdict = "merging did not help: selection kept one run"
+    else:
+        verdict = "merging helped" if oof["helped"] else "merging did not clearly help"
+    console.print(
+        f"ensemble of {members}; threshold {report['threshold']:.3f}; "
+        f"post-processing {', '.join(report['postprocessing']['kept']) or 'none'}\n"
+        f"out-of-fold Dice {oof['ensemble_dice']:.5f} [{oof['ensemble_interval'][0]:.5f}, {oof['ensemble_interval'][1]:.5f}] "
+        f"vs best run {oof['best_run']} {oof['best_run_dice']:.5f} [{oof['best_run_interval'][0]:.5f}, "
+        f"{oof['best_run_interval'][1]:.5f}]: difference {oof['difference']:+.5f} "
+        f"[{oof['difference_interval'][0]:+.5f}, {oof['difference_interval'][1]:+.5f}]\n"
+        f"merging alone (before post-processing, best run at its own threshold {oof['best_run_own_threshold']:.3f}): "
+        f"{oof['merge_gain']:+.5f} [{oof['merge_gain_interval'][0]:+.5f}, {oof['merge_gain_interval'][1]:+.5f}], {verdict}\n"
+        f"wrote {report['submission']} ({report['test']['images']} images, {report['test']['images_per_s']:.1f} images/s) "
+        f"and {out / 'ensemble.json'}", highlight=False)
+
+
+def _parse_weights(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise BenchError(f"--weights {text}: expected comma-separated numbers, e.g. 0.5,0.25,0.25") from None
+
+
+@app.command("benchmark")
+def benchmark_command(
+    ctx: typer.Context,
+    recipe: RecipeArgument,
+    profile: ProfileOption = None,
+    set_: SetOption = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present).")] = None,
+    variants: Annotated[str, typer.Option(help="Also measure these, comma-separated: PRECISION[+cl][+compile], or 'all'.")] = "fp32",
+    size: Annotated[Optional[str], typer.Option(help="Network input WIDTHxHEIGHT (default: the recipe's).")] = None,
+    batch: Annotated[Optional[int], typer.Option(min=1, help="Batch size (default: the recipe's).")] = None,
+    repeats: Annotated[int, typer.Option(min=2, help="Timed steps per measurement.")] = 10,
+    warmup: Annotated[int, typer.Option(min=1, help="Untimed steps first.")] = 3,
+    workers: Annotated[str, typer.Option(help="Loader worker counts to try, comma-separated.")] = "0,1,2",
+    results: Annotated[Path, typer.Option(help="Benchmarks go to RESULTS/benchmarks/.")] = Path("results"),
+) -> None:
+    """Throughput, memory, GFLOPs, data pipeline, harness overhead and full-Carvana cost of a recipe."""
+    import torch
+
+    from harness.recipe import load_recipe
+    from harness.speed import VARIANTS, benchmark_recipe, print_result, write_result
+
+    plugins = _plugins(ctx)
+    resolved = load_recipe(recipe, plugins, profile or [], set_ or [])
+    on_gpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    chosen = [v for v in VARIANTS if on_gpu or not v.startswith("fp16")] if variants == "all" else \
+        [v.strip() for v in variants.split(",") if v.strip()]
+    try:
+        counts = [int(w) for w in workers.split(",")]
+    except ValueError:
+        raise BenchError(f"--workers {workers}: expected worker counts like 0,1,2") from None
+    result = benchmark_recipe(
+        resolved, plugins, device=device, variants=chosen, size=_parse_size(size) if size else None,
+        batch_size=batch, warmup=warmup, repeats=repeats, loader_batches=max(4, repeats), worker_counts=counts,
+    )
+    print_result(result, write_result(result, results), console)
+
+
 def _parse_size(text: str) -> tuple[int, int]:
     width, sep, height = text.lower().partition("x")
     if not (sep and width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):

@@ -69,8 +69,8 @@ def run(request: RunRequest, plugins: Plugins, console: Console) -> Path:
     if recipe.pseudo_label is not None:
         console.print("[yellow]warning:[/] the recipe's \\[pseudo_label] stage is not implemented yet; "
                       "this run trains and predicts the first stage only")
-    dataset = open_carvana(_data_root(recipe, plugins))
-    fit = _fit(recipe, dataset)
+    dataset = open_carvana(data_root(recipe, plugins))
+    fit = input_fit(recipe, dataset)
     splits = make_splits(car_mask_areas(dataset), recipe.folds.k, recipe.folds.method, recipe.folds.seed)
     if request.estimate_only:
         with tempfile.TemporaryDirectory() as scratch:
@@ -84,14 +84,14 @@ def run(request: RunRequest, plugins: Plugins, console: Console) -> Path:
     return folder
 
 
-def _data_root(recipe: Recipe, plugins: Plugins) -> Path:
+def data_root(recipe: Recipe, plugins: Plugins) -> Path:
     if recipe.data.root:
         return Path(recipe.data.root)
     source = recipe.data.source
     return components.build(plugins.get("dataset", source.name), source.params)
 
 
-def _fit(recipe: Recipe, dataset: CarvanaSet) -> Fit:
+def input_fit(recipe: Recipe, dataset: CarvanaSet) -> Fit:
     size = None if recipe.input.size == "original" else tuple(recipe.input.size)
     fit = Fit(recipe.input.fit, size, recipe.input.pad_mode)
     for height, width in set(dataset.sizes.values()):
@@ -115,7 +115,7 @@ def _prepare(folder: Path, recipe: Recipe, splits: Splits, compute: Compute, res
     atomic_write_text(folder / "recipe.toml", recipe.to_toml())
 
 
-def _compose(recipe: Recipe, plugins: Plugins, key: str, kind: str) -> A.Compose | None:
+def compose_transforms(recipe: Recipe, plugins: Plugins, key: str, kind: str) -> A.Compose | None:
     specs = getattr(recipe, key)
     if not specs:
         return None
@@ -124,8 +124,8 @@ def _compose(recipe: Recipe, plugins: Plugins, key: str, kind: str) -> A.Compose
 
 def _run_folds(recipe, plugins, compute, dataset, fit, splits, folder, console, estimate_only=False):
     """Train every unfinished fold; return the paths of every fold's best weights."""
-    preprocess = _compose(recipe, plugins, "preprocess", "preprocessor")
-    augment = _compose(recipe, plugins, "augment", "augmentation")
+    preprocess = compose_transforms(recipe, plugins, "preprocess", "preprocessor")
+    augment = compose_transforms(recipe, plugins, "augment", "augmentation")
     pending = [f for f in range(splits.k) if not (folder / f"fold-{f}" / "fold.json").exists()]
     oof = ProbabilityMaps.create(folder / "oof_maps", {i: dataset.sizes[i] for i in dataset.train})
     if pending:
@@ -151,7 +151,7 @@ def _run_folds(recipe, plugins, compute, dataset, fit, splits, folder, console, 
     return [folder / f"fold-{f}" / "best.pt" for f in range(splits.k)]
 
 
-def _workers(recipe: Recipe, compute: Compute) -> int:
+def loader_workers(recipe: Recipe, compute: Compute) -> int:
     """``auto``: no workers on a CPU (the model needs every core), up to 8 feeding a GPU."""
     if recipe.train.workers != "auto":
         return recipe.train.workers
@@ -170,7 +170,7 @@ def _fold_setup(recipe, plugins, compute, dataset, fit, splits, folder, fold, im
     val_ids = splits.validation_images(dataset, fold)
     train_idx = [position[i] for i in train_ids]
     val_idx = [position[i] for i in val_ids]
-    workers = _workers(recipe, compute)
+    workers = loader_workers(recipe, compute)
     samples = TrainingSamples(images, train_idx, augment, fit, seed=recipe.seed)
     sampler = EpochSampler(len(samples), seed=recipe.seed + fold, shuffle=True)
     val_samples = PredictionSamples(CachedImage(images, val_idx), len(val_idx), fit)
@@ -207,9 +207,9 @@ def _predict_test(recipe, plugins, compute, dataset, fit, splits, folder, model_
         models.append(model.to(compute.device, memory_format=compute.memory_format).eval())
     shapes = shapes_of_test_images(dataset)
     store = ProbabilityMaps.create(folder / "test_maps", shapes)
-    preprocess = _compose(recipe, plugins, "preprocess", "preprocessor")
+    preprocess = compose_transforms(recipe, plugins, "preprocess", "preprocessor")
     samples = PredictionSamples(TestImage(dataset, preprocess), len(dataset.test), fit)
-    loader = _loader(samples, compute, _workers(recipe, compute), recipe.train.batch_size)
+    loader = _loader(samples, compute, loader_workers(recipe, compute), recipe.train.batch_size)
     normalise = Normalise(recipe.input.normalize).to(compute.device)
     ordered_shapes = [shapes[i] for i in dataset.test]
     started = time.perf_counter()

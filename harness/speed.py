@@ -1,0 +1,164 @@
+"""A recipe's benchmark, assembled: model variants, data pipeline, harness overhead, Carvana cost.
+
+The pieces live in ``harness.benchmark`` (timing a model) and ``harness.overhead`` (engine against a
+bare loop); this module builds them from a recipe and writes one JSON file per benchmark under
+``results/benchmarks/``, with the environment it was measured in.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness import components
+from harness.benchmark import carvana_cost, gflops_per_image, measure_variant
+from harness.carvana import open_carvana
+from harness.data import EpochSampler, Images, TrainingSamples
+from harness.device import Compute, resolve_compute
+from harness.environment import describe_environment
+from harness.errors import BenchError
+from harness.io import atomic_write_json
+from harness.overhead import overhead_ratio
+from harness.plugins import Plugins
+from harness.recipe import Recipe
+from harness.run import CACHE_BYTES, compose_transforms, data_root, input_fit, loader_workers
+
+VARIANTS = ("fp32", "fp32+cl", "bf16", "bf16+cl", "fp16+cl", "bf16+cl+compile")
+
+
+def parse_variant(name: str, device: str | None) -> tuple[Compute, bool]:
+    """``bf16+cl+compile`` -> (bf16 autocast with channels_last, compiled)."""
+    parts = name.split("+")
+    if parts[0] not in ("fp32", "bf16", "fp16") or not set(parts[1:]) <= {"cl", "compile"}:
+        raise BenchError(f"--variants {name}: expected PRECISION[+cl][+compile], PRECISION one of fp32, bf16, fp16")
+    return resolve_compute(device, parts[0], "cl" in parts), "compile" in parts
+
+
+def recipe_variant(recipe: Recipe, compute: Compute) -> str:
+    """The variant a run of this recipe uses on this device."""
+    name = compute.precision + ("+cl" if compute.channels_last else "")
+    return name + ("+compile" if recipe.train.compile else "")
+
+
+def benchmark_recipe(recipe: Recipe, plugins: Plugins, *, device: str | None, variants: list[str],
+                     size: tuple[int, int] | None, batch_size: int | None, warmup: int, repeats: int,
+                     loader_batches: int, worker_counts: list[int]) -> dict[str, Any]:
+    """Measure everything ``bench benchmark`` reports; return it as a JSON-ready dict."""
+    base = resolve_compute(device, recipe.train.precision, recipe.train.channels_last)
+    dataset = open_carvana(data_root(recipe, plugins))
+    fit = input_fit(recipe, dataset)
+    image_height, image_width = next(iter(dataset.sizes.values()))
+    height, width = (size[1], size[0]) if size else fit.input_shape(image_height, image_width)
+    batch = batch_size or recipe.train.batch_size
+    model_params = dict(recipe.model.params)
+    if "encoder_weights" in model_params:  # speed does not depend on the weights' values
+        model_params["encoder_weights"] = "none"
+    model = components.build(plugins.get("model", recipe.model.name), model_params)
+    optimizer = plugins.get("optimizer", recipe.optimizer.name)
+
+    def make_optimizer(parameters):
+        return components.build(optimizer, recipe.optimizer.params, parameters)
+
+    loss = components.build(plugins.get("loss", recipe.loss.name), recipe.loss.params)
+    chosen = recipe_variant(recipe, base)
+    names = list(dict.fromkeys([chosen, *variants]))
+    timings = []
+    for name in names:
+        compute, compile_model = parse_variant(name, device)
+        timings.append(measure_variant(name, model, make_optimizer, loss, compute, batch, height, width,
+                                       recipe.predict.tta, warmup, repeats, compile_model))
+    reference = timings[0]
+    loader = loader_sweep(recipe, plugins, dataset, fit, batch, loader_batches, worker_counts)
+    auto_workers = loader_workers(recipe, base)
+    return {
+        "recipe": recipe.name,
+        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "environment": describe_environment(base),
+        "input": [width, height],
+        "batch_size": batch,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "gflops_per_image": round(gflops_per_image(model, height, width), 2),
+        "variants": [asdict(t) for t in timings],
+        "loader": {**loader, "recipe_workers": auto_workers,
+                   "verdict": loader_verdict(loader["images_per_s"], reference.train_images_per_s, auto_workers)},
+        "harness_overhead": overhead_ratio(model, make_optimizer, loss, base, batch, height, width),
+        "carvana_cost": asdict(carvana_cost(reference.train_images_per_s, reference.infer_tta_images_per_s,
+                                            height * width, recipe.folds.k, recipe.train.epochs)),
+        "carvana_cost_variant": reference.variant,
+    }
+
+
+def loader_sweep(recipe: Recipe, plugins: Plugins, dataset, fit, batch: int, batches: int,
+                 worker_counts: list[int]) -> dict[str, Any]:
+    """Decode + preprocess + augment + fit throughput of the recipe's loader, per worker count.
+
+    Measured without the decoded-image cache (every sample decoded), which is the pipeline's real
+    work; whether a run would cache the set is reported beside it.
+    """
+    preprocess = compose_transforms(recipe, plugins, "preprocess", "preprocessor")
+    augment = compose_transforms(recipe, plugins, "augment", "augmentation")
+    images = Images(dataset, dataset.train, preprocess, cache_bytes=0)
+    samples = TrainingSamples(images, range(len(images)), augment, fit, seed=recipe.seed)
+    images_per_s = {}
+    for workers in worker_counts:
+        loader = torch.utils.data.DataLoader(samples, batch_size=batch, num_workers=workers,
+                                             sampler=EpochSampler(len(samples), 0, shuffle=True))
+        iterator = iter(loader)
+        next(iterator)  # worker start-up is paid once per run, not per batch
+        started, seen = time.perf_counter(), 0
+        for _, (images_batch, _masks) in zip(range(batches), iterator):
+            seen += len(images_batch)
+        images_per_s[workers] = round(seen / (time.perf_counter() - started), 1)
+    needed = sum(h * w * 4 for h, w in dataset.sizes.values())
+    return {"images_per_s": images_per_s, "cached_in_a_run": needed <= CACHE_BYTES}
+
+
+def loader_verdict(images_per_s: dict[int, float], model_images_per_s: float, recipe_workers: int) -> str:
+    enough = [w for w, speed in sorted(images_per_s.items()) if speed >= model_images_per_s]
+    own = images_per_s.get(recipe_workers)
+    if own is not None and own >= model_images_per_s:
+        return f"keeps up: {own:.0f} images/s with {recipe_workers} workers against the model's {model_images_per_s:.0f}"
+    if enough:
+        return f"starves the model with {recipe_workers} workers; {enough[0]} workers keep up"
+    return f"starves the model at every worker count tried (model: {model_images_per_s:.0f} images/s)"
+
+
+def write_result(result: dict[str, Any], results: Path) -> Path:
+    device = result["variants"][0]["variant"]
+    stamp = result["measured_at"].replace(":", "").replace("-", "")[:15]
+    path = results / "benchmarks" / f"{result['recipe']}-{result['environment']['device'].split()[0]}-{device}-{stamp}.json"
+    atomic_write_json(path, result)
+    return path
+
+
+def print_result(result: dict[str, Any], path: Path, console) -> None:
+    """The benchmark as tables: variants, then model facts, loader, overhead and cost lines."""
+    from rich.table import Table
+
+    table = Table(title=f"{result['recipe']}: {result['input'][0]}x{result['input'][1]}, batch {result['batch_size']}, "
+                        f"{result['environment']['device']}")
+    columns = ("variant", "train img/s", "step ms p50", "step ms p95", "infer img/s", "infer+TTA img/s",
+               "peak MB", "compile s", "note")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("variant", "note") else "right")
+    for v in result["variants"]:
+        table.add_row(v["variant"], f"{v['train_images_per_s']:.1f}", f"{v['train_step_ms_p50']:.0f}",
+                      f"{v['train_step_ms_p95']:.0f}", f"{v['infer_images_per_s']:.1f}",
+                      f"{v['infer_tta_images_per_s']:.1f}", f"{v['peak_memory_mb']:.0f}",
+                      "" if v["compile_seconds"] is None else f"{v['compile_seconds']:.0f}", v["note"])
+    console.print(table, width=max(console.width, 140))  # logs default to 80 columns
+    loader, overhead, cost = result["loader"], result["harness_overhead"], result["carvana_cost"]
+    speeds = ", ".join(f"{w} workers {s:.0f}" for w, s in loader["images_per_s"].items())
+    console.print(f"model: {result['parameters'] / 1e6:.1f} M parameters, {result['gflops_per_image']:.1f} GFLOPs per image (forward)", highlight=False)
+    console.print(f"data pipeline (decode + augment + fit, images/s): {speeds}; {loader['verdict']}", highlight=False)
+    console.print(f"harness overhead: {overhead['ratio']:.3f}x a bare PyTorch loop "
+                  f"({overhead['harness_seconds']:.3f} s vs {overhead['bare_seconds']:.3f} s)", highlight=False)
+    console.print(f"full Carvana, faithful recipe ({result['carvana_cost_variant']}, one device of this kind): "
+                  f"{cost['total_hours']:,.0f} h ({cost['train_hours']:,.0f} h training, {cost['test_hours']:,.0f} h test); "
+                  f"{cost['assumption']}", highlight=False)
+    console.print(f"written to {path}", highlight=False)

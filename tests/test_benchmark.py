@@ -1,0 +1,94 @@
+"""`bench benchmark`: it measures what it claims, writes a parseable result, and says how it fell back."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from harness.benchmark import CARVANA_TEST_IMAGES, CARVANA_TRAIN_IMAGES, carvana_cost, gflops_per_image, measure_variant
+from harness.device import resolve_compute
+from plugins.losses import bce_dice
+
+TINY = """
+name = "tiny"
+[data]
+root = "{root}"
+[folds]
+k = 2
+[model]
+name = "smp"
+arch = "unet"
+encoder = "resnet18"
+[loss]
+name = "bce_dice"
+[optimizer]
+name = "adam"
+[train]
+epochs = 3
+batch_size = 4
+[predict]
+tta = "hflip"
+"""
+
+
+def test_bench_benchmark_writes_a_complete_result(bench, synthetic_set, tmp_path):
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(TINY.format(root=synthetic_set))
+    result = bench("benchmark", recipe, "--results", tmp_path, "--repeats", 2, "--warmup", 1, "--workers", "0,1")
+    assert result.code == 0, result.err
+    (path,) = (tmp_path / "benchmarks").glob("tiny-*.json")
+    measured = json.loads(path.read_text())
+    assert [v["variant"] for v in measured["variants"]] == ["bf16+cl", "fp32"]
+    for variant in measured["variants"]:
+        assert variant["train_images_per_s"] > 0 and variant["infer_images_per_s"] > 0
+        assert variant["train_step_ms_p95"] >= variant["train_step_ms_p50"] > 0
+        assert variant["peak_memory_mb"] > 0 and variant["batch_size"] == 4
+    assert measured["input"] == [64, 64] and measured["gflops_per_image"] > 0
+    assert measured["parameters"] > 1e6
+    assert set(measured["loader"]["images_per_s"]) == {"0", "1"} and measured["loader"]["verdict"]
+    assert measured["harness_overhead"]["ratio"] > 0
+    assert measured["carvana_cost"]["total_hours"] > 0 and measured["environment"]["packages"]["torch"]
+    assert "harness overhead" in result.out and "full Carvana" in result.out
+
+
+def test_unknown_variant_is_one_line(bench, synthetic_set, tmp_path):
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(TINY.format(root=synthetic_set))
+    result = bench("benchmark", recipe, "--variants", "fp8", "--results", tmp_path)
+    assert result.code == 2 and "--variants fp8" in result.err and len(result.err.strip().splitlines()) == 1
+
+
+class RunsOutOfMemoryAbove(torch.nn.Module):
+    """A model that fails like an exhausted GPU whenever the batch is larger than ``limit``."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit, self.conv = limit, torch.nn.Conv2d(3, 1, 3, padding=1)
+
+    def forward(self, x):
+        if x.shape[0] > self.limit:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.conv(x)
+
+
+def test_out_of_memory_halves_the_batch_and_says_so():
+    compute = resolve_compute("cpu", "fp32", False)
+    timing = measure_variant("fp32", RunsOutOfMemoryAbove(2), lambda p: torch.optim.SGD(p, lr=0.1), bce_dice(),
+                             compute, batch_size=8, height=32, width=32, tta="none", warmup=1, repeats=2)
+    assert timing.batch_size == 2 and "out of memory at batch 4" in timing.note
+
+
+def test_flops_of_one_convolution_match_the_formula():
+    conv = torch.nn.Conv2d(3, 8, kernel_size=3, padding=1, bias=False)
+    assert gflops_per_image(conv, 32, 48) == pytest.approx(2 * 3 * 8 * 9 * 32 * 48 / 1e9)
+
+
+def test_carvana_cost_arithmetic():
+    cost = carvana_cost(train_images_per_s=10.0, infer_tta_images_per_s=20.0, measured_pixels=1920 * 1280,
+                        folds=5, epochs=2)
+    train = (CARVANA_TRAIN_IMAGES * 4 * 2 / 10 + CARVANA_TRAIN_IMAGES * 2 / 20) / 3600
+    test = CARVANA_TEST_IMAGES * 5 / 20 / 3600
+    assert (cost.train_hours, cost.test_hours) == (round(train, 1), round(test, 1))
+    assert "x1.0" in cost.assumption
