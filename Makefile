@@ -8,7 +8,7 @@ BENCH := $(VENV)/bin/bench
 STAMP := $(VENV)/.installed-stamp
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench bench-baseline clean
 
 install: $(STAMP)
 
@@ -26,8 +26,15 @@ test: $(STAMP)
 demo: $(STAMP)
 	for recipe in vladimir alexander artsiom; do $(BENCH) run recipes/$$recipe.toml --profile quick || exit 1; done
 
+# Timings of the hot paths against the baseline saved on this kind of machine (fails on a >25% slowdown);
+# make bench-baseline records a new one. Run on an otherwise idle machine.
+BENCH_STORAGE := file://tests/benchmarks/baseline
 bench: $(STAMP)
-	$(PY) -m pytest tests/benchmarks --benchmark-enable --benchmark-autosave --benchmark-compare --benchmark-compare-fail=mean:25%
+	$(PY) -m pytest tests/benchmarks --benchmark-enable --benchmark-storage=$(BENCH_STORAGE) \
+		--benchmark-compare --benchmark-compare-fail=mean:25%
+
+bench-baseline: $(STAMP)
+	$(PY) -m pytest tests/benchmarks --benchmark-enable --benchmark-storage=$(BENCH_STORAGE) --benchmark-save=baseline
 
 clean:
 	rm -rf $(VENV) .pytest_cache
