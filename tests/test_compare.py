@@ -1,0 +1,206 @@
+"""``bench compare``: the numbers it prints are recomputed here from per_image.csv, independently.
+
+The recomputation uses plain loops and the csv module, not harness.stats, and follows the resampling
+protocol documented in harness/stats.py (seeded draws over sorted car ids), so the intervals must
+match to rounding, not just roughly.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+SAME_SPLITS = ("linknet", "unet", "fpn")
+RESAMPLES = 2000
+
+
+@pytest.fixture(scope="module")
+def three(tiny_runs) -> list[Path]:
+    return [tiny_runs[name] for name in SAME_SPLITS]
+
+
+def _per_image(run: Path) -> dict[str, tuple[str, int, float]]:
+    with open(run / "per_image.csv", newline="") as handle:
+        return {row["image"]: (row["car"], int(row["fold"]), float(row["dice"])) for row in csv.DictReader(handle)}
+
+
+def _by_car(values: dict[str, tuple[str, float]]) -> tuple[list[float], list[int]]:
+    """Per-car sums and counts, cars in sorted order (the documented protocol)."""
+    sums, counts = defaultdict(float), defaultdict(int)
+    for car, value in values.values():
+        sums[car] += value
+        counts[car] += 1
+    cars = sorted(sums)
+    return [sums[c] for c in cars], [counts[c] for c in cars]
+
+
+def _percentile_interval(sums: list[float], counts: list[int], seed: int = 0) -> tuple[float, float]:
+    picks = np.random.default_rng(seed).integers(0, len(sums), size=(RESAMPLES, len(sums)))
+    pooled = [sum(sums[i] for i in draw) / sum(counts[i] for i in draw) for draw in picks]
+    return tuple(np.percentile(pooled, [2.5, 97.5]))
+
+
+def _json(bench, *args) -> dict:
+    result = bench("compare", *args, "--format", "json")
+    assert result.code == 0, result.err
+    return json.loads(result.out)
+
+
+def test_ranking_intervals_and_paired_differences_match_a_recomputation(bench, three):
+    report = _json(bench, *three)
+    assert len(report["groups"]) == 1
+    rows = report["groups"][0]["rows"]
+    scores = {run.name: _per_image(run) for run in three}
+
+    pooled = {name: np.mean([dice for _, _, dice in images.values()]) for name, images in scores.items()}
+    assert [row["run"] for row in rows] == sorted(pooled, key=pooled.get, reverse=True)
+    assert [row["rank"] for row in rows] == [1, 2, 3]
+    best = rows[0]["run"]
+    for row in rows:
+        name = row["run"]
+        assert row["oof_dice"] == pytest.approx(pooled[name], abs=1e-9)
+        sums, counts = _by_car({i: (car, dice) for i, (car, _, dice) in scores[name].items()})
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx(_percentile_interval(sums, counts), abs=1e-9)
+        assert row["ci_low"] <= row["oof_dice"] <= row["ci_high"]
+        summary = json.loads((Path(row["path"]) / "summary.json").read_text())
+        for key in ("fold_dice_mean", "fold_dice_std", "train_seconds", "train_images_per_s",
+                    "inference_images_per_s", "parameters", "device"):
+            assert row[key] == pytest.approx(summary[key]) if isinstance(summary[key], float) else row[key] == summary[key]
+        if name == best:
+            assert row["delta"] == 0 and row["p_value"] is None
+            continue
+        # Paired over the same images: per-image differences, grouped by car.
+        assert scores[name].keys() == scores[best].keys()
+        deltas = {i: (car, dice - scores[best][i][2]) for i, (car, _, dice) in scores[name].items()}
+        assert row["delta"] == pytest.approx(np.mean([d for _, d in deltas.values()]), abs=1e-9)
+        assert row["delta"] == pytest.approx(row["oof_dice"] - rows[0]["oof_dice"], abs=1e-9)
+        sums, counts = _by_car(deltas)
+        assert (row["delta_low"], row["delta_high"]) == pytest.approx(_percentile_interval(sums, counts), abs=1e-9)
+        # Sign-flip test over cars, every pattern enumerated (4 cars: 16 patterns).
+        observed = abs(sum(sums))
+        flipped = [abs(sum(s * v for s, v in zip(signs, sums))) for signs in itertools.product((1, -1), repeat=len(sums))]
+        assert row["p_exact"] is True
+        assert row["p_value"] == pytest.approx(np.mean([f >= observed - 1e-12 for f in flipped]))
+
+
+def test_table_ranks_best_first_with_intervals_and_p_values(bench, three):
+    result = bench("compare", *three)
+    assert result.code == 0, result.err
+    rows = _json(bench, *three)["groups"][0]["rows"]
+    positions = [result.out.index(row["run"]) for row in rows]
+    assert positions == sorted(positions)
+    for header in ("OOF Dice", "95% CI", "folds mean ± std", "Δ to best", "p", "train time", "train img/s",
+                   "infer img/s", "params", "device"):
+        assert header in result.out
+    assert f"{rows[1]['oof_dice']:.4f}" in result.out and f"{rows[1]['delta']:+.4f}" in result.out
+
+
+def test_runs_with_different_splits_are_refused_in_one_line_naming_them(bench, tiny_runs):
+    result = bench("compare", tiny_runs["linknet"], tiny_runs["unet"], tiny_runs["other_splits"])
+    assert result.code == 2
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    assert "different splits" in lines[0]
+    assert "linknet" in lines[0] and "unet" in lines[0] and "other_splits" in lines[0]
+    assert result.out == ""
+
+
+def test_default_scan_gives_each_splits_group_its_own_table(bench, tiny_runs):
+    report = _json(bench, "--results", tiny_runs["linknet"].parent)
+    groups = {tuple(sorted(row["run"] for row in g["rows"])) for g in report["groups"]}
+    assert groups == {("fpn", "linknet", "unet"), ("other_splits",)}
+
+
+def test_unfinished_run_is_listed_apart_not_ranked(bench, tiny_runs, tmp_path):
+    unfinished = Path(shutil.copytree(tiny_runs["unet"], tmp_path / "unet-unfinished"))
+    (unfinished / "summary.json").unlink()
+    report = _json(bench, tiny_runs["linknet"], tiny_runs["fpn"], unfinished)
+    assert [row["run"] for row in report["groups"][0]["rows"]] == sorted(
+        ["linknet", "fpn"], key=lambda n: -json.loads((tiny_runs[n] / "summary.json").read_text())["oof_dice"])
+    assert report["unfinished"] == [{"path": str(unfinished), "folds_done": 2, "reason": "no summary.json"}]
+    table = bench("compare", tiny_runs["linknet"], unfinished)
+    assert table.code == 0
+    assert "unfinished, not ranked" in table.out and "unet-unfinished" in table.out.split("unfinished, not ranked")[1]
+
+
+def test_csv_and_markdown_hold_the_json_numbers(bench, three):
+    rows = _json(bench, *three)["groups"][0]["rows"]
+    result = bench("compare", *three, "--format", "csv")
+    assert result.code == 0, result.err
+    table = pd.read_csv(io.StringIO(result.out))
+    assert list(table["run"]) == [row["run"] for row in rows]
+    np.testing.assert_allclose(table["oof_dice"], [row["oof_dice"] for row in rows])
+    np.testing.assert_allclose(table["ci_low"], [row["ci_low"] for row in rows])
+    assert set(table["splits_hash"]) == {json.loads((three[0] / "summary.json").read_text())["splits_hash"]}
+
+    markdown = bench("compare", *three, "--format", "markdown")
+    assert markdown.code == 0, markdown.err
+    lines = [line for line in markdown.out.splitlines() if line.startswith("|")]
+    header, rule, *body = lines
+    assert len(body) == 3 and set(rule.replace("|", "")) == {"-"}
+    widths = {len(line.split(" | ")) for line in lines if line != rule}
+    assert len(widths) == 1, "every markdown row has the header's number of cells"
+    assert [row["run"] in line for row, line in zip(rows, body)] == [True] * 3
+
+
+def test_by_fold_gives_each_fold_its_dice(bench, three):
+    report = _json(bench, *three, "--by", "fold")
+    rows = report["groups"][0]["rows"]
+    assert len(rows) == 3 * 2
+    for row in rows:
+        run = next(r for r in three if r.name == row["run"])
+        scores = [dice for _, fold, dice in _per_image(run).values() if fold == row["fold"]]
+        assert row["images"] == len(scores)
+        assert row["dice"] == pytest.approx(np.mean(scores), abs=1e-9)
+        fold_json = json.loads((run / f"fold-{row['fold']}" / "fold.json").read_text())
+        assert row["best_epoch"] == fold_json["best_epoch"]
+
+
+def test_by_image_lists_the_worst_images_of_each_run(bench, three):
+    report = _json(bench, *three, "--by", "image", "--worst", "3")
+    rows = report["groups"][0]["rows"]
+    for run in three:
+        shown = [(row["image"], row["dice"]) for row in rows if row["run"] == run.name]
+        worst = sorted(((dice, image) for image, (_, _, dice) in _per_image(run).items()))[:3]
+        assert [image for image, _ in shown] == [image for _, image in worst]
+        assert [dice for _, dice in shown] == pytest.approx([dice for dice, _ in worst])
+
+
+def test_sort_and_filter(bench, three):
+    by_size = _json(bench, *three, "--sort", "parameters")["groups"][0]["rows"]
+    assert [row["parameters"] for row in by_size] == sorted(row["parameters"] for row in by_size)
+    assert sorted(row["rank"] for row in by_size) == [1, 2, 3], "rank stays the Dice rank"
+    only = _json(bench, *three, "--filter", "recipe=unet")["groups"][0]["rows"]
+    assert [row["run"] for row in only] == ["unet"]
+    globbed = _json(bench, *three, "--filter", "run~*net")["groups"][0]["rows"]
+    assert sorted(row["run"] for row in globbed) == ["linknet", "unet"]
+    floor = min(row["oof_dice"] for row in by_size)
+    above = _json(bench, *three, "--filter", f"oof_dice>{floor}")["groups"][0]["rows"]
+    assert len(above) == 2
+
+
+@pytest.mark.parametrize("args, expected", [
+    (("--filter", "nonsense"), "--filter"),
+    (("--filter", "colour=red"), "no field 'colour'"),
+    (("--sort", "speed"), "--sort speed"),
+    (("--format", "xml"), "--format xml"),
+    (("--by", "car"), "--by car"),
+])
+def test_bad_options_are_one_line(bench, three, args, expected):
+    result = bench("compare", *three, *args)
+    assert result.code == 2
+    assert len(result.err.strip().splitlines()) == 1 and expected in result.err
+
+
+def test_missing_run_folder_is_one_line(bench, tmp_path):
+    result = bench("compare", tmp_path / "nowhere")
+    assert result.code == 2 and "no such run folder" in result.err
