@@ -29,8 +29,12 @@ def quantise(probability: np.ndarray) -> np.ndarray:
 
 
 def binarise(quantised: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """The mask ``p >= threshold`` of a quantised map (``round(p*255) >= round-up of threshold*255``)."""
-    return quantised >= int(np.ceil(threshold * LEVELS - 0.5))
+    """The mask ``p >= threshold`` of a quantised map: ``u >= c`` with the smallest ``c`` whose rounding
+    interval ``[c - 0.5, c + 0.5)`` lies at or above ``threshold * 255`` (``c = 128`` for 0.5).
+
+    The ``1e-9`` absorbs float error, so a threshold written as ``(c - 0.5) / 255`` selects ``c`` again.
+    """
+    return quantised >= int(np.ceil(threshold * LEVELS + 0.5 - 1e-9))
 
 
 class ProbabilityMaps:
@@ -88,6 +92,17 @@ class ProbabilityMaps:
     def quantised(self, image_id: str) -> np.ndarray:
         """The stored uint8 map (a view into the file: copy it to keep it)."""
         return self._view(image_id)
+
+    def read_copy(self, image_id: str) -> np.ndarray:
+        """The stored uint8 map, read with a plain file read instead of through the mapping.
+
+        A scan over 100,064 maps through the memmap leaves every page it touched mapped into the
+        process (resident until the kernel reclaims it); a plain read keeps memory flat.
+        """
+        height, width = self.shapes[image_id]
+        flat = np.fromfile(self.path.with_suffix(".u8"), dtype=np.uint8, count=height * width,
+                           offset=self.offsets[image_id])
+        return flat.reshape(height, width)
 
     def __getitem__(self, image_id: str) -> np.ndarray:
         """The probability map as float32 in [0, 1]."""

@@ -1,0 +1,108 @@
+"""Writing and checking a Kaggle Carvana submission: gzipped csv ``img,rle_mask``, one row per test image.
+
+Rows are streamed: a 100,064-image submission is written one encoded mask at a time, never held.
+The check reads the file back the same way and validates every RLE string against its image's size
+without decoding it, so checking a full submission costs seconds, not a full-size mask per row.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from harness.errors import BenchError
+from harness.io import atomic_write
+
+HEADER = ("img", "rle_mask")
+_SUFFIX = ".jpg"  # Kaggle names rows by file name: <carid>_<NN>.jpg
+
+
+def write_submission(path: Path, rows: Iterable[tuple[str, str]]) -> int:
+    """Write ``(image_id, rle)`` rows as a gzipped csv, atomically; return the number of rows.
+
+    ``rows`` may be a generator that does the merging: it is consumed once, while writing. The
+    temporary file is renamed into place only after the last row, so an interrupted ensemble never
+    leaves a submission that looks complete.
+    """
+    written = 0
+
+    def write(handle) -> None:
+        nonlocal written
+        # mtime=0: the same rows give the same bytes, so two submissions can be compared by hash.
+        with gzip.GzipFile(fileobj=handle, mode="wb", mtime=0) as packed:
+            text = io.TextIOWrapper(packed, encoding="ascii", newline="")
+            writer = csv.writer(text, lineterminator="\n")
+            writer.writerow(HEADER)
+            for image_id, rle_mask in rows:
+                writer.writerow((image_id + _SUFFIX, rle_mask))
+                written += 1
+            text.flush()
+            text.detach()
+
+    atomic_write(Path(path), write)
+    return written
+
+
+def read_submission(path: Path) -> Iterable[tuple[int, str, str]]:
+    """Yield ``(line number, image id, rle)`` from a (gzipped or plain) submission csv."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="ascii", newline="") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if header is None or tuple(header) != HEADER:
+                raise BenchError(f"{path}: header is {header!r}; expected 'img,rle_mask'")
+            for row in reader:
+                if len(row) != 2:
+                    raise BenchError(f"{path} line {reader.line_num}: expected 2 columns img,rle_mask, got {len(row)}")
+                yield reader.line_num, row[0].removesuffix(_SUFFIX), row[1]
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as error:
+        raise BenchError(f"{path}: cannot read as a (gzipped) csv: {error}") from None
+
+
+def check_submission(path: Path, expected: Mapping[str, tuple[int, int]]) -> int:
+    """Validate a submission against the test images' ``{id: (height, width)}``; return the row count.
+
+    Every expected image exactly once, nothing else, and every RLE well formed: an even count of
+    positive integers, runs inside the image, sorted and non-overlapping. The first problem is one
+    ``BenchError`` naming the line.
+    """
+    seen: set[str] = set()
+    for line, image_id, text in read_submission(path):
+        where = f"{path} line {line} (img={image_id}{_SUFFIX})"
+        if image_id not in expected:
+            raise BenchError(f"{where}: not a test image")
+        if image_id in seen:
+            raise BenchError(f"{where}: image appears twice")
+        seen.add(image_id)
+        problem = rle_problem(text, expected[image_id])
+        if problem:
+            raise BenchError(f"{where}: {problem}")
+    missing = [image_id for image_id in expected if image_id not in seen]
+    if missing:
+        raise BenchError(f"{path}: {len(missing)} test image(s) missing, e.g. {missing[0]}{_SUFFIX}")
+    return len(seen)
+
+
+def rle_problem(text: str, shape: tuple[int, int]) -> str | None:
+    """What is wrong with one RLE string for an image of ``shape``, or ``None`` when it is valid."""
+    height, width = shape
+    fields = text.split()
+    if not all(field.isdigit() for field in fields):
+        return "rle_mask holds something other than non-negative integers"
+    numbers = np.array(fields, dtype=np.int64) if fields else np.empty(0, dtype=np.int64)
+    if numbers.size % 2:
+        return "odd number of values (expected start/length pairs)"
+    starts, lengths = numbers[0::2], numbers[1::2]
+    ends = starts + lengths - 1  # 1-indexed, inclusive
+    if numbers.size and (starts.min() < 1 or lengths.min() < 1 or ends.max() > height * width):
+        return f"a run lies outside the {width}x{height} image (starts are 1-indexed, lengths >= 1)"
+    if np.any(starts[1:] <= ends[:-1]):
+        return "runs are not sorted and non-overlapping"
+    return None

@@ -1,0 +1,251 @@
+"""bench ensemble: refusing runs that cannot merge, greedy selection, the guard, the submission, --check."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness import oof_search, rle
+from harness.carvana import open_carvana, read_image, read_mask
+from harness.probabilities import ProbabilityMaps, binarise, quantise
+from harness.submission import read_submission, write_submission
+
+
+def fake_run(folder: Path, data_root: Path, noise: float, seed: int, splits_hash: str = "same") -> Path:
+    """A complete run folder whose maps are the truth plus independent pixel noise of ``noise`` std.
+
+    Independent noise is what makes averaging pay: the best mixture weighs the least noisy run most.
+    """
+    dataset = open_carvana(data_root)
+    rng = np.random.default_rng(seed)
+    oof = ProbabilityMaps.create(folder / "oof_maps", {i: dataset.sizes[i] for i in dataset.train})
+    for image_id in dataset.train:
+        truth = read_mask(dataset, image_id).astype(np.float32)
+        oof[image_id] = np.clip(0.1 + 0.8 * truth + rng.normal(0, noise, truth.shape), 0, 1)
+    test_shapes = {i: read_image(dataset, i, "test").shape[:2] for i in dataset.test}
+    test = ProbabilityMaps.create(folder / "test_maps", test_shapes)
+    for image_id, shape in test_shapes.items():
+        test[image_id] = rng.random(shape, dtype=np.float32)
+    oof.flush()
+    test.flush()
+    summary = {"splits_hash": splits_hash, "data": str(data_root), "oof_dice": 0.5, "run": folder.name}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def noisy_runs(synthetic_set, tmp_path_factory) -> dict[str, Path]:
+    """``a`` is the least noisy; ``b`` and ``c`` are noisier but independent of it."""
+    root = tmp_path_factory.mktemp("noisy_runs")
+    return {name: fake_run(root / name, synthetic_set, noise, seed)
+            for name, noise, seed in (("a", 0.2, 1), ("b", 0.3, 2), ("c", 0.3, 3))}
+
+
+def _recompute_masks(report: dict, plugins) -> dict[str, np.ndarray]:
+    """The submission's masks rebuilt from ensemble.json alone, through the stores' public reader."""
+    weights = np.array([member["weight"] for member in report["members"]], dtype=np.float64)
+    weights = (weights / weights.sum()).astype(np.float32)
+    stores = [ProbabilityMaps.open(Path(member["folder"]) / "test_maps") for member in report["members"]]
+    posts = [plugins.get("postprocessor", name).factory() for name in report["postprocessing"]["kept"]]
+    masks = {}
+    for image_id in stores[0].ids:
+        merged = np.zeros(stores[0].shapes[image_id], np.float32)
+        for store, weight in zip(stores, weights):
+            merged += weight * store[image_id]
+        mask = binarise(quantise(merged), report["threshold"])
+        for post in posts:
+            mask = post(merged, mask)
+        masks[image_id] = mask
+    return masks
+
+
+def _assert_submission_matches(out: Path, plugins) -> None:
+    report = json.loads((out / "ensemble.json").read_text())
+    expected = _recompute_masks(report, plugins)
+    rows = {image_id: text for _, image_id, text in read_submission(out / "submission.csv.gz")}
+    assert sorted(rows) == sorted(expected)
+    for image_id, mask in expected.items():
+        np.testing.assert_array_equal(rle.decode(rows[image_id], mask.shape), mask.astype(np.uint8), err_msg=image_id)
+
+
+def test_submission_decodes_to_the_searched_ensemble(bench, tiny_runs, plugins, tmp_path) -> None:
+    results = tiny_runs["linknet"].parent
+    result = bench("ensemble", "linknet", "unet", "fpn", "--results", results, "--out", tmp_path / "ens")
+    assert result.code == 0, result.err
+    assert "out-of-fold Dice" in result.out and "vs best run" in result.out
+    _assert_submission_matches(tmp_path / "ens", plugins)
+    report = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
+    assert report["oof"]["ensemble_dice_before_postprocessing"] >= report["oof"]["best_run_dice_at_own_threshold"] - 1e-9
+    assert bench("ensemble", "--check", tmp_path / "ens" / "submission.csv.gz", tiny_runs["linknet"]).code == 0
+
+
+def test_submission_decodes_to_fixed_weights_and_forced_postprocessing(bench, noisy_runs, plugins, tmp_path) -> None:
+    out = tmp_path / "ens"
+    result = bench("ensemble", *noisy_runs.values(), "--out", out, "--weights", "0.5,0.3,0.2",
+                   "--threshold", "0.45", "--post", "convex_hull,keep_largest", "--force-post")
+    assert result.code == 0, result.err
+    report = json.loads((out / "ensemble.json").read_text())
+    assert report["postprocessing"]["kept"] == ["convex_hull", "keep_largest"]
+    assert [m["weight"] for m in report["members"]] == pytest.approx([0.5, 0.3, 0.2])
+    _assert_submission_matches(out, plugins)
+
+
+def test_reproduce_command_rebuilds_the_same_bytes(bench, noisy_runs, tmp_path) -> None:
+    first = tmp_path / "first"
+    assert bench("ensemble", *noisy_runs.values(), "--out", first).code == 0
+    command = json.loads((first / "ensemble.json").read_text())["reproduce"]["apply"]
+    words = command.split()  # no spaces in these paths
+    again = tmp_path / "again"
+    words[words.index("--out") + 1] = str(again)
+    assert bench(*words[1:]).code == 0
+    assert (first / "submission.csv.gz").read_bytes() == (again / "submission.csv.gz").read_bytes()
+
+
+def test_greedy_selection_with_replacement_weighs_the_best_run_most(bench, noisy_runs, tmp_path) -> None:
+    out = tmp_path / "ens"
+    assert bench("ensemble", *noisy_runs.values(), "--out", out, "--post", "none").code == 0
+    report = json.loads((out / "ensemble.json").read_text())
+    steps = report["selection"]["steps"]
+    weights = {member["run"]: member["weight"] for member in report["members"]}
+    assert len(steps) >= 3 and [s["added"] for s in steps].count("a") >= 2  # picked again: replacement
+    assert sorted(weights) == ["a", "b", "c"] and max(weights, key=weights.get) == "a"
+    for weight in weights.values():  # weights are counts over the number of steps
+        assert weight * len(steps) == pytest.approx(round(weight * len(steps)))
+    dice = [step["dice"] for step in steps]
+    assert dice == sorted(dice) and len(set(dice)) == len(dice)  # every step strictly helped
+    oof = report["oof"]
+    assert oof["ensemble_dice"] > oof["best_run_dice_at_own_threshold"] and oof["best_run"] == "a"
+    assert oof["helped"] and oof["merge_gain_interval"][0] > 0
+
+
+def test_greedy_step_stops_when_nothing_improves() -> None:
+    curves = np.zeros((4, 2, oof_search.LEVELS))
+    curves[:, 0, 128], curves[:, 1, 100] = 0.9, 0.8
+    step = oof_search.greedy_step(curves, None, None)
+    assert (step.added, step.cutoff) == (0, 128) and step.dice == pytest.approx(0.9)
+    assert oof_search.greedy_step(curves, 0.9, None) is None
+    assert oof_search.greedy_step(curves, None, 100).added == 1  # a fixed threshold is honoured
+
+
+def test_dice_curve_matches_the_metric_at_every_cutoff() -> None:
+    from harness.metrics import dice
+
+    rng = np.random.default_rng(0)
+    quantised = rng.integers(0, 256, (20, 30), dtype=np.uint8)
+    truth = rng.random((20, 30)) < 0.4
+    curve = oof_search.dice_curve(quantised, truth)
+    for cutoff in (0, 1, 64, 128, 200, 255):
+        assert curve[cutoff] == pytest.approx(dice(quantised >= cutoff, truth))
+    assert oof_search.dice_curve(np.zeros((3, 3), np.uint8), np.zeros((3, 3), bool))[1] == 1.0  # both empty
+    assert all(oof_search.best_cutoff(np.eye(256)[c]) == c for c in (1, 128, 255))
+    assert binarise(np.arange(256, dtype=np.uint8), oof_search.cutoff_to_threshold(77)).argmax() == 77
+
+
+def test_guard_rejects_postprocessing_that_hurts_a_few_images() -> None:
+    base = np.full(100, 0.9)
+    lifts_most_wrecks_some = np.where(np.arange(100) < 10, 0.85, 0.95)  # mean up, 10% worse
+    hurts = base - 0.01
+    helps = base + 0.01
+    chains = {(): base, ("risky",): lifts_most_wrecks_some, ("bad",): hurts, ("risky", "bad"): hurts,
+              ("good",): helps, ("risky", "good"): lifts_most_wrecks_some + 0.01, ("bad", "good"): helps, ("risky", "bad", "good"): helps}
+    kept, decisions = oof_search.decide_postprocessing(chains, ["risky", "bad", "good"], tolerance=0.02)
+    assert kept == ("good",)
+    assert [(d.name, d.kept) for d in decisions] == [("risky", False), ("bad", False), ("good", True)]
+    assert decisions[0].gain > 0 and decisions[0].share_worse == pytest.approx(0.1)
+    kept, _ = oof_search.decide_postprocessing(chains, ["risky", "bad", "good"], tolerance=0.2)
+    assert kept == ("risky", "good")
+
+
+HURTING_PLUGIN = '''
+from harness import hookimpl
+
+
+def _erase_top(probability, mask):
+    result = mask.copy()
+    result[: mask.shape[0] // 2] = False
+    return result
+
+
+@hookimpl
+def bench_postprocessors():
+    return {"erase_top": lambda: _erase_top}
+'''
+
+
+def test_guard_drops_a_hurting_postprocessor_end_to_end(bench, noisy_runs, tmp_path) -> None:
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "hurting.py").write_text(HURTING_PLUGIN)
+    out = tmp_path / "ens"
+    result = bench("--plugins-dir", tmp_path / "plugins", "ensemble", *noisy_runs.values(), "--out", out,
+                   "--post", "erase_top", "--max-members", "1")
+    assert result.code == 0, result.err
+    post = json.loads((out / "ensemble.json").read_text())["postprocessing"]
+    assert post["kept"] == [] and post["decisions"][0]["gain"] < 0 and not post["decisions"][0]["kept"]
+
+
+def test_refuses_runs_with_different_splits(bench, tiny_runs, tmp_path) -> None:
+    result = bench("ensemble", tiny_runs["linknet"], tiny_runs["other_splits"], "--out", tmp_path / "ens")
+    assert result.code == 2
+    assert "do not share splits" in result.err and len(result.err.strip().splitlines()) == 1
+    assert not (tmp_path / "ens" / "submission.csv.gz").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["nope"], "not found"),
+    (["{a}", "--weights", "1,2"], "2 weights for 1 runs"),
+    (["{a}", "--post", "hull"], "unknown postprocessor 'hull'"),
+    (["{a}", "--post", "convex_hull:low=0.9"], "low < high"),
+    (["{a}", "--post", "convex_hull:lo=0.1"], "unknown key"),
+    (["{a}", "--threshold", "1.5"], "--threshold"),
+])
+def test_bad_input_is_one_line(bench, noisy_runs, tmp_path, args, message) -> None:
+    args = [arg.format(a=noisy_runs["a"]) for arg in args]
+    result = bench("ensemble", *args, "--out", tmp_path / "ens")
+    assert result.code == 2 and message in result.err and len(result.err.strip().splitlines()) == 1
+
+
+def test_unfinished_run_is_refused(bench, noisy_runs, tmp_path) -> None:
+    (tmp_path / "half").mkdir()
+    result = bench("ensemble", noisy_runs["a"], tmp_path / "half", "--out", tmp_path / "ens")
+    assert result.code == 2 and "unfinished" in result.err
+
+
+def _write_rows(path: Path, rows: list[tuple[str, str]]) -> Path:
+    with gzip.open(path, "wt") as handle:
+        handle.write("img,rle_mask\n" + "".join(f"{img}.jpg,{text}\n" for img, text in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def valid_rows(synthetic_set) -> list[tuple[str, str]]:
+    dataset = open_carvana(synthetic_set)
+    return [(image_id, "1 3 10 5") for image_id in dataset.test]
+
+
+def test_check_accepts_a_valid_submission(bench, synthetic_set, valid_rows, tmp_path) -> None:
+    path = tmp_path / "ok.csv.gz"
+    assert write_submission(path, iter(valid_rows)) == len(valid_rows)
+    result = bench("ensemble", "--check", path, "--data", synthetic_set)
+    assert result.code == 0 and f"{len(valid_rows)} test images" in result.out
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda rows: rows[1:], "missing"),
+    (lambda rows: rows + rows[:1], "appears twice"),
+    (lambda rows: rows + [("0000000000_01", "")], "not a test image"),
+    (lambda rows: [(rows[0][0], "1 3 10")] + rows[1:], "odd number"),
+    (lambda rows: [(rows[0][0], "2560 2")] + rows[1:], "outside"),  # 64x40 = 2560 pixels: one too far
+    (lambda rows: [(rows[0][0], "0 2")] + rows[1:], "outside"),
+    (lambda rows: [(rows[0][0], "10 2 1 2")] + rows[1:], "not sorted"),
+    (lambda rows: [(rows[0][0], "1 5 3 2")] + rows[1:], "not sorted and non-overlapping"),
+    (lambda rows: [(rows[0][0], "1 x")] + rows[1:], "integers"),
+])
+def test_check_catches(bench, synthetic_set, valid_rows, tmp_path, change, message) -> None:
+    path = _write_rows(tmp_path / "bad.csv.gz", change(list(valid_rows)))
+    result = bench("ensemble", "--check", path, "--data", synthetic_set)
+    assert result.code == 2 and message in result.err, result.err
+    assert len(result.err.strip().splitlines()) == 1
