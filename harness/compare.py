@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from harness import stats
+from harness import results, stats
 from harness.errors import BenchError
 from harness.results import ResultsIndex, Run, UnfinishedRun, group_runs, read_per_image
 
@@ -120,7 +120,9 @@ def leaderboard(runs: list[Run], per_image: dict[str, pd.DataFrame], resamples: 
         rows.append({"recipe": run.recipe, "run": run.name, "oof_dice": interval.estimate,
                      "ci_low": interval.low, "ci_high": interval.high,
                      "cars": int(per_image[run.name]["car"].nunique()), "images": len(per_image[run.name]),
-                     **{key: run.summary.get(key) for key in _SUMMARY_COLUMNS}, "path": str(run.path)})
+                     **{key: run.summary.get(key) for key in _SUMMARY_COLUMNS},
+                     "carvana_hours": _carvana_hours(run), "software": results.read_software(run),
+                     "path": str(run.path)})
     table = pd.DataFrame(rows).sort_values(["oof_dice", "run"], ascending=[False, True], kind="stable")
     table.insert(0, "rank", range(1, len(table) + 1))
     best = table["run"].iloc[0]
@@ -190,7 +192,14 @@ _SUMMARY_COLUMNS = ("fold_dice_mean", "fold_dice_std", "train_seconds", "train_i
                     "inference_images_per_s", "parameters", "device")
 _LEADERBOARD_COLUMNS = ["rank", "recipe", "run", "oof_dice", "ci_low", "ci_high", "fold_dice_mean", "fold_dice_std",
                         "delta", "delta_low", "delta_high", "p_value", "p_exact", "cars", "images",
-                        "train_seconds", "train_images_per_s", "inference_images_per_s", "parameters", "device", "path"]
+                        "train_seconds", "train_images_per_s", "inference_images_per_s", "parameters",
+                        "carvana_hours", "device", "software", "path"]
+
+
+def _carvana_hours(run: Run) -> float | None:
+    """Estimated hours of the full Carvana run, from the latest benchmark of this recipe here."""
+    benchmark = results.latest_benchmark(run)
+    return None if benchmark is None else benchmark["carvana_cost"]["total_hours"]
 
 
 def _matches(run: Run, text: str) -> bool:
@@ -245,7 +254,10 @@ def _formatters() -> dict[str, tuple[str, Callable[[pd.Series], str]]]:
         "train_images_per_s": ("train img/s", lambda r: _number(r["train_images_per_s"])),
         "inference_images_per_s": ("infer img/s", lambda r: _number(r["inference_images_per_s"])),
         "parameters": ("params", lambda r: _parameters(r["parameters"])),
+        "carvana_hours": ("Carvana h", lambda r: "-" if r["carvana_hours"] is None or pd.isna(r["carvana_hours"])
+                          else f"{r['carvana_hours']:,.0f}"),
         "device": ("device", lambda r: str(r["device"])),
+        "software": ("software", lambda r: str(r["software"])),
         "fold": ("fold", lambda r: str(r["fold"])),
         "images": ("images", lambda r: str(r["images"])),
         "dice": ("Dice", lambda r: dice(r["dice"])),

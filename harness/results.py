@@ -83,6 +83,33 @@ def group_runs(runs: list[Run]) -> dict[tuple[str, str], list[Run]]:
     return grouped
 
 
+def read_software(run: Run) -> str:
+    """torch (and CUDA) versions the run used, from its environment.json."""
+    try:
+        environment = json.loads((run.path / "environment.json").read_text())
+    except (OSError, ValueError):
+        return "?"
+    torch = environment.get("packages", {}).get("torch") or "?"
+    return f"torch {torch}" + (f", CUDA {environment['cuda']}" if environment.get("cuda") else "")
+
+
+def latest_benchmark(run: Run) -> dict[str, Any] | None:
+    """The newest ``bench benchmark`` result of this run's recipe on the same device, if any.
+
+    Benchmarks live beside the runs, in ``<results>/benchmarks/``; the device string must match,
+    since a throughput measured elsewhere says nothing about this run's cost.
+    """
+    found = []
+    for path in (run.path.parent / "benchmarks").glob(f"{run.recipe}-*.json"):
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if result.get("recipe") == run.recipe and result.get("environment", {}).get("device") == run.summary.get("device"):
+            found.append(result)
+    return max(found, key=lambda result: result.get("measured_at", ""), default=None)
+
+
 def read_per_image(run: Run) -> pd.DataFrame:
     """``image,car,fold,dice`` of every training image of a complete run."""
     path = run.path / "per_image.csv"

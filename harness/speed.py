@@ -90,6 +90,7 @@ def benchmark_recipe(recipe: Recipe, plugins: Plugins, *, device: str | None, va
         "carvana_cost": asdict(carvana_cost(reference.train_images_per_s, reference.infer_tta_images_per_s,
                                             height * width, recipe.folds.k, recipe.train.epochs)),
         "carvana_cost_variant": reference.variant,
+        "carvana_cost_schedule": {"folds": recipe.folds.k, "epochs": recipe.train.epochs, "tta": recipe.predict.tta},
     }
 
 
@@ -158,7 +159,9 @@ def print_result(result: dict[str, Any], path: Path, console) -> None:
     console.print(f"data pipeline (decode + augment + fit, images/s): {speeds}; {loader['verdict']}", highlight=False)
     console.print(f"harness overhead: {overhead['ratio']:.3f}x a bare PyTorch loop "
                   f"({overhead['harness_seconds']:.3f} s vs {overhead['bare_seconds']:.3f} s)", highlight=False)
-    console.print(f"full Carvana, faithful recipe ({result['carvana_cost_variant']}, one device of this kind): "
+    schedule = result["carvana_cost_schedule"]
+    console.print(f"full Carvana at this recipe's {schedule['folds']} folds x {schedule['epochs']} epochs, TTA "
+                  f"{schedule['tta']} ({result['carvana_cost_variant']}, one device of this kind): "
                   f"{cost['total_hours']:,.0f} h ({cost['train_hours']:,.0f} h training, {cost['test_hours']:,.0f} h test); "
                   f"{cost['assumption']}", highlight=False)
     console.print(f"written to {path}", highlight=False)

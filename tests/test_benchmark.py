@@ -92,3 +92,19 @@ def test_carvana_cost_arithmetic():
     test = CARVANA_TEST_IMAGES * 5 / 20 / 3600
     assert (cost.train_hours, cost.test_hours) == (round(train, 1), round(test, 1))
     assert "x1.0" in cost.assumption
+
+
+def test_compare_shows_the_cost_of_a_benchmark_on_the_same_device(bench, tiny_runs, tmp_path):
+    import shutil
+
+    run = shutil.copytree(tiny_runs["linknet"], tmp_path / "results" / "linknet")
+    summary = json.loads((run / "summary.json").read_text())
+    (tmp_path / "results" / "benchmarks").mkdir()
+    for device, hours, stamp in ((summary["device"], 1234.5, "2026-01-02"), ("cuda:0 (H100)", 9.0, "2026-01-03")):
+        result = {"recipe": "linknet", "measured_at": stamp, "environment": {"device": device},
+                  "carvana_cost": {"total_hours": hours}}
+        (tmp_path / "results" / "benchmarks" / f"linknet-{stamp}.json").write_text(json.dumps(result))
+    shown = bench("compare", run, "--format", "json")
+    assert shown.code == 0, shown.err
+    (row,) = json.loads(shown.out)["groups"][0]["rows"]
+    assert row["carvana_hours"] == 1234.5 and row["software"].startswith("torch ")
