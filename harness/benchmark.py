@@ -162,15 +162,20 @@ def _measure(variant, model, make_optimizer, loss, compute, batch_size, height, 
     with_tta = time_steps(lambda: variant_logits([trained], images, tta, compute), device, 1, repeats)
     return Timing(
         variant=variant, batch_size=batch_size,
-        train_images_per_s=round(batch_size / float(np.median(train)), 2),
+        train_images_per_s=_significant(batch_size / float(np.median(train))),
         train_step_ms_p50=round(1000 * float(np.percentile(train, 50)), 1),
         train_step_ms_p95=round(1000 * float(np.percentile(train, 95)), 1),
-        infer_images_per_s=round(batch_size / float(np.median(plain)), 2),
-        infer_tta_images_per_s=round(batch_size / float(np.median(with_tta)), 2),
+        infer_images_per_s=_significant(batch_size / float(np.median(plain))),
+        infer_tta_images_per_s=_significant(batch_size / float(np.median(with_tta))),
         peak_memory_mb=round(peak_memory_mb(device), 1),
         compile_seconds=None if compile_seconds is None else round(compile_seconds, 1),
         note=note,
     )
+
+
+def _significant(value: float) -> float:
+    """Four significant digits: full-size CPU rates are small (0.04 images/s), GPU ones large."""
+    return float(f"{value:.4g}")
 
 
 def _train_step(model, optimizer, loss, images, masks, compute: Compute) -> None:
@@ -193,7 +198,7 @@ class Cost:
 
 
 def carvana_cost(train_images_per_s: float, infer_tta_images_per_s: float, measured_pixels: int,
-                 folds: int, epochs: int) -> Cost:
+                 folds: int, epochs: int, carvana_pixels: int = CARVANA_PIXELS) -> Cost:
     """Hours for the faithful recipe on one device of this kind, over the full Carvana set.
 
     Training: ``folds`` models, each ``epochs`` passes over (folds - 1)/folds of 5088 images, plus
@@ -201,9 +206,10 @@ def carvana_cost(train_images_per_s: float, infer_tta_images_per_s: float, measu
     100,064 images through every fold's model, with TTA. Throughput measured at a smaller input is
     scaled by the pixel ratio: a fully convolutional network's work grows linearly with the pixels,
     which holds once the device is saturated (small inputs can underfill a GPU, so small-input
-    figures flatter it).
+    figures flatter it). ``carvana_pixels`` is what the recipe feeds its network per Carvana image:
+    1920x1280 when it pads, its fixed input size when it resizes (artsiom's 1024x1024).
     """
-    scale = CARVANA_PIXELS / measured_pixels
+    scale = carvana_pixels / measured_pixels
     train_images = CARVANA_TRAIN_IMAGES * (folds - 1) * epochs
     validation_images = CARVANA_TRAIN_IMAGES * epochs
     train_seconds = (train_images / train_images_per_s + validation_images / infer_tta_images_per_s) * scale
@@ -211,7 +217,8 @@ def carvana_cost(train_images_per_s: float, infer_tta_images_per_s: float, measu
     return Cost(
         train_hours=round(train_seconds / 3600, 1), test_hours=round(test_seconds / 3600, 1),
         total_hours=round((train_seconds + test_seconds) / 3600, 1),
-        assumption=f"measured at {measured_pixels} px per image, scaled x{scale:.1f} to 1920x1280",
+        assumption=f"measured at {measured_pixels} px per image, scaled x{scale:.1f} to the {carvana_pixels} px "
+                   "a Carvana image is at this recipe's input",
     )
 
 

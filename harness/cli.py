@@ -6,6 +6,7 @@ the command needs them, and turns a ``BenchError`` into one line on stderr and e
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -29,7 +30,8 @@ data_app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 
-console = Console(soft_wrap=True)  # a long line stays one line in logs
+# A long line stays one line in logs; tables get room when stdout is a file (rich would use 80 columns).
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160)
 
 RecipeArgument = Annotated[Path, typer.Argument(help="A recipe TOML file.")]
 ProfileOption = Annotated[
@@ -257,6 +259,7 @@ def benchmark_command(
     repeats: Annotated[int, typer.Option(min=2, help="Timed steps per measurement.")] = 10,
     warmup: Annotated[int, typer.Option(min=1, help="Untimed steps first.")] = 3,
     workers: Annotated[str, typer.Option(help="Loader worker counts to try, comma-separated.")] = "0,1,2",
+    skip: Annotated[str, typer.Option(help="Parts to skip, comma-separated: loader, overhead (slow at full size on a CPU).")] = "",
     results: Annotated[Path, typer.Option(help="Benchmarks go to RESULTS/benchmarks/.")] = Path("results"),
 ) -> None:
     """Throughput, memory, GFLOPs, data pipeline, harness overhead and full-Carvana cost of a recipe."""
@@ -277,8 +280,16 @@ def benchmark_command(
     result = benchmark_recipe(
         resolved, plugins, device=device, variants=chosen, size=_parse_size(size) if size else None,
         batch_size=batch, warmup=warmup, repeats=repeats, loader_batches=max(4, repeats), worker_counts=counts,
+        skip=_parse_skip(skip),
     )
     print_result(result, write_result(result, results), console)
+
+
+def _parse_skip(text: str) -> set[str]:
+    parts = {part.strip() for part in text.split(",") if part.strip()}
+    if not parts <= {"loader", "overhead"}:
+        raise BenchError(f"--skip {text}: expected a comma-separated list of loader, overhead")
+    return parts
 
 
 def _parse_size(text: str) -> tuple[int, int]:

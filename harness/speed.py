@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from harness import components
-from harness.benchmark import carvana_cost, gflops_per_image, measure_variant
+from harness.benchmark import CARVANA_PIXELS, carvana_cost, gflops_per_image, measure_variant
 from harness.carvana import open_carvana
 from harness.data import EpochSampler, Images, TrainingSamples
 from harness.device import Compute, resolve_compute
@@ -47,7 +47,7 @@ def recipe_variant(recipe: Recipe, compute: Compute) -> str:
 
 def benchmark_recipe(recipe: Recipe, plugins: Plugins, *, device: str | None, variants: list[str],
                      size: tuple[int, int] | None, batch_size: int | None, warmup: int, repeats: int,
-                     loader_batches: int, worker_counts: list[int]) -> dict[str, Any]:
+                     loader_batches: int, worker_counts: list[int], skip: set[str] = frozenset()) -> dict[str, Any]:
     """Measure everything ``bench benchmark`` reports; return it as a JSON-ready dict."""
     base = resolve_compute(device, recipe.train.precision, recipe.train.channels_last)
     dataset = open_carvana(data_root(recipe, plugins))
@@ -73,8 +73,12 @@ def benchmark_recipe(recipe: Recipe, plugins: Plugins, *, device: str | None, va
         timings.append(measure_variant(name, model, make_optimizer, loss, compute, batch, height, width,
                                        recipe.predict.tta, warmup, repeats, compile_model))
     reference = timings[0]
-    loader = loader_sweep(recipe, plugins, dataset, fit, batch, loader_batches, worker_counts)
     auto_workers = loader_workers(recipe, base)
+    loader = None
+    if "loader" not in skip:
+        loader = loader_sweep(recipe, plugins, dataset, fit, batch, loader_batches, worker_counts)
+        loader["recipe_workers"] = auto_workers
+        loader["verdict"] = loader_verdict(loader["images_per_s"], reference.train_images_per_s, auto_workers)
     return {
         "recipe": recipe.name,
         "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -84,14 +88,23 @@ def benchmark_recipe(recipe: Recipe, plugins: Plugins, *, device: str | None, va
         "parameters": sum(p.numel() for p in model.parameters()),
         "gflops_per_image": round(gflops_per_image(model, height, width), 2),
         "variants": [asdict(t) for t in timings],
-        "loader": {**loader, "recipe_workers": auto_workers,
-                   "verdict": loader_verdict(loader["images_per_s"], reference.train_images_per_s, auto_workers)},
-        "harness_overhead": overhead_ratio(model, make_optimizer, loss, base, batch, height, width),
+        "loader": loader,
+        "harness_overhead": None if "overhead" in skip else
+        overhead_ratio(model, make_optimizer, loss, base, batch, height, width, steps=10, repeats=5),
         "carvana_cost": asdict(carvana_cost(reference.train_images_per_s, reference.infer_tta_images_per_s,
-                                            height * width, recipe.folds.k, recipe.train.epochs)),
+                                            height * width, recipe.folds.k, recipe.train.epochs,
+                                            carvana_input_pixels(recipe))),
         "carvana_cost_variant": reference.variant,
         "carvana_cost_schedule": {"folds": recipe.folds.k, "epochs": recipe.train.epochs, "tta": recipe.predict.tta},
     }
+
+
+def carvana_input_pixels(recipe: Recipe) -> int:
+    """Pixels the network sees per Carvana image: the fixed input size, or 1918x1280 padded."""
+    if recipe.input.size != "original":
+        width, height = recipe.input.size
+        return width * height
+    return CARVANA_PIXELS
 
 
 def loader_sweep(recipe: Recipe, plugins: Plugins, dataset, fit, batch: int, batches: int,
@@ -137,6 +150,11 @@ def write_result(result: dict[str, Any], results: Path) -> Path:
     return path
 
 
+def _rate(images_per_s: float) -> str:
+    """Three significant digits: a CPU at full size does 0.0427 images/s, which .1f would show as 0.0."""
+    return f"{images_per_s:.3g}"
+
+
 def print_result(result: dict[str, Any], path: Path, console) -> None:
     """The benchmark as tables: variants, then model facts, loader, overhead and cost lines."""
     from rich.table import Table
@@ -148,17 +166,19 @@ def print_result(result: dict[str, Any], path: Path, console) -> None:
     for column in columns:
         table.add_column(column, justify="left" if column in ("variant", "note") else "right")
     for v in result["variants"]:
-        table.add_row(v["variant"], f"{v['train_images_per_s']:.1f}", f"{v['train_step_ms_p50']:.0f}",
-                      f"{v['train_step_ms_p95']:.0f}", f"{v['infer_images_per_s']:.1f}",
-                      f"{v['infer_tta_images_per_s']:.1f}", f"{v['peak_memory_mb']:.0f}",
+        table.add_row(v["variant"], _rate(v["train_images_per_s"]), f"{v['train_step_ms_p50']:.0f}",
+                      f"{v['train_step_ms_p95']:.0f}", _rate(v["infer_images_per_s"]),
+                      _rate(v["infer_tta_images_per_s"]), f"{v['peak_memory_mb']:.0f}",
                       "" if v["compile_seconds"] is None else f"{v['compile_seconds']:.0f}", v["note"])
-    console.print(table, width=max(console.width, 140))  # logs default to 80 columns
+    console.print(table)
     loader, overhead, cost = result["loader"], result["harness_overhead"], result["carvana_cost"]
-    speeds = ", ".join(f"{w} workers {s:.0f}" for w, s in loader["images_per_s"].items())
     console.print(f"model: {result['parameters'] / 1e6:.1f} M parameters, {result['gflops_per_image']:.1f} GFLOPs per image (forward)", highlight=False)
-    console.print(f"data pipeline (decode + augment + fit, images/s): {speeds}; {loader['verdict']}", highlight=False)
-    console.print(f"harness overhead: {overhead['ratio']:.3f}x a bare PyTorch loop "
-                  f"({overhead['harness_seconds']:.3f} s vs {overhead['bare_seconds']:.3f} s)", highlight=False)
+    if loader:
+        speeds = ", ".join(f"{w} workers {s:.0f}" for w, s in loader["images_per_s"].items())
+        console.print(f"data pipeline (decode + augment + fit, images/s): {speeds}; {loader['verdict']}", highlight=False)
+    if overhead:
+        console.print(f"harness overhead: {overhead['ratio']:.3f}x a bare PyTorch loop "
+                      f"({overhead['harness_seconds']:.3f} s vs {overhead['bare_seconds']:.3f} s)", highlight=False)
     schedule = result["carvana_cost_schedule"]
     console.print(f"full Carvana at this recipe's {schedule['folds']} folds x {schedule['epochs']} epochs, TTA "
                   f"{schedule['tta']} ({result['carvana_cost_variant']}, one device of this kind): "

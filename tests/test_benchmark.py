@@ -108,3 +108,17 @@ def test_compare_shows_the_cost_of_a_benchmark_on_the_same_device(bench, tiny_ru
     assert shown.code == 0, shown.err
     (row,) = json.loads(shown.out)["groups"][0]["rows"]
     assert row["carvana_hours"] == 1234.5 and row["software"].startswith("torch ")
+
+
+def test_skipped_parts_are_absent_and_bad_skip_is_one_line(bench, synthetic_set, tmp_path):
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(TINY.format(root=synthetic_set))
+    bad = bench("benchmark", recipe, "--skip", "loader,gpu", "--results", tmp_path)
+    assert bad.code == 2 and "--skip loader,gpu" in bad.err and len(bad.err.strip().splitlines()) == 1
+    result = bench("benchmark", recipe, "--results", tmp_path, "--repeats", 2, "--warmup", 1,
+                   "--variants", "bf16+cl", "--skip", "loader,overhead")
+    assert result.code == 0, result.err
+    (path,) = (tmp_path / "benchmarks").glob("tiny-*.json")
+    measured = json.loads(path.read_text())
+    assert measured["loader"] is None and measured["harness_overhead"] is None
+    assert [v["variant"] for v in measured["variants"]] == ["bf16+cl"]
