@@ -151,12 +151,12 @@ def _measure(variant, model, make_optimizer, loss, compute, batch_size, height, 
     if compile_model:
         started = time.perf_counter()
         trained = torch.compile(model)
-        _train_step(trained, optimizer, loss, images, masks, compute)
+        train_step(trained, optimizer, loss, images, masks, compute)
         synchronise(device)
         compile_seconds = time.perf_counter() - started
 
     model.train()
-    train = time_steps(lambda: _train_step(trained, optimizer, loss, images, masks, compute), device, warmup, repeats)
+    train = time_steps(lambda: train_step(trained, optimizer, loss, images, masks, compute), device, warmup, repeats)
     model.eval()
     plain = time_steps(lambda: variant_logits([trained], images, "none", compute), device, warmup, repeats)
     with_tta = time_steps(lambda: variant_logits([trained], images, tta, compute), device, 1, repeats)
@@ -178,7 +178,8 @@ def _significant(value: float) -> float:
     return float(f"{value:.4g}")
 
 
-def _train_step(model, optimizer, loss, images, masks, compute: Compute) -> None:
+def train_step(model, optimizer, loss, images, masks, compute: Compute) -> None:
+    """One bare optimisation step: what both the model timing and the overhead baseline measure."""
     with compute.autocast():
         logits = model(images)
     value = loss(logits.float(), masks)

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from harness.benchmark import time_steps
+from harness.benchmark import time_steps, train_step
 from harness.data import EpochSampler, Normalise
 from harness.device import Compute
 from harness.train import FoldSetup, TrainState, train_epoch
@@ -52,12 +52,7 @@ def random_samples(count: int, height: int, width: int) -> tuple[torch.Tensor, t
 def bare_loop(model, optimizer, loss, batches, compute: Compute) -> None:
     model.train()
     for images, masks in batches:
-        with compute.autocast():
-            logits = model(images)
-        value = loss(logits.float(), masks)
-        value.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        train_step(model, optimizer, loss, images, masks, compute)
 
 
 def bare_epoch(model, make_optimizer, loss, images, masks, batch: int, compute: Compute) -> Callable[[], None]:
