@@ -292,6 +292,33 @@ def _parse_skip(text: str) -> set[str]:
     return parts
 
 
+@app.command("ablate")
+def ablate_command(
+    ctx: typer.Context,
+    recipe: RecipeArgument,
+    trick: Annotated[list[str], typer.Option("--trick", help="A trick to switch alone (repeatable): tta, hnm, clahe, "
+                                                             "augment, pseudo or grad_clip.")],
+    profile: ProfileOption = None,
+    set_: SetOption = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present).")] = None,
+    results: Annotated[Path, typer.Option(help="Where the variants' run folders go.")] = Path("results"),
+    out: Annotated[Path, typer.Option(help="The markdown file whose section for this recipe is (re)written.")] = Path("docs/ablations.md"),
+    resume: Annotated[bool, typer.Option("--resume", help="Finish interrupted variant runs.")] = False,
+) -> None:
+    """Run the recipe and one variant per trick (switched off if used, on if not) on the same folds; report Dice."""
+    import shlex
+
+    from harness.ablation import report_section, run_variants, variants, write_section
+    from harness.recipe import load_recipe
+
+    plugins = _plugins(ctx)
+    resolved = load_recipe(recipe, plugins, profile or [], set_ or [])
+    found = variants(resolved, trick, plugins)
+    scored = run_variants(found, results, resume, device, plugins, console)
+    write_section(out, resolved.name, report_section(found, scored, shlex.join(["bench", *sys.argv[1:]])))
+    console.print(f"wrote the {resolved.name} section of {out} ({len(found)} variants)", highlight=False)
+
+
 def _parse_size(text: str) -> tuple[int, int]:
     width, sep, height = text.lower().partition("x")
     if not (sep and width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):

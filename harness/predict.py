@@ -3,7 +3,8 @@
 TTA transforms are their own inverses' partners: each variant is ``(forward, inverse)`` on NCHW
 tensors, so a prediction is ``inverse(model(forward(x)))``. The recipe averages the variants'
 logits (alexander: "average logits, then sigmoid") or their probabilities; several models (the
-folds of a run) are averaged as probabilities, as the seed's merge did.
+folds of a run) are averaged as probabilities, as the seed's merge did. With a ``Tiling``, every
+forward pass (each TTA variant of each model) is predicted tile by tile (``harness.tiling``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 
 from harness.device import Compute
 from harness.geometry import Fit
+from harness.tiling import Tiling, predict_tiled
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -60,15 +62,20 @@ TTA: dict[str, list[tuple[Transform, Transform]]] = {
 
 @torch.inference_mode()
 def variant_logits(
-    models: Sequence[torch.nn.Module], images: torch.Tensor, tta: str, compute: Compute
+    models: Sequence[torch.nn.Module], images: torch.Tensor, tta: str, compute: Compute,
+    tiling: Tiling | None = None,
 ) -> list[torch.Tensor]:
     """Per model, the logits of every TTA variant, mapped back: ``(V, N, 1, H, W)`` float32."""
     per_model = []
     for model in models:
+        def forward_pass(x: torch.Tensor, model=model) -> torch.Tensor:
+            return model(x.contiguous(memory_format=compute.memory_format))
+
         outputs = []
         for forward, inverse in TTA[tta]:
             with compute.autocast():
-                logits = model(forward(images).contiguous(memory_format=compute.memory_format))
+                variant = forward(images)
+                logits = forward_pass(variant) if tiling is None else predict_tiled(forward_pass, variant, tiling)
             outputs.append(inverse(logits.float()))
         per_model.append(torch.stack(outputs))
     return per_model
@@ -101,6 +108,7 @@ def predict_loader(
     tta: str,
     average: str,
     compute: Compute,
+    tiling: Tiling | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(index, probability map on the CPU)`` for every sample of a prediction loader.
 
@@ -108,7 +116,8 @@ def predict_loader(
     """
     for images, indices in loader:
         images = normalise(images.to(compute.device, non_blocking=True))
-        per_model = variant_logits(models, images.contiguous(memory_format=compute.memory_format), tta, compute)
+        per_model = variant_logits(models, images.contiguous(memory_format=compute.memory_format), tta, compute,
+                                   tiling)
         for position, index in enumerate(indices.tolist()):
             height, width = shapes[index]
             yield index, combine(per_model, position, height, width, fit, average).cpu()

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from harness import components
 from harness.errors import BenchError
 from harness.plugins import Plugins, UnknownComponent
+from harness.tiling import Tiling, tiling_problem
 
 Key = tuple[str | int, ...]
 
@@ -88,14 +89,38 @@ class PredictSpec(_Strict):
     tta: Literal["none", "hflip", "vflip", "hvflip", "d4"] = "none"
     average: Literal["logits", "probabilities"] = "logits"
     threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    tile: Size | None = Field(
+        None, description="[width, height] of tiles predicted separately and blended; unset: no tiling."
+    )
+    tile_overlap: Annotated[int, Field(ge=0)] = 64
+
+    @pydantic.model_validator(mode="after")
+    def _check_tiling(self) -> PredictSpec:
+        if self.tile is not None:
+            problem = tiling_problem(self.tile, self.tile_overlap)
+            if problem:
+                raise ValueError(problem)
+        return self
+
+    @property
+    def tiling(self) -> Tiling | None:
+        return None if self.tile is None else Tiling(self.tile, self.tile_overlap)
 
 
 class PseudoLabelSpec(_Strict):
     """vladimir's second stage: add confidently predicted unlabelled test images to training."""
 
+    enabled: bool = True  # a profile cannot delete a table, so it switches the stage off instead
     uncertain: tuple[float, float] = (0.05, 0.95)
     max_uncertain_share: Annotated[float, Field(ge=0, le=1)] = 0.005
     max_images: Annotated[int, Field(ge=1)] | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _check_band(self) -> PseudoLabelSpec:
+        low, high = self.uncertain
+        if not 0 <= low < high <= 1:
+            raise ValueError(f"pseudo_label.uncertain {list(self.uncertain)}: expected [low, high] with 0 <= low < high <= 1")
+        return self
 
 
 class Recipe(_Strict):
@@ -116,8 +141,18 @@ class Recipe(_Strict):
     predict: PredictSpec = PredictSpec()
     pseudo_label: PseudoLabelSpec | None = None
 
+    @pydantic.model_validator(mode="after")
+    def _drop_disabled_stage(self) -> Recipe:
+        """``pseudo_label.enabled = false`` resolves to no second stage (and no table in the run's recipe)."""
+        if self.pseudo_label is not None and not self.pseudo_label.enabled:
+            self.pseudo_label = None
+        return self
+
     def to_toml(self) -> str:
-        return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))
+        data = self.model_dump(mode="json", exclude_none=True)
+        if self.predict.tile is None:  # meaningless untiled; left out so untiled recipes keep their hash
+            del data["predict"]["tile_overlap"]
+        return tomli_w.dumps(data)
 
 
 # Kinds whose factories are cheap and take no run-time arguments: loading a recipe builds them once,
@@ -156,6 +191,12 @@ def load_recipe(
         origins.mark(key, f"--set {override}")
     recipe = _validate(raw, origins)
     return _check_components(recipe, plugins, origins)
+
+
+def recipe_from_dict(raw: dict[str, Any], plugins: Plugins, origin: str) -> Recipe:
+    """Validate a recipe built in code (an ablation variant, say) as strictly as one read from a file."""
+    origins = _Origins(origin)
+    return _check_components(_validate(copy.deepcopy(raw), origins), plugins, origins)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

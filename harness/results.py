@@ -35,6 +35,10 @@ class Run:
 
     @property
     def name(self) -> str:
+        """The folder's name; a stage inside a run (``RUN/pseudo``) is named by both, so the pseudo
+        stages of two runs stay apart in one leaderboard."""
+        if self.summary.get("stage"):
+            return f"{self.path.parent.name}/{self.path.name}"
         return self.path.name
 
     @property

@@ -34,10 +34,12 @@ from harness.plugins import Plugins
 from harness.predict import TTA, predict_loader
 from harness.probabilities import ProbabilityMaps
 from harness.progress import ConsoleReporter, Workload
+from harness.pseudo import Joined, PseudoLabelled, Selection, select_confident
 from harness.recipe import Recipe
 from harness.splits import Splits, make_splits, read_splits, write_splits
 from harness.train import FoldSetup, train_fold
 
+PSEUDO_STAGE = "pseudo"  # the pseudo-label stage's folder inside the run folder
 CACHE_BYTES = 4 << 30  # decoded training images kept in memory when they fit (Carvana needs 37 GB)
 
 
@@ -60,16 +62,16 @@ def run(request: RunRequest, plugins: Plugins, console: Console) -> Path:
     """Run (or resume, or find complete) a recipe; return the run folder."""
     recipe = request.recipe
     folder = request.results / (request.name or run_id(recipe))
-    if (folder / "summary.json").exists():
+    if _complete(folder, recipe):
         console.print(f"{folder} is already complete; nothing to do", highlight=False)
         return folder
     if folder.exists() and not request.resume and not request.estimate_only:
         raise BenchError(f"{folder} holds an unfinished run; pass --resume to finish it, or remove the folder")
     compute = resolve_compute(request.device, recipe.train.precision, recipe.train.channels_last)
-    if recipe.pseudo_label is not None:
-        console.print("[yellow]warning:[/] the recipe's \\[pseudo_label] stage is not implemented yet; "
-                      "this run trains and predicts the first stage only")
     dataset = open_carvana(data_root(recipe, plugins))
+    if recipe.pseudo_label is not None and not dataset.test:
+        raise BenchError(f"[pseudo_label] needs unlabelled test images, and {dataset.root}/test has none; "
+                         "remove the [pseudo_label] table or use data with a test/ folder")
     fit = input_fit(recipe, dataset)
     splits = make_splits(car_mask_areas(dataset), recipe.folds.k, recipe.folds.method, recipe.folds.seed)
     if request.estimate_only:
@@ -78,10 +80,63 @@ def run(request: RunRequest, plugins: Plugins, console: Console) -> Path:
         return folder
     _prepare(folder, recipe, splits, compute, request.resume)
     console.print(f"run {folder} on {compute.describe()}", highlight=False)
-    models = _run_folds(recipe, plugins, compute, dataset, fit, splits, folder, console)
-    _predict_test(recipe, plugins, compute, dataset, fit, splits, folder, models)
-    _summarise(folder, recipe, dataset, splits, compute, plugins)
+    if not (folder / "summary.json").exists():
+        models = _run_folds(recipe, plugins, compute, dataset, fit, splits, folder, console)
+        _predict_test(recipe, plugins, compute, dataset, fit, splits, folder, models)
+        _summarise(folder, recipe, dataset, splits, compute, plugins)
+    if recipe.pseudo_label is not None:
+        _pseudo_stage(recipe, plugins, compute, dataset, fit, splits, folder, console)
     return folder
+
+
+def _complete(folder: Path, recipe: Recipe) -> bool:
+    """Every stage the recipe asks for is done (the pseudo stage comes last; see ``_pseudo_stage``)."""
+    if not (folder / "summary.json").exists():
+        return False
+    return recipe.pseudo_label is None or pseudo_stage_trained(folder) or _nothing_selected(folder)
+
+
+def pseudo_stage_trained(folder: Path) -> bool:
+    return (folder / PSEUDO_STAGE / "summary.json").exists()
+
+
+def _nothing_selected(folder: Path) -> bool:
+    path = folder / PSEUDO_STAGE / "selection.json"
+    return path.exists() and not json.loads(path.read_text())["images"]
+
+
+def _pseudo_stage(recipe, plugins, compute, dataset, fit, splits, folder, console) -> None:
+    """vladimir's second stage (``harness.pseudo``): the same folds trained again, from scratch, with
+    the confident test images added to every fold's training side, into ``<run>/pseudo/``.
+
+    The selection is written before any training and reused on resume, so an interrupted stage
+    finishes with the images it started with. When no image qualifies, the stage would only repeat
+    the first one: the empty selection is recorded and the stage is skipped, with a warning.
+    """
+    stage = folder / PSEUDO_STAGE
+    selection_path = stage / "selection.json"
+    if selection_path.exists():
+        selection = Selection.from_json(json.loads(selection_path.read_text()))
+    else:
+        selection = select_confident(ProbabilityMaps.open(folder / "test_maps"), recipe.pseudo_label,
+                                     recipe.predict.threshold)
+        stage.mkdir(exist_ok=True)
+        atomic_write_json(selection_path, selection.to_json())
+    if not selection.images:
+        console.print(f"[yellow]warning:[/] pseudo labelling skipped: no test image has at most "
+                      f"{recipe.pseudo_label.max_uncertain_share} of its pixels uncertain (recorded in {selection_path})",
+                      highlight=False)
+        return
+    console.print(f"pseudo labelling: {len(selection.images)} of {selection.candidates} test images "
+                  f"added to training (rule in {selection_path})", highlight=False)
+    preprocess = compose_transforms(recipe, plugins, "preprocess", "preprocessor")
+    extra = PseudoLabelled(dataset, selection.images, folder / "test_maps", recipe.predict.threshold, preprocess)
+    models = _run_folds(recipe, plugins, compute, dataset, fit, splits, stage, console, extra=extra)
+    _predict_test(recipe, plugins, compute, dataset, fit, splits, stage, models)
+    _summarise(stage, recipe, dataset, splits, compute, plugins, pseudo_images=len(selection.images))
+    first, second = (json.loads((f / "summary.json").read_text())["oof_dice"] for f in (folder, stage))
+    console.print(f"pseudo-label stage: out-of-fold Dice {second:.4f} (first stage {first:.4f}) in {stage}",
+                  highlight=False)
 
 
 def data_root(recipe: Recipe, plugins: Plugins) -> Path:
@@ -122,8 +177,11 @@ def compose_transforms(recipe: Recipe, plugins: Plugins, key: str, kind: str) ->
     return A.Compose([components.build(plugins.get(kind, s.name), s.params) for s in specs])
 
 
-def _run_folds(recipe, plugins, compute, dataset, fit, splits, folder, console, estimate_only=False):
-    """Train every unfinished fold; return the paths of every fold's best weights."""
+def _run_folds(recipe, plugins, compute, dataset, fit, splits, folder, console, estimate_only=False, extra=None):
+    """Train every unfinished fold; return the paths of every fold's best weights.
+
+    ``extra`` (pseudo-labelled images) joins the training side of every fold, never validation.
+    """
     preprocess = compose_transforms(recipe, plugins, "preprocess", "preprocessor")
     augment = compose_transforms(recipe, plugins, "augment", "augmentation")
     pending = [f for f in range(splits.k) if not (folder / f"fold-{f}" / "fold.json").exists()]
@@ -131,8 +189,11 @@ def _run_folds(recipe, plugins, compute, dataset, fit, splits, folder, console, 
     if pending:
         images = Images(dataset, dataset.train, preprocess, CACHE_BYTES)
         position = {image_id: index for index, image_id in enumerate(dataset.train)}
+        extra_idx = list(range(len(images), len(images) + len(extra))) if extra is not None else []
+        if extra is not None:
+            images = Joined(images, extra)
         batch = recipe.train.batch_size
-        largest_fold = max(len(splits.training_images(dataset, f)) for f in pending)
+        largest_fold = max(len(splits.training_images(dataset, f)) for f in pending) + len(extra_idx)
         work = Workload(
             folds=len(pending), epochs=recipe.train.epochs, steps_per_epoch=-(-largest_fold // batch),
             batch_size=batch, val_images_per_fold=len(dataset.train) // splits.k,
@@ -142,7 +203,7 @@ def _run_folds(recipe, plugins, compute, dataset, fit, splits, folder, console, 
         try:
             for fold in pending:
                 setup = _fold_setup(recipe, plugins, compute, dataset, fit, splits, folder, fold,
-                                    images, position, augment, oof)
+                                    images, position, augment, oof, extra_idx)
                 summary = train_fold(setup, reporter)
                 console.print(f"fold {fold + 1}/{splits.k}: best val Dice {summary['val_dice']:.4f} "
                               f"(epoch {summary['best_epoch'] + 1})", highlight=False)
@@ -165,10 +226,11 @@ def _loader(samples, compute: Compute, workers: int, batch_size: int, sampler=No
     )
 
 
-def _fold_setup(recipe, plugins, compute, dataset, fit, splits, folder, fold, images, position, augment, oof):
+def _fold_setup(recipe, plugins, compute, dataset, fit, splits, folder, fold, images, position, augment, oof,
+                extra_idx=()):
     train_ids = splits.training_images(dataset, fold)
     val_ids = splits.validation_images(dataset, fold)
-    train_idx = [position[i] for i in train_ids]
+    train_idx = [position[i] for i in train_ids] + list(extra_idx)
     val_idx = [position[i] for i in val_ids]
     workers = loader_workers(recipe, compute)
     samples = TrainingSamples(images, train_idx, augment, fit, seed=recipe.seed)
@@ -192,7 +254,7 @@ def _fold_setup(recipe, plugins, compute, dataset, fit, splits, folder, fold, im
         val_loader=_loader(val_samples, compute, workers, recipe.train.batch_size),
         val_ids=val_ids, val_shapes=[dataset.sizes[i] for i in val_ids],
         val_mask=lambda index: images[val_idx[index]][1], oof=oof, folder=fold_folder,
-        compile=recipe.train.compile,
+        compile=recipe.train.compile, tiling=recipe.predict.tiling,
     )
 
 
@@ -214,7 +276,8 @@ def _predict_test(recipe, plugins, compute, dataset, fit, splits, folder, model_
     ordered_shapes = [shapes[i] for i in dataset.test]
     started = time.perf_counter()
     for index, probability in predict_loader(models, loader, ordered_shapes, fit, normalise,
-                                             recipe.predict.tta, recipe.predict.average, compute):
+                                             recipe.predict.tta, recipe.predict.average, compute,
+                                             recipe.predict.tiling):
         store[dataset.test[index]] = probability.numpy()
     store.flush()
     seconds = time.perf_counter() - started
@@ -224,8 +287,12 @@ def _predict_test(recipe, plugins, compute, dataset, fit, splits, folder, model_
     })
 
 
-def _summarise(folder, recipe, dataset, splits, compute, plugins) -> None:
-    """Pool the folds' per-image Dice into per_image.csv and write summary.json (the completion mark)."""
+def _summarise(folder, recipe, dataset, splits, compute, plugins, pseudo_images=None) -> None:
+    """Pool the folds' per-image Dice into per_image.csv and write summary.json (the completion mark).
+
+    A pseudo-label stage (``pseudo_images`` set) is summarised like a run of its own, under the
+    recipe name ``<name>+pseudo``, so ``bench compare`` ranks it against the first stage on the same folds.
+    """
     rows, folds = [], []
     for fold in range(splits.k):
         fold_folder = folder / f"fold-{fold}"
@@ -241,10 +308,11 @@ def _summarise(folder, recipe, dataset, splits, compute, plugins) -> None:
     test = json.loads((folder / "test.json").read_text()) if (folder / "test.json").exists() else {}
     model = components.build(plugins.get("model", recipe.model.name), recipe.model.params)
     train_seconds = sum(f["train_seconds"] for f in folds)
+    run_folder = folder if pseudo_images is None else folder.parent
     summary = {
         "complete": True,
-        "recipe": recipe.name,
-        "run": folder.name,
+        "recipe": recipe.name if pseudo_images is None else f"{recipe.name}+pseudo",
+        "run": folder.name if pseudo_images is None else f"{run_folder.name}/{folder.name}",
         "splits_hash": splits.hash,
         "data": str(dataset.root),
         "train_images": len(dataset.train),
@@ -259,6 +327,8 @@ def _summarise(folder, recipe, dataset, splits, compute, plugins) -> None:
         "inference_images_per_s": test.get("images_per_s", folds[-1].get("val_images_per_s")),
         "parameters": sum(p.numel() for p in model.parameters()),
         "device": compute.describe(),
-        "reproduce": f"bench run {folder / 'recipe.toml'} --name {folder.name}-again",
+        "reproduce": f"bench run {run_folder / 'recipe.toml'} --name {run_folder.name}-again",
     }
+    if pseudo_images is not None:
+        summary.update(stage=folder.name, pseudo_images=pseudo_images)
     atomic_write_json(folder / "summary.json", summary)

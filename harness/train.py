@@ -29,6 +29,7 @@ from harness.io import atomic_write, atomic_write_json
 from harness.metrics import dice
 from harness.predict import predict_loader
 from harness.probabilities import ProbabilityMaps, binarise
+from harness.tiling import Tiling
 
 
 class TrainingStopped(BenchError):
@@ -71,6 +72,7 @@ class FoldSetup:
     oof: ProbabilityMaps
     folder: Path
     compile: bool = False
+    tiling: Tiling | None = None
 
 
 @dataclass
@@ -181,7 +183,7 @@ def _validate(model: torch.nn.Module, setup: FoldSetup) -> dict[str, float]:
     """Predict the validation images into the out-of-fold store; per-image Dice on the stored maps."""
     started, scores = time.perf_counter(), {}
     outputs = predict_loader([model], setup.val_loader, setup.val_shapes, setup.fit, setup.normalise,
-                             setup.tta, setup.average, setup.compute)
+                             setup.tta, setup.average, setup.compute, setup.tiling)
     for index, probability in outputs:
         image_id = setup.val_ids[index]
         setup.oof[image_id] = probability.numpy()
@@ -252,6 +254,7 @@ def _finish(setup: FoldSetup, state: TrainState) -> dict[str, Any]:
         "best_epoch": state.best_epoch,
         "val_dice": state.best_dice,
         "epochs": len(state.history),
+        "train_images": len(setup.train_loader.dataset),
         "train_seconds": round(state.train_seconds, 3),
         "train_images_per_s": round(state.train_images / max(state.train_seconds, 1e-9), 2),
         "val_images_per_s": state.history[-1]["val_images_per_s"] if state.history else None,

@@ -58,6 +58,9 @@ def test_faithful_values_survive_validation(plugins):
     assert (artsiom.train.batch_size, artsiom.train.accumulate) == (1, 4)
     vladimir = load_recipe(REPO / "recipes/vladimir.toml", plugins)
     assert vladimir.pseudo_label.max_uncertain_share == 0.005
+    assert load_recipe(REPO / "recipes/vladimir.toml", plugins, ["quick"]).pseudo_label is None
+    enabled = load_recipe(REPO / "recipes/vladimir.toml", plugins, ["quick"], ["pseudo_label.enabled=true"])
+    assert enabled.pseudo_label.uncertain == (0.05, 0.95)
 
 
 def test_profiles_and_sets_resolve_in_order(plugins):
