@@ -65,7 +65,14 @@ def carvana_copy(synthetic_set, tmp_path) -> Path:
     return Path(shutil.copytree(synthetic_set, tmp_path / "carvana"))
 
 
-TINY_RUN = """
+SMALL_SMP_UNET = 'name = "smp"\narch = "unet"\nencoder = "resnet18"'
+SMALL_SCRATCH_UNET = 'name = "unet"\nbase_filters = 8\ndepth = 3\nup_convs = 1'
+
+
+def write_tiny_recipe(path: Path, root: Path, *, name: str = "tiny", model: str = SMALL_SMP_UNET,
+                      epochs: int = 2, batch_size: int = 8, folds_seed: int = 0, extra: str = "") -> Path:
+    """A recipe that trains in seconds on the tiny synthetic set; ``extra`` adds TOML tables."""
+    path.write_text(f"""
 name = "{name}"
 [data]
 root = "{root}"
@@ -73,22 +80,28 @@ root = "{root}"
 k = 2
 seed = {folds_seed}
 [model]
-name = "smp"
-arch = "{arch}"
-encoder = "resnet18"
+{model}
 [loss]
 name = "bce_dice"
 [optimizer]
 name = "adam"
 lr = 3e-3
 [train]
-epochs = 2
-batch_size = 8
-"""
+epochs = {epochs}
+batch_size = {batch_size}
+{extra}
+""")
+    return path
 
 
 @pytest.fixture(scope="session")
-def tiny_runs(synthetic_set, tmp_path_factory) -> dict[str, Path]:
+def tiny_recipe():
+    """``tiny_recipe(path, data_root, **options)`` writes a tiny recipe (see ``write_tiny_recipe``)."""
+    return write_tiny_recipe
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(synthetic_set, tmp_path_factory, tiny_recipe) -> dict[str, Path]:
     """Four complete tiny runs for the readers of run folders (compare, ensemble, report).
 
     ``linknet``, ``unet`` and ``fpn`` share data and splits; ``other_splits`` uses other folds.
@@ -105,8 +118,8 @@ def tiny_runs(synthetic_set, tmp_path_factory) -> dict[str, Path]:
     variants = {"linknet": ("linknet", 0), "unet": ("unet", 0), "fpn": ("fpn", 0), "other_splits": ("linknet", 1)}
     runs = {}
     for name, (arch, folds_seed) in variants.items():
-        path = folder / f"{name}.toml"
-        path.write_text(TINY_RUN.format(name=name, root=synthetic_set, arch=arch, folds_seed=folds_seed))
+        model = f'name = "smp"\narch = "{arch}"\nencoder = "resnet18"'
+        path = tiny_recipe(folder / f"{name}.toml", synthetic_set, name=name, model=model, folds_seed=folds_seed)
         recipe = load_recipe(path, plugins)
         runs[name] = run(RunRequest(recipe, folder / "results", name=name), plugins, Console(quiet=True))
     return runs

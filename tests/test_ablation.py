@@ -12,28 +12,7 @@ from harness.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY = """
-name = "abl"
-[data]
-root = "{root}"
-[folds]
-k = 2
-[model]
-name = "unet"
-base_filters = 8
-depth = 3
-up_convs = 1
-[loss]
-name = "bce_dice"
-[optimizer]
-name = "adam"
-lr = 3e-3
-[train]
-epochs = 1
-batch_size = 8
-[predict]
-tta = "hflip"
-"""
+SCRATCH_UNET = 'name = "unet"\nbase_filters = 8\ndepth = 3\nup_convs = 1'
 
 
 def _without(recipe, *keys):
@@ -75,9 +54,9 @@ def test_sections_of_several_recipes_share_the_file_and_replace_their_own(tmp_pa
     assert text.index("## a") < text.index("## b")
 
 
-def test_bench_ablate_runs_the_variants_and_writes_the_report(bench, synthetic_set, tmp_path):
-    recipe = tmp_path / "abl.toml"
-    recipe.write_text(TINY.format(root=synthetic_set))
+def test_bench_ablate_runs_the_variants_and_writes_the_report(bench, synthetic_set, tmp_path, tiny_recipe):
+    recipe = tiny_recipe(tmp_path / "abl.toml", synthetic_set, name="abl", model=SCRATCH_UNET, epochs=1,
+                         extra='[predict]\ntta = "hflip"')
     out = tmp_path / "ablations.md"
     result = bench("ablate", recipe, "--trick", "tta", "--trick", "augment", "--results", tmp_path / "results",
                    "--out", out, "--device", "cpu")

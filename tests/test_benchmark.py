@@ -11,31 +11,11 @@ from harness.benchmark import CARVANA_TEST_IMAGES, CARVANA_TRAIN_IMAGES, carvana
 from harness.device import resolve_compute
 from plugins.losses import bce_dice
 
-TINY = """
-name = "tiny"
-[data]
-root = "{root}"
-[folds]
-k = 2
-[model]
-name = "smp"
-arch = "unet"
-encoder = "resnet18"
-[loss]
-name = "bce_dice"
-[optimizer]
-name = "adam"
-[train]
-epochs = 3
-batch_size = 4
-[predict]
-tta = "hflip"
-"""
+TTA = '[predict]\ntta = "hflip"'
 
 
-def test_bench_benchmark_writes_a_complete_result(bench, synthetic_set, tmp_path):
-    recipe = tmp_path / "tiny.toml"
-    recipe.write_text(TINY.format(root=synthetic_set))
+def test_bench_benchmark_writes_a_complete_result(bench, synthetic_set, tmp_path, tiny_recipe):
+    recipe = tiny_recipe(tmp_path / "tiny.toml", synthetic_set, epochs=3, batch_size=4, extra=TTA)
     result = bench("benchmark", recipe, "--results", tmp_path, "--repeats", 2, "--warmup", 1, "--workers", "0,1")
     assert result.code == 0, result.err
     (path,) = (tmp_path / "benchmarks").glob("tiny-*.json")
@@ -53,9 +33,8 @@ def test_bench_benchmark_writes_a_complete_result(bench, synthetic_set, tmp_path
     assert "harness overhead" in result.out and "full Carvana" in result.out
 
 
-def test_unknown_variant_is_one_line(bench, synthetic_set, tmp_path):
-    recipe = tmp_path / "tiny.toml"
-    recipe.write_text(TINY.format(root=synthetic_set))
+def test_unknown_variant_is_one_line(bench, synthetic_set, tmp_path, tiny_recipe):
+    recipe = tiny_recipe(tmp_path / "tiny.toml", synthetic_set, epochs=3, batch_size=4, extra=TTA)
     result = bench("benchmark", recipe, "--variants", "fp8", "--results", tmp_path)
     assert result.code == 2 and "--variants fp8" in result.err and len(result.err.strip().splitlines()) == 1
 
@@ -110,9 +89,8 @@ def test_compare_shows_the_cost_of_a_benchmark_on_the_same_device(bench, tiny_ru
     assert row["carvana_hours"] == 1234.5 and row["software"].startswith("torch ")
 
 
-def test_skipped_parts_are_absent_and_bad_skip_is_one_line(bench, synthetic_set, tmp_path):
-    recipe = tmp_path / "tiny.toml"
-    recipe.write_text(TINY.format(root=synthetic_set))
+def test_skipped_parts_are_absent_and_bad_skip_is_one_line(bench, synthetic_set, tmp_path, tiny_recipe):
+    recipe = tiny_recipe(tmp_path / "tiny.toml", synthetic_set, epochs=3, batch_size=4, extra=TTA)
     bad = bench("benchmark", recipe, "--skip", "loader,gpu", "--results", tmp_path)
     assert bad.code == 2 and "--skip loader,gpu" in bad.err and len(bad.err.strip().splitlines()) == 1
     result = bench("benchmark", recipe, "--results", tmp_path, "--repeats", 2, "--warmup", 1,

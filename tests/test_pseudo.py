@@ -16,25 +16,8 @@ from harness.pseudo import PseudoLabelled, select_confident, uncertain_share
 from harness.recipe import PseudoLabelSpec
 from harness.splits import read_splits
 
-PSEUDO_RUN = """
-name = "pseudo"
-[data]
-root = "{root}"
-[folds]
-k = 2
-[model]
-name = "unet"
-base_filters = 8
-depth = 3
-up_convs = 1
-[loss]
-name = "bce_dice"
-[optimizer]
-name = "adam"
-lr = 3e-3
-[train]
-epochs = 1
-batch_size = 8
+SCRATCH_UNET = 'name = "unet"\nbase_filters = 8\ndepth = 3\nup_convs = 1'
+PSEUDO = """
 [pseudo_label]
 uncertain = [0.05, 0.95]
 max_uncertain_share = 1.0
@@ -75,7 +58,7 @@ def test_selection_rule_is_applied_exactly(tmp_path, max_images, expected):
 
 
 @pytest.fixture(scope="module")
-def pseudo_run(synthetic_set, tmp_path_factory):
+def pseudo_run(synthetic_set, tmp_path_factory, tiny_recipe):
     from rich.console import Console
 
     from harness.plugins import load_plugins
@@ -83,7 +66,7 @@ def pseudo_run(synthetic_set, tmp_path_factory):
     from harness.run import RunRequest, run
 
     folder = tmp_path_factory.mktemp("pseudo")
-    (folder / "pseudo.toml").write_text(PSEUDO_RUN.format(root=synthetic_set))
+    tiny_recipe(folder / "pseudo.toml", synthetic_set, name="pseudo", model=SCRATCH_UNET, epochs=1, extra=PSEUDO)
     plugins = load_plugins()
     recipe = load_recipe(folder / "pseudo.toml", plugins)
     return run(RunRequest(recipe, folder / "results", name="p", device="cpu"), plugins, Console(quiet=True))
@@ -157,11 +140,11 @@ def test_no_confident_image_skips_the_stage_and_records_the_empty_choice(pseudo_
     assert "already complete" in console.export_text()
 
 
-def test_pseudo_labelling_without_test_images_is_one_line(bench, tmp_path):
+def test_pseudo_labelling_without_test_images_is_one_line(bench, tmp_path, tiny_recipe):
     from harness.synthetic import write_synthetic_carvana
 
     root = write_synthetic_carvana(tmp_path / "no_test", cars=2, test_cars=0, size=(64, 40), seed=1)
-    (tmp_path / "r.toml").write_text(PSEUDO_RUN.format(root=root))
+    tiny_recipe(tmp_path / "r.toml", root, name="pseudo", model=SCRATCH_UNET, epochs=1, extra=PSEUDO)
     result = bench("run", tmp_path / "r.toml", "--results", tmp_path / "results")
     assert result.code == 2 and "[pseudo_label] needs unlabelled test images" in result.err
     assert len(result.err.strip().splitlines()) == 1

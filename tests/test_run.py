@@ -16,29 +16,11 @@ import pytest
 from harness.probabilities import ProbabilityMaps
 from harness.splits import read_splits
 
-TINY = """
-name = "tiny"
-seed = 0
-[data]
-root = "{root}"
-[folds]
-k = 2
-[model]
-name = "smp"
-arch = "unet"
-encoder = "resnet18"
-[loss]
-name = "bce_dice"
-[optimizer]
-name = "adam"
-lr = 3e-3
+RUN_EXTRAS = """
 [schedule]  # not constant from the first epoch on, so a resume that lost the base lr would show
 name = "piecewise_cyclic"
 lead = [[0.5, 1]]
 cycle = [[1.0, 3], [0.3, 2]]
-[train]
-epochs = {epochs}
-batch_size = 8
 [[augment]]
 name = "hflip"
 p = 0.5
@@ -47,19 +29,21 @@ tta = "hflip"
 """
 
 
-def tiny_recipe(tmp_path: Path, root: Path, epochs: int = 6) -> Path:
-    path = tmp_path / "tiny.toml"
-    path.write_text(TINY.format(root=root, epochs=epochs))
-    return path
+@pytest.fixture(scope="module")
+def run_recipe(tiny_recipe):
+    """``run_recipe(folder, data_root, epochs=6)``: the tiny recipe with a schedule, an augmentation and TTA."""
+    def write(folder: Path, root: Path, epochs: int = 6) -> Path:
+        return tiny_recipe(folder / "tiny.toml", root, epochs=epochs, extra=RUN_EXTRAS)
+    return write
 
 
 @pytest.fixture(scope="module")
-def finished_run(synthetic_set, tmp_path_factory):
+def finished_run(synthetic_set, tmp_path_factory, run_recipe):
     """One complete tiny run, shared by the tests that only read it."""
     from harness.cli import main
 
     tmp = tmp_path_factory.mktemp("run")
-    recipe = tiny_recipe(tmp, synthetic_set)
+    recipe = run_recipe(tmp, synthetic_set)
     results = tmp / "results"
     argv = sys.argv
     sys.argv = ["bench", "run", str(recipe), "--results", str(results), "--name", "done"]
@@ -149,10 +133,10 @@ def bench_losses():
 '''
 
 
-def test_nan_loss_stops_the_fold_with_the_reason_recorded(bench, synthetic_set, tmp_path):
+def test_nan_loss_stops_the_fold_with_the_reason_recorded(bench, synthetic_set, tmp_path, run_recipe):
     (tmp_path / "plugins").mkdir()
     (tmp_path / "plugins" / "explodes.py").write_text(NAN_PLUGIN)
-    result = bench("--plugins-dir", tmp_path / "plugins", "run", tiny_recipe(tmp_path, synthetic_set),
+    result = bench("--plugins-dir", tmp_path / "plugins", "run", run_recipe(tmp_path, synthetic_set),
                    "--results", tmp_path / "results", "--name", "nan", "--set", "loss={name = 'explodes'}")
     assert result.code == 2
     assert "the loss became nan at epoch 0, step 2 of fold 0" in result.err
@@ -162,11 +146,11 @@ def test_nan_loss_stops_the_fold_with_the_reason_recorded(bench, synthetic_set, 
     assert not (tmp_path / "results/nan/summary.json").exists()
 
 
-def test_images_not_a_multiple_of_32_train_and_predict_at_their_own_size(bench, tmp_path):
+def test_images_not_a_multiple_of_32_train_and_predict_at_their_own_size(bench, tmp_path, run_recipe):
     from harness.synthetic import write_synthetic_carvana
 
     root = write_synthetic_carvana(tmp_path / "odd", cars=2, test_cars=1, size=(300, 200), seed=3)
-    result = bench("run", tiny_recipe(tmp_path, root, epochs=1), "--results", tmp_path / "results",
+    result = bench("run", run_recipe(tmp_path, root, epochs=1), "--results", tmp_path / "results",
                    "--name", "odd", "--set", "data.root=" + str(root))
     assert result.code == 0, result.err
     for store in ("oof", "test"):
@@ -175,8 +159,8 @@ def test_images_not_a_multiple_of_32_train_and_predict_at_their_own_size(bench, 
         assert maps[maps.ids[0]].shape == (200, 300)
 
 
-def test_estimate_prints_a_duration_and_writes_no_run(bench, synthetic_set, tmp_path):
-    result = bench("run", tiny_recipe(tmp_path, synthetic_set), "--results", tmp_path / "results", "--estimate")
+def test_estimate_prints_a_duration_and_writes_no_run(bench, synthetic_set, tmp_path, run_recipe):
+    result = bench("run", run_recipe(tmp_path, synthetic_set), "--results", tmp_path / "results", "--estimate")
     assert result.code == 0, result.err
     assert "estimate: about" in result.out and "s/step" in result.out
     assert not (tmp_path / "results").exists()
