@@ -37,6 +37,7 @@ RecipeArgument = Annotated[Path, typer.Argument(help="A recipe TOML file.")]
 ProfileOption = Annotated[
     Optional[list[str]], typer.Option("--profile", "-p", help="A [profiles.NAME] to apply (repeatable).")
 ]
+DeviceOption = Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present).")]
 SetOption = Annotated[
     Optional[list[str]], typer.Option("--set", help="Override KEY=VALUE, e.g. train.epochs=3 (repeatable).")
 ]
@@ -101,7 +102,7 @@ def run_command(
     recipe: RecipeArgument,
     profile: ProfileOption = None,
     set_: SetOption = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present).")] = None,
+    device: DeviceOption = None,
     results: Annotated[Path, typer.Option(help="Where run folders go.")] = Path("results"),
     name: Annotated[Optional[str], typer.Option(help="Run folder name (default: recipe name + recipe hash).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Finish an interrupted run; finished folds are kept.")] = False,
@@ -252,7 +253,7 @@ def benchmark_command(
     recipe: RecipeArgument,
     profile: ProfileOption = None,
     set_: SetOption = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present).")] = None,
+    device: DeviceOption = None,
     variants: Annotated[str, typer.Option(help="Also measure these, comma-separated: PRECISION[+cl][+compile], or 'all'.")] = "fp32",
     size: Annotated[Optional[str], typer.Option(help="Network input WIDTHxHEIGHT (default: the recipe's).")] = None,
     batch: Annotated[Optional[int], typer.Option(min=1, help="Batch size (default: the recipe's).")] = None,
@@ -300,7 +301,7 @@ def ablate_command(
                                                              "augment, pseudo or grad_clip.")],
     profile: ProfileOption = None,
     set_: SetOption = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present).")] = None,
+    device: DeviceOption = None,
     results: Annotated[Path, typer.Option(help="Where the variants' run folders go.")] = Path("results"),
     out: Annotated[Path, typer.Option(help="The markdown file whose section for this recipe is (re)written.")] = Path("docs/ablations.md"),
     resume: Annotated[bool, typer.Option("--resume", help="Finish interrupted variant runs.")] = False,
