@@ -320,6 +320,34 @@ def ablate_command(
     console.print(f"wrote the {resolved.name} section of {out} ({len(found)} variants)", highlight=False)
 
 
+@app.command("tune")
+def tune_command(
+    ctx: typer.Context,
+    recipe: RecipeArgument,
+    profile: ProfileOption = None,
+    set_: SetOption = None,
+    device: DeviceOption = None,
+    study: Annotated[Optional[str], typer.Option(help="Study name (default: recipe name and profiles, e.g. alexander-quick).")] = None,
+    storage: Annotated[Optional[str], typer.Option(help="Shared storage: an RDB URL (sqlite:///..., postgresql://...) or a "
+                                                        "journal file path (default: RESULTS/tune/STUDY/study.db).")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Processes on this machine working on the study.")] = 1,
+    results: Annotated[Path, typer.Option(help="Studies go to RESULTS/tune/STUDY/, one run folder per trial.")] = Path("results"),
+    tuned: Annotated[Path, typer.Option(help="Where the best trial is written as STUDY.toml.")] = Path("recipes/tuned"),
+) -> None:
+    """Search the recipe's [tune] space with Optuna; write the best trial as a recipe. Run it again to resume."""
+    import shlex
+
+    from harness.study import StudyPlace
+    from harness.tune import TuneJob, summarise, tune
+
+    name = study or "-".join([recipe.stem, *(profile or [])])
+    job = TuneJob(recipe, tuple(profile or ()), tuple(set_ or ()), tuple(ctx.obj["plugins_dir"]), ctx.obj["strict"],
+                  StudyPlace(name, results / "tune" / name, storage), device, workers)
+    _plugins(ctx)  # say which plugins were skipped, once, before the workers load them again
+    space, found = tune(job, console)
+    summarise(found, space, job, tuned, shlex.join(["bench", *sys.argv[1:]]), console)
+
+
 def _parse_size(text: str) -> tuple[int, int]:
     width, sep, height = text.lower().partition("x")
     if not (sep and width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):

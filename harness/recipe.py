@@ -24,6 +24,7 @@ from harness import components
 from harness.errors import BenchError
 from harness.plugins import Plugins, UnknownComponent
 from harness.tiling import Tiling, tiling_problem
+from harness.tune_spec import TuneSpec
 
 Key = tuple[str | int, ...]
 
@@ -140,6 +141,7 @@ class Recipe(_Strict):
     train: TrainSpec
     predict: PredictSpec = PredictSpec()
     pseudo_label: PseudoLabelSpec | None = None
+    tune: TuneSpec | None = Field(None, description="How `bench tune` searches this recipe; ignored by `bench run`.")
 
     @pydantic.model_validator(mode="after")
     def _drop_disabled_stage(self) -> Recipe:
@@ -187,7 +189,7 @@ def load_recipe(
         raw = _merge(raw, available[profile], origins, f"profile {profile!r} of {path}")
     for override in overrides:
         key, value = _parse_override(override)
-        _set(raw, key, value, path)
+        set_key(raw, key, value, f"--set {'.'.join(map(str, key))}", path)
         origins.mark(key, f"--set {override}")
     recipe = _validate(raw, origins)
     return _check_components(recipe, plugins, origins)
@@ -244,13 +246,16 @@ def _parse_override(text: str) -> tuple[Key, Any]:
         parsed = tomllib.loads(f"v = {value}")["v"]
     except tomllib.TOMLDecodeError:
         parsed = value
-    parts = tuple(int(p) if p.isdigit() else p for p in key.strip().split("."))
-    return parts, parsed
+    return parse_key(key), parsed
 
 
-def _set(raw: dict, key: Key, value: Any, path: Path) -> None:
-    """Put ``value`` at ``key``, creating tables on the way; lists are addressed by item number."""
-    flag = f"--set {'.'.join(map(str, key))}"
+def parse_key(dotted: str) -> Key:
+    """``augment.0.p`` -> ``("augment", 0, "p")``: list items are addressed by number."""
+    return tuple(int(p) if p.isdigit() else p for p in dotted.strip().split("."))
+
+
+def set_key(raw: dict, key: Key, value: Any, flag: str, path: Path | str) -> None:
+    """Put ``value`` at ``key``, creating tables on the way; a problem names ``flag`` (who asked)."""
     node: Any = raw
     for depth, part in enumerate(key):
         here = ".".join(map(str, key[:depth])) or "the recipe"

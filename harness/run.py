@@ -15,6 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import albumentations as A
 import numpy as np
@@ -43,6 +44,16 @@ PSEUDO_STAGE = "pseudo"  # the pseudo-label stage's folder inside the run folder
 CACHE_BYTES = 4 << 30  # decoded training images kept in memory when they fit (Carvana needs 37 GB)
 
 
+class RunMonitor(Protocol):
+    """Watches a run's first stage as it trains (``bench tune`` reports to Optuna); raising stops the run.
+
+    ``fold_done`` is called for every fold in order, finished ones found on resume included.
+    """
+
+    def epoch_done(self, fold: int, record: dict[str, float]) -> None: ...
+    def fold_done(self, fold: int, folder: Path) -> None: ...
+
+
 @dataclass(frozen=True)
 class RunRequest:
     recipe: Recipe
@@ -51,6 +62,7 @@ class RunRequest:
     resume: bool = False
     device: str | None = None
     estimate_only: bool = False
+    monitor: RunMonitor | None = None
 
 
 def run_id(recipe: Recipe) -> str:
@@ -60,7 +72,8 @@ def run_id(recipe: Recipe) -> str:
 
 def run(request: RunRequest, plugins: Plugins, console: Console) -> Path:
     """Run (or resume, or find complete) a recipe; return the run folder."""
-    recipe = request.recipe
+    # [tune] says how to search, not what to run: the run's folder, hash and recipe.toml leave it out
+    recipe = request.recipe.model_copy(update={"tune": None})
     folder = request.results / (request.name or run_id(recipe))
     if _complete(folder, recipe):
         console.print(f"{folder} is already complete; nothing to do", highlight=False)
@@ -81,7 +94,8 @@ def run(request: RunRequest, plugins: Plugins, console: Console) -> Path:
     _prepare(folder, recipe, splits, compute, request.resume)
     console.print(f"run {folder} on {compute.describe()}", highlight=False)
     if not (folder / "summary.json").exists():
-        models = _run_folds(recipe, plugins, compute, dataset, fit, splits, folder, console)
+        models = _run_folds(recipe, plugins, compute, dataset, fit, splits, folder, console,
+                            monitor=request.monitor)
         _predict_test(recipe, plugins, compute, dataset, fit, splits, folder, models)
         _summarise(folder, recipe, dataset, splits, compute, plugins)
     if recipe.pseudo_label is not None:
@@ -177,7 +191,8 @@ def compose_transforms(recipe: Recipe, plugins: Plugins, key: str, kind: str) ->
     return A.Compose([components.build(plugins.get(kind, s.name), s.params) for s in specs])
 
 
-def _run_folds(recipe, plugins, compute, dataset, fit, splits, folder, console, estimate_only=False, extra=None):
+def _run_folds(recipe, plugins, compute, dataset, fit, splits, folder, console, estimate_only=False, extra=None,
+               monitor=None):
     """Train every unfinished fold; return the paths of every fold's best weights.
 
     ``extra`` (pseudo-labelled images) joins the training side of every fold, never validation.
@@ -200,16 +215,37 @@ def _run_folds(recipe, plugins, compute, dataset, fit, splits, folder, console, 
             test_images=len(dataset.test), tta_variants=len(TTA[recipe.predict.tta]),
         )
         reporter = ConsoleReporter(console, work, estimate_only)
+        watched = reporter if monitor is None else _Watched(reporter, monitor)
         try:
-            for fold in pending:
-                setup = _fold_setup(recipe, plugins, compute, dataset, fit, splits, folder, fold,
-                                    images, position, augment, oof, extra_idx)
-                summary = train_fold(setup, reporter)
-                console.print(f"fold {fold + 1}/{splits.k}: best val Dice {summary['val_dice']:.4f} "
-                              f"(epoch {summary['best_epoch'] + 1})", highlight=False)
+            for fold in range(splits.k):
+                if fold in pending:
+                    setup = _fold_setup(recipe, plugins, compute, dataset, fit, splits, folder, fold,
+                                        images, position, augment, oof, extra_idx)
+                    summary = train_fold(setup, watched)
+                    console.print(f"fold {fold + 1}/{splits.k}: best val Dice {summary['val_dice']:.4f} "
+                                  f"(epoch {summary['best_epoch'] + 1})", highlight=False)
+                if monitor is not None:
+                    monitor.fold_done(fold, folder / f"fold-{fold}")
         finally:
             reporter.close()
     return [folder / f"fold-{f}" / "best.pt" for f in range(splits.k)]
+
+
+class _Watched:
+    """The console reporter, with every finished epoch also shown to the run's monitor."""
+
+    def __init__(self, reporter: ConsoleReporter, monitor: RunMonitor):
+        self.reporter, self.monitor = reporter, monitor
+
+    def fold_started(self, fold: int, epochs: int, steps_per_epoch: int, first_epoch: int) -> None:
+        self.reporter.fold_started(fold, epochs, steps_per_epoch, first_epoch)
+
+    def step_done(self, loss: float) -> None:
+        self.reporter.step_done(loss)
+
+    def epoch_done(self, fold: int, record: dict[str, float]) -> None:
+        self.reporter.epoch_done(fold, record)
+        self.monitor.epoch_done(fold, record)
 
 
 def loader_workers(recipe: Recipe, compute: Compute) -> int:

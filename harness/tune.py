@@ -1,0 +1,363 @@
+"""``bench tune``: an Optuna study over a recipe's ``[tune]`` space, pruned, resumable and parallel.
+
+Every trial is an ordinary ``bench run`` of the trial's recipe into the study folder (see
+``harness.study``), named by the recipe's hash: a trial retried after its worker died finds its
+own folder and resumes it, and a trial that repeats earlier parameters finds the finished run.
+
+Workers do not use ``Study.optimize``: it creates the trial inside the call, so the trial budget
+could not be checked and spent in one step, and parallel workers would overshoot it. Each worker
+asks for a trial while holding a lock on the study folder, beats Optuna's heartbeat while the
+trial runs, and tells the result. On a fresh study the baseline (the recipe's own values) runs
+alone first, so every later trial has a complete trial to be pruned against.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+from filelock import FileLock
+from optuna.storages._heartbeat import BaseHeartbeat  # not re-exported by optuna.storages
+from optuna.trial import TrialState
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from harness import study as studies
+from harness.carvana import car_id
+from harness.errors import BenchError
+from harness.plugins import load_plugins
+from harness.recipe import load_recipe
+from harness.run import RunRequest, run, run_id
+from harness.search_space import SearchSpace
+
+
+MIN_TRIALS_FOR_IMPORTANCE = 4
+
+
+@dataclass(frozen=True)
+class TuneJob:
+    """Everything a worker process needs to rebuild the search on its own (it must pickle)."""
+
+    recipe: Path
+    profiles: tuple[str, ...]
+    overrides: tuple[str, ...]
+    plugins_dirs: tuple[Path, ...]
+    strict_plugins: bool | None
+    place: studies.StudyPlace
+    device: str | None
+    workers: int = 1
+    started: float = field(default_factory=time.time)
+
+    def search_space(self) -> SearchSpace:
+        plugins = load_plugins(list(self.plugins_dirs), strict=self.strict_plugins)
+        recipe = load_recipe(self.recipe, plugins, list(self.profiles), list(self.overrides))
+        origin = " ".join([str(self.recipe)] + [f"--profile {p}" for p in self.profiles]
+                          + [f"--set {s}" for s in self.overrides])
+        return SearchSpace(recipe, plugins, origin)
+
+
+def prepare(job: TuneJob, console: Console) -> tuple[SearchSpace, optuna.Study]:
+    """Check the space, create or load the study, recover trials of dead workers: before any worker."""
+    space = job.search_space()
+    space.check()
+    study = studies.create_or_load(job.place, space)
+    for number in studies.recover_dead_trials(study):
+        console.print(f"trial {number} was left running by a worker that died: recorded as failed, queued again "
+                      "(its run folder resumes)", highlight=False)
+    return space, study
+
+
+def tune(job: TuneJob, console: Console) -> tuple[SearchSpace, optuna.Study]:
+    """Run workers until the study's trial budget (or this call's time budget) is spent."""
+    space, study = prepare(job, console)
+    spent = studies.counted_trials(study)
+    console.print(f"study {job.place.name!r} in {job.place.storage_text}: {spent} trials so far, "
+                  f"{_budget_text(space)}; runs in {job.place.folder}", highlight=False)
+    if job.workers > 1 and not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        console.print("the first trial runs alone, so later trials have a finished one to be pruned against",
+                      highlight=False)
+        Worker(job, space, 0, console, max_trials=1).loop()
+    if job.workers == 1:
+        Worker(job, space, 0, console).loop()
+    else:
+        _run_processes(job, console)
+    return space, studies.load(job.place, space, 0)
+
+
+def _budget_text(space: SearchSpace) -> str:
+    parts = []
+    if space.spec.trials is not None:
+        parts.append(f"budget {space.spec.trials} trials")
+    if space.spec.timeout_minutes is not None:
+        parts.append(f"no new trial after {space.spec.timeout_minutes:g} min")
+    return ", ".join(parts)
+
+
+def _run_processes(job: TuneJob, console: Console) -> None:
+    """``job.workers`` processes on one study; each prints a line per trial, its runs' logs go to files."""
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch threads
+    processes = [context.Process(target=_worker_process, args=(job, index), name=f"bench-tune-{index}")
+                 for index in range(job.workers)]
+    for process in processes:
+        process.start()
+    try:
+        for process in processes:
+            process.join()
+    except KeyboardInterrupt:  # the workers got the same SIGINT; they record their trials and stop
+        for process in processes:
+            process.join(timeout=60)
+        raise
+    crashed = [f"worker {i} (exit code {p.exitcode})" for i, p in enumerate(processes) if p.exitcode]
+    if crashed:
+        console.print(f"[yellow]warning:[/] {', '.join(crashed)} stopped early; see {job.place.folder}/logs",
+                      highlight=False)
+
+
+def _worker_process(job: TuneJob, index: int) -> None:
+    import torch
+
+    if (job.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // job.workers))  # workers share the cores
+    logs = job.place.folder / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / f"worker-{index}.log", "a", encoding="utf-8") as log:
+        run_console = Console(file=log, soft_wrap=True, width=160)
+        try:
+            Worker(job, job.search_space(), index, run_console, lines=Console(soft_wrap=True)).loop()
+        except KeyboardInterrupt:
+            pass
+
+
+class Worker:
+    """Takes trials from the study until the budget is spent; ``lines`` gets one line per trial."""
+
+    def __init__(self, job: TuneJob, space: SearchSpace, index: int, console: Console,
+                 lines: Console | None = None, max_trials: int | None = None):
+        self.job, self.space, self.index = job, space, index
+        self.console, self.lines = console, lines or console
+        self.max_trials = max_trials
+        self.prefix = f"[worker {index}] " if job.workers > 1 and lines is not None else ""
+        self.study = studies.load(job.place, space, index)
+        self.lock = FileLock(job.place.folder / ".locks" / "study.lock")
+        self.deadline = (job.started + space.spec.timeout_minutes * 60) if space.spec.timeout_minutes else None
+
+    def loop(self) -> None:
+        done = 0
+        while self.max_trials is None or done < self.max_trials:
+            trial = self._next_trial()
+            if trial is None:
+                return
+            self._run_trial(trial)
+            done += 1
+
+    def _next_trial(self) -> optuna.Trial | None:
+        (self.job.place.folder / ".locks").mkdir(parents=True, exist_ok=True)
+        with self.lock:
+            optuna.storages.fail_stale_trials(self.study)  # a dead worker's trial is queued again first
+            if self.deadline is not None and time.time() >= self.deadline:
+                return None
+            if self.space.spec.trials is not None and studies.counted_trials(self.study) >= self.space.spec.trials:
+                return None
+            trial = self.study.ask(self.space.spec.distributions())
+            trial.set_user_attr("worker", studies.this_worker())
+            return trial
+
+    def _run_trial(self, trial: optuna.Trial) -> None:
+        settings = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+                             for key, value in trial.params.items())
+        baseline = " (the recipe's own values)" if trial.user_attrs.get("baseline") else ""
+        self.lines.print(f"{escape(self.prefix)}trial {trial.number}: {escape(settings)}{baseline}", highlight=False)
+        try:
+            with _Heartbeat(self.study, trial):
+                values = self._evaluate(trial)
+        except optuna.TrialPruned as pruned:
+            trial.set_user_attr("pruned", str(pruned))
+            self.study.tell(trial, state=TrialState.PRUNED)
+            self._say(trial, f"pruned {pruned} (Dice so far {trial.user_attrs.get('partial_dice', float('nan')):.4f})")
+        except KeyboardInterrupt:
+            studies.fail_and_retry(self.study, trial, "interrupted")
+            self._say(trial, "interrupted: recorded as failed and queued again; bench tune again resumes it")
+            raise
+        except BenchError as error:
+            trial.set_user_attr("error", str(error))
+            self.study.tell(trial, state=TrialState.FAIL)
+            self._say(trial, f"failed: {error}")
+        except Exception as error:  # a bug or an out-of-memory: recorded, and the study goes on
+            trial.set_user_attr("error", f"{type(error).__name__}: {error}")
+            self.study.tell(trial, state=TrialState.FAIL)
+            self._say(trial, f"failed: {type(error).__name__}: {error}")
+        else:
+            self.study.tell(trial, values)
+            self._say(trial, ", ".join(f"{name} {value:.4f}" for name, value in zip(self.space.spec.objectives, values)))
+
+    def _evaluate(self, trial: optuna.Trial) -> list[float]:
+        recipe = self.space.recipe_for(trial.params)
+        folder_name = run_id(recipe)
+        trial.set_user_attr("run", folder_name)
+        monitor = PruningMonitor(trial, self.space.spec.pruner.reports, recipe.folds.k, recipe.train.epochs)
+        request = RunRequest(recipe, self.job.place.folder, resume=True, device=self.job.device, monitor=monitor)
+        # one writer per run folder: two workers may be handed the same parameters
+        with FileLock(self.job.place.folder / ".locks" / f"{folder_name}.lock"):
+            folder = run(request, self.space.plugins, self.console)
+        monitor.finish(folder)
+        summary_path = folder / "pseudo" / "summary.json"  # a two-stage recipe is judged by its last stage
+        summary = pd.read_json(summary_path if summary_path.exists() else folder / "summary.json", typ="series")
+        return [float(summary[name]) for name in self.space.spec.objectives]
+
+    def _say(self, trial: optuna.Trial, outcome: str) -> None:
+        self.lines.print(f"{escape(self.prefix)}trial {trial.number}: {escape(outcome)}", highlight=False)
+        studies.write_trials_csv(self.study, self.job.place.folder)
+
+
+class PruningMonitor:
+    """Reports a trial's progress to Optuna as its run trains, and stops the run when told to prune.
+
+    ``reports`` is what the pruner judges: ``epoch`` (validation Dice at step fold x epochs + epoch),
+    ``fold`` (each finished fold's cars, step = the car's index among all training cars), or
+    nothing. Folds finished before (a resumed run) are reported too, so a retried trial is judged
+    on everything it has done. Once the last fold has trained, pruning would save nothing.
+    """
+
+    def __init__(self, trial: optuna.Trial, reports: str | None, folds: int, epochs: int):
+        self.trial, self.reports, self.folds, self.epochs = trial, reports, folds, epochs
+        self.reported_folds: set[int] = set()
+        self.car_scores: dict[str, float] = {}
+
+    def epoch_done(self, fold: int, record: dict[str, float]) -> None:
+        if self.reports != "epoch":
+            return
+        self.trial.report(record["val_dice"], fold * self.epochs + int(record["epoch"]))
+        self.trial.set_user_attr("partial_dice", record["val_dice"])
+        last = fold == self.folds - 1 and int(record["epoch"]) == self.epochs - 1
+        if not last and self.trial.should_prune():
+            raise optuna.TrialPruned(f"at fold {fold + 1}, epoch {int(record['epoch']) + 1}")
+
+    def fold_done(self, fold: int, folder: Path) -> None:
+        self._report_fold(fold, folder)
+        if self.reports == "fold" and fold < self.folds - 1 and self.trial.should_prune():
+            raise optuna.TrialPruned(f"after fold {fold + 1}")
+
+    def finish(self, run_folder: Path) -> None:
+        """Report folds the run did not show (a finished run found again): the best trial needs all."""
+        for fold_folder in sorted(run_folder.glob("fold-*")):
+            self._report_fold(int(fold_folder.name.split("-")[1]), fold_folder)
+
+    def _report_fold(self, fold: int, folder: Path) -> None:
+        if self.reports != "fold" or fold in self.reported_folds:
+            return
+        self.reported_folds.add(fold)
+        scores = pd.read_csv(folder / "per_image.csv", dtype={"image": str})
+        cars = scores.assign(car=scores["image"].map(car_id)).groupby("car")["dice"].mean()
+        for car, score in cars.items():
+            self.trial.report(float(score), _car_step(car))
+        self.car_scores.update(cars.to_dict())
+        self.trial.set_user_attr("partial_dice", float(np.mean(list(self.car_scores.values()))))
+
+
+def _car_step(car: str) -> int:
+    """A car's step number, the same in every trial: a stable hash of its id (steps pair cars across trials)."""
+    return zlib.crc32(car.encode()) & 0x7FFFFFFF
+
+
+class _Heartbeat:
+    """Optuna's heartbeat for a trial we asked for ourselves (``Study.optimize`` does this for its own)."""
+
+    def __init__(self, study: optuna.Study, trial: optuna.Trial):
+        storage = study._storage
+        enabled = isinstance(storage, BaseHeartbeat) and storage.get_heartbeat_interval() is not None
+        self.beat = (lambda: storage.record_heartbeat(trial._trial_id)) if enabled else None
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            self.beat()
+            if self.stop.wait(studies.HEARTBEAT_SECONDS):
+                return
+
+    def __enter__(self) -> None:
+        if self.beat is not None:
+            self.thread.start()
+
+    def __exit__(self, *_: Any) -> None:
+        if self.beat is not None:
+            self.stop.set()
+            self.thread.join()
+
+
+def summarise(study: optuna.Study, space: SearchSpace, job: TuneJob, tuned_dir: Path, command: str,
+              console: Console) -> Path | None:
+    """Print the trials and parameter importances; write trials.csv and the best trial as a recipe."""
+    table = studies.trials_table(study)
+    studies.write_trials_csv(study, job.place.folder)
+    console.print(_trials_rich_table(table, job.place.name))
+    _print_importances(study, console)
+    best = studies.best_trials(study)
+    if not best:
+        console.print("no trial has completed yet; nothing to write", highlight=False)
+        return None
+    out = tuned_dir / f"{job.place.name}.toml"
+    studies.write_tuned_recipe(space, best[0], out, job.place.name, command)
+    baseline = table[table["note"].str.contains("the recipe's own values", regex=False)]
+    first = space.spec.objectives[0]
+    versus = ""
+    if len(baseline) and pd.notna(baseline[first].iloc[0]):
+        versus = f" (the recipe's own values: {baseline[first].iloc[0]:.4f})"
+    front = f"; Pareto front: trials {', '.join(str(t.number) for t in best)}" if len(best) > 1 else ""
+    console.print(f"best trial {best[0].number}: {first} {best[0].values[0]:.4f}{versus}{front}\n"
+                  f"wrote {out}: bench run {out}", highlight=False)
+    return out
+
+
+def _trials_rich_table(table: pd.DataFrame, name: str) -> Table:
+    rich_table = Table(title=f"study {name}")
+    for column in table.columns:
+        rich_table.add_column(column.removeprefix("param:"), justify="right" if column != "note" else "left")
+    for row in table.to_dict("records"):
+        rich_table.add_row(*[_cell(column, value) for column, value in row.items()])
+    return rich_table
+
+
+def _cell(column: str, value: Any) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    if column == "seconds":
+        return f"{value:.0f}"
+    if isinstance(value, float):
+        return f"{value:.4g}" if column.startswith("param:") else f"{value:.4f}"
+    return escape(str(value))
+
+
+def _print_importances(study: optuna.Study, console: Console) -> None:
+    """PED-ANOVA importances (Optuna's default); they say nothing until a few trials have completed."""
+    complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    if complete < MIN_TRIALS_FOR_IMPORTANCE:
+        console.print(f"parameter importances: not yet ({complete} complete trials; they need "
+                      f"{MIN_TRIALS_FOR_IMPORTANCE})", highlight=False)
+        return
+    try:
+        with warnings.catch_warnings():  # "importances will be equal" when trials barely differ: the table shows it
+            warnings.simplefilter("ignore")
+            importances = optuna.importance.get_param_importances(study)
+    except (RuntimeError, ValueError) as error:
+        console.print(f"parameter importances: not yet ({error})", highlight=False)
+        return
+    if not importances:
+        return
+    table = Table(title="parameter importances (PED-ANOVA)")
+    table.add_column("parameter")
+    table.add_column("importance", justify="right")
+    for key, value in importances.items():
+        table.add_row(escape(key), f"{value:.3f}")
+    console.print(table)
