@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -65,6 +66,8 @@ def write_report(runs: list[Run], out: Path, worst: int = 4, resamples: int = st
          "green where prediction and ground truth agree, red where the model adds car (false positive), "
          "blue where it misses car (false negative)."),
     ]
+    for study_folder in sorted({run.path.parent for run in runs if (run.path.parent / "trials.csv").exists()}):
+        sections.append(_study_section(study_folder))
     data, splits_hash = runs[0].group
     atomic_write_text(out, _page(sections, data, splits_hash))
     return out
@@ -116,6 +119,39 @@ def dice_vs_throughput(board: pd.DataFrame) -> Figure:
         axes.grid(alpha=0.3)
         axes.margins(x=0.2, y=0.15)
     figure.axes[0].legend(fontsize=8, loc="best")
+    return figure
+
+
+def _study_section(folder: Path) -> tuple[str, str, str, str]:
+    """A ``bench tune`` study whose trials are among the runs: its optimisation history."""
+    trials = pd.read_csv(folder / "trials.csv")
+    objective = json.loads((folder / "study.json").read_text())["objectives"][0]
+    figure = optimisation_history(trials, objective, folder.name)
+    return (f"study-{folder.name}", f"Optimisation history of study {folder.name}", _img(figure, "optimisation history"),
+            f"Each bench tune trial's {objective} in the order the trials started; crosses are pruned trials at the "
+            "Dice of the folds they finished, the line is the best so far. Every trial's values are in "
+            f"{folder / 'trials.csv'}.")
+
+
+def optimisation_history(trials: pd.DataFrame, objective: str, name: str) -> Figure:
+    figure = Figure(figsize=(12, 4), dpi=_DPI, layout="constrained")
+    axes = figure.subplots()
+    complete = trials[trials["state"] == "complete"]
+    axes.scatter(complete["trial"], complete[objective], color="tab:blue", zorder=3, label="complete")
+    if "partial_dice" in trials and objective == "oof_dice":
+        pruned = trials[trials["state"] == "pruned"]
+        axes.scatter(pruned["trial"], pruned["partial_dice"], marker="x", color="tab:red", zorder=3,
+                     label="pruned (Dice so far)")
+    best = complete.set_index("trial")[objective].cummax().reindex(trials["trial"]).ffill()
+    axes.step(best.index, best.to_numpy(), where="post", color="0.3", linewidth=1.2, label="best so far")
+    failed = trials[trials["state"] == "fail"]["trial"]
+    for number in failed:
+        axes.axvline(number, color="0.8", linewidth=0.8, zorder=1)
+    counts = trials["state"].value_counts()
+    axes.set(title=f"study {name}: {counts.get('complete', 0)} complete, {counts.get('pruned', 0)} pruned, "
+                   f"{counts.get('fail', 0)} failed (grey lines)", xlabel="trial", ylabel=objective)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="lower right")
     return figure
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import optuna
 import pydantic
@@ -150,7 +150,7 @@ Param = Annotated[Union[FloatRange, IntRange, Choice], Field(discriminator="type
 
 class NoPruning(_Strict):
     name: Literal["none"]
-    reports: Literal[None] = None
+    reports: ClassVar[str | None] = None  # what a trial reports as it trains (harness.tune.PruningMonitor)
 
     def build(self) -> optuna.pruners.BasePruner:
         return optuna.pruners.NopPruner()
@@ -163,7 +163,7 @@ class MedianPruning(_Strict):
     name: Literal["median"]
     startup_trials: Annotated[int, Field(ge=0)] = 5
     warmup_epochs: Annotated[int, Field(ge=0)] = 0
-    reports: Literal["epoch"] = "epoch"
+    reports: ClassVar[str] = "epoch"
 
     def build(self) -> optuna.pruners.BasePruner:
         return optuna.pruners.MedianPruner(n_startup_trials=self.startup_trials, n_warmup_steps=self.warmup_epochs)
@@ -177,7 +177,7 @@ class WilcoxonPruning(_Strict):
     name: Literal["wilcoxon"]
     p_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.1
     startup_cars: Annotated[int, Field(ge=2)] = 2
-    reports: Literal["fold"] = "fold"
+    reports: ClassVar[str] = "fold"
 
     def build(self) -> optuna.pruners.BasePruner:
         return optuna.pruners.WilcoxonPruner(p_threshold=self.p_threshold, n_startup_steps=self.startup_cars)

@@ -1,0 +1,169 @@
+"""`bench tune`: real studies of a tiny recipe: parallel workers on one SQLite study, pruning,
+kill and restart, the tuned recipe, and the one-line errors for a bad [tune] table."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+from harness.study import counted_trials
+
+pytestmark = pytest.mark.slow
+
+# The recipe's lr (3e-3) is at the top of a wide log range, so most trials learn far too slowly:
+# the Wilcoxon pruner, comparing car by car with the baseline, has clear losers to stop.
+TUNE = """
+[tune]
+trials = {trials}
+sampler = "random"
+pruner = {{ name = "wilcoxon", p_threshold = 0.5 }}
+[tune.space]
+"optimizer.lr" = {{ type = "float", low = 1e-9, high = 3e-3, log = true }}
+"loss.dice_weight" = {{ type = "categorical", choices = [0.5, 1.0] }}
+"""
+
+
+@pytest.fixture(scope="module")
+def tune_set(tmp_path_factory) -> Path:
+    """8 cars, so each of 2 folds validates 4: enough pairs for a Wilcoxon test to prune."""
+    from harness.synthetic import write_synthetic_carvana
+
+    return write_synthetic_carvana(tmp_path_factory.mktemp("tune") / "carvana", cars=8, test_cars=1,
+                                   size=(64, 40), seed=0)
+
+
+def _load(results: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{results / 'tune' / name / 'study.db'}")
+
+
+def test_two_workers_share_one_study_prune_and_write_a_runnable_recipe(bench, tune_set, tiny_recipe, tmp_path):
+    recipe = tiny_recipe(tmp_path / "tiny.toml", tune_set, epochs=2, extra=TUNE.format(trials=5))
+    results, tuned = tmp_path / "results", tmp_path / "tuned"
+
+    done = bench("tune", recipe, "--workers", 2, "--results", results, "--tuned", tuned)
+
+    assert done.code == 0, done.err
+    study = _load(results, "tiny")
+    trials = study.get_trials()
+    assert [t.number for t in trials] == [0, 1, 2, 3, 4]  # none lost, none twice, budget exact
+    assert counted_trials(study) == 5
+    states = [t.state for t in trials]
+    assert set(states) <= {TrialState.COMPLETE, TrialState.PRUNED} and TrialState.PRUNED in states
+    assert trials[0].user_attrs["baseline"] and trials[0].params["optimizer.lr"] == 3e-3
+    workers = {t.user_attrs["worker"] for t in trials[1:]}
+    assert len(workers) == 2, "both worker processes took trials"
+    for trial in trials:  # every trial is an ordinary run folder of its own recipe
+        folder = results / "tune" / "tiny" / trial.user_attrs["run"]
+        ran = tomllib.loads((folder / "recipe.toml").read_text())
+        assert ran["optimizer"]["lr"] == pytest.approx(trial.params["optimizer.lr"])
+        assert (folder / "summary.json").exists() == (trial.state == TrialState.COMPLETE)
+    table = pd.read_csv(results / "tune" / "tiny" / "trials.csv")
+    assert list(table["trial"]) == [0, 1, 2, 3, 4] and "param:optimizer.lr" in table
+
+    written = tuned / "tiny.toml"
+    best = study.best_trial
+    assert f"trial {best.number} of study 'tiny'" in written.read_text()
+    assert f"wrote {written}" in done.out and "study tiny" in done.out
+    best_run = tomllib.loads((results / "tune" / "tiny" / best.user_attrs["run"] / "recipe.toml").read_text())
+    assert tomllib.loads(written.read_text()) == {**best_run, "name": "tiny-tuned"}
+    again = bench("run", written, "--results", tmp_path / "rerun")
+    assert again.code == 0 and "tiny-tuned: out-of-fold Dice" in again.out, again.err
+
+    compared = bench("compare", results / "tune" / "tiny", "--format", "csv")
+    assert compared.code == 0 and compared.out.count("\n") >= 2
+    page = tmp_path / "report.html"
+    assert bench("report", results / "tune" / "tiny", "--out", page).code == 0
+    assert 'id="study-tiny"' in page.read_text() and "Optimisation history of study tiny" in page.read_text()
+
+
+def test_killed_tune_continues_the_same_study_and_resumes_the_killed_trial(tune_set, tiny_recipe, tmp_path):
+    extra = TUNE.format(trials=2).replace('{ name = "wilcoxon", p_threshold = 0.5 }', '"none"')
+    recipe = tiny_recipe(tmp_path / "tiny.toml", tune_set, epochs=2, extra=extra)
+    results = tmp_path / "results"
+    command = [sys.executable, "-m", "harness.cli", "tune", str(recipe), "--results", str(results),
+               "--tuned", str(tmp_path / "tuned")]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    study_folder = results / "tune" / "tiny"
+    deadline = time.monotonic() + 240
+    while not list(study_folder.glob("tiny-*/fold-0/fold.json")):  # the baseline is one fold in
+        assert process.poll() is None and time.monotonic() < deadline, "tune ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    killed_run = next(study_folder.glob("tiny-*/fold-0/fold.json")).parent.parent
+    fold_zero = (killed_run / "fold-0" / "fold.json").read_bytes()
+    assert _load(results, "tiny").get_trials()[0].state == TrialState.RUNNING
+
+    restarted = subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+    assert restarted.returncode == 0, restarted.stderr
+    assert "trial 0 was left running by a worker that died" in restarted.stdout
+    trials = _load(results, "tiny").get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert trials[1].params == trials[0].params and trials[1].user_attrs["run"] == killed_run.name
+    assert (killed_run / "fold-0" / "fold.json").read_bytes() == fold_zero, "the killed trial's run resumed"
+    notes = pd.read_csv(study_folder / "trials.csv")["note"].fillna("")
+    assert "died" in notes[0] and "retried as 1" in notes[0] and "retry of 0" in notes[1]
+
+
+def test_two_objectives_give_a_pareto_front(bench, tune_set, tiny_recipe, tmp_path):
+    extra = """
+[tune]
+trials = 2
+objective = ["oof_dice", "inference_images_per_s"]
+sampler = "nsga2"
+[tune.space]
+"optimizer.lr" = { type = "float", low = 1e-4, high = 3e-3, log = true }
+"""
+    recipe = tiny_recipe(tmp_path / "tiny.toml", tune_set, epochs=1, extra=extra)
+    done = bench("tune", recipe, "--results", tmp_path / "results", "--tuned", tmp_path / "tuned")
+    assert done.code == 0, done.err
+    study = _load(tmp_path / "results", "tiny")
+    assert [len(t.values) for t in study.get_trials()] == [2, 2]
+    assert "inference_images_per_s" in done.out and (tmp_path / "tuned" / "tiny.toml").exists()
+
+
+@pytest.mark.parametrize("tune_table, message", [
+    ('[tune]\ntrials = 2\n[tune.space]\n"optimizer.lrr" = { type = "float", low = 1e-4, high = 1e-2 }',
+     "'optimizer.lrr': the recipe has no value at optimizer.lrr"),
+    ('[tune]\ntrials = 2\n[tune.space]\n"optimizer.lr" = { type = "float", low = 1e-5, high = 1e-4 }',
+     "the recipe's own value 0.003 is outside uniform [1e-05, 0.0001]"),
+    ('[tune]\ntrials = 2\n[tune.space]\n"train.epochs" = { type = "int", low = 0, high = 3 }',
+     "train.epochs=0: key 'train.epochs'"),
+    ('[tune]\ntrials = 2\n[tune.space]\n"optimizer.lr" = { type = "float", low = 1e-2, high = 1e-4 }',
+     "expected low < high"),
+    ('[tune]\n[tune.space]\n"optimizer.lr" = { type = "float", low = 1e-4, high = 1e-2 }',
+     "give tune.trials, tune.timeout_minutes, or both"),
+    ('[tune]\ntrials = 2\nobjective = ["oof_dice", "train_images_per_s"]\npruner = "median"\n'
+     '[tune.space]\n"optimizer.lr" = { type = "float", low = 1e-4, high = 1e-2 }',
+     "Optuna cannot prune multi-objective studies"),
+    ("", "no [tune] table"),
+])
+def test_a_bad_tune_table_is_one_line_and_starts_nothing(bench, synthetic_set, tiny_recipe, tmp_path, tune_table, message):
+    recipe = tiny_recipe(tmp_path / "tiny.toml", synthetic_set, extra=tune_table)
+    failed = bench("tune", recipe, "--results", tmp_path / "results")
+    assert failed.code == 2
+    assert message in failed.err and str(recipe) in failed.err and len(failed.err.strip().splitlines()) == 1
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_changed_search_is_refused_an_old_study(bench, synthetic_set, tiny_recipe, tmp_path):
+    space = '[tune]\ntimeout_minutes = 1e-9\n[tune.space]\n"optimizer.lr" = {{ type = "float", low = 1e-4, high = {high} }}'
+    first = tiny_recipe(tmp_path / "tiny.toml", synthetic_set, extra=space.format(high=1e-2))
+    made = bench("tune", first, "--results", tmp_path / "results", "--tuned", tmp_path / "tuned")
+    assert made.code == 0 and "no trial has completed yet" in made.out  # the time budget was spent at once
+    changed = tiny_recipe(tmp_path / "tiny.toml", synthetic_set, extra=space.format(high=5e-2))
+    refused = bench("tune", changed, "--results", tmp_path / "results")
+    assert refused.code == 2 and "--study NEW_NAME" in refused.err
+    assert bench("tune", changed, "--results", tmp_path / "results", "--study", "wider",
+                 "--tuned", tmp_path / "tuned").code == 0
