@@ -187,9 +187,9 @@ def _note(trial: FrozenTrial, retried_as: dict[int, int]) -> str:
     notes = []
     if trial.user_attrs.get("baseline"):
         notes.append("the recipe's own values")
-    original = RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
-    if original is not None:
-        notes.append(f"retry of {RetryHeartbeatStaleTrialCallback.retry_history(trial)[-1]}")
+    history = RetryHeartbeatStaleTrialCallback.retry_history(trial)
+    if history:
+        notes.append(f"retry of {history[-1]}")
     if trial.user_attrs.get("pruned"):
         notes.append(trial.user_attrs["pruned"])
     if trial.user_attrs.get("error"):
@@ -218,13 +218,9 @@ def write_tuned_recipe(space: SearchSpace, trial: FrozenTrial, out: Path, study_
     """The best trial as a recipe file that ``bench run`` runs as is (profiles already applied)."""
     recipe = space.recipe_for(trial.params)
     recipe = recipe.model_copy(update={"name": f"{recipe.name}-tuned"})
-    values = ", ".join(f"{name} {value:.5g}" for name, value in zip(_objectives(trial, space), trial.values))
+    values = ", ".join(f"{name} {value:.5g}" for name, value in zip(space.spec.objectives, trial.values))
     header = (f"# Tuned by `{command}`: trial {trial.number} of study {study_name!r} ({values}).\n"
               f"# Tuned from {space.origin}; every profile and --set is already applied.\n"
               f"# Searched: {json.dumps(trial.params)}\n")
     atomic_write_text(out, header + recipe.to_toml())
     return out
-
-
-def _objectives(trial: FrozenTrial, space: SearchSpace) -> tuple[str, ...]:
-    return space.spec.objectives[:len(trial.values or ())]

@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import threading
 import time
+import traceback
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from rich.table import Table
 from harness import study as studies
 from harness.carvana import car_id
 from harness.errors import BenchError
+from harness.io import atomic_write_text
 from harness.plugins import load_plugins
 from harness.recipe import load_recipe
 from harness.run import RunRequest, run, run_id
@@ -125,26 +127,37 @@ def _run_processes(job: TuneJob, console: Console) -> None:
 
 
 def _worker_process(job: TuneJob, index: int) -> None:
-    import torch
-
-    if (job.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // job.workers))  # workers share the cores
     logs = job.place.folder / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / f"worker-{index}.log", "a", encoding="utf-8") as log:
         run_console = Console(file=log, soft_wrap=True, width=160)
         try:
-            Worker(job, job.search_space(), index, run_console, lines=Console(soft_wrap=True)).loop()
+            Worker(job, job.search_space(), index, run_console, lines=Console(soft_wrap=True),
+                   device=_share_devices(job, index)).loop()
         except KeyboardInterrupt:
             pass
+
+
+def _share_devices(job: TuneJob, index: int) -> str | None:
+    """Worker ``index``'s device: the CPU's cores split between workers (more threads than cores make
+    PyTorch's OpenMP threads spin against each other), or one GPU each, round robin, when there are several."""
+    import torch
+
+    device = job.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // job.workers))
+    elif device == "cuda" and torch.cuda.device_count() > 1:
+        return f"cuda:{index % torch.cuda.device_count()}"
+    return job.device
 
 
 class Worker:
     """Takes trials from the study until the budget is spent; ``lines`` gets one line per trial."""
 
     def __init__(self, job: TuneJob, space: SearchSpace, index: int, console: Console,
-                 lines: Console | None = None, max_trials: int | None = None):
+                 lines: Console | None = None, max_trials: int | None = None, device: str | None = None):
         self.job, self.space, self.index = job, space, index
+        self.device = device or job.device
         self.console, self.lines = console, lines or console
         self.max_trials = max_trials
         self.prefix = f"[worker {index}] " if job.workers > 1 and lines is not None else ""
@@ -193,10 +206,12 @@ class Worker:
             trial.set_user_attr("error", str(error))
             self.study.tell(trial, state=TrialState.FAIL)
             self._say(trial, f"failed: {error}")
-        except Exception as error:  # a bug or an out-of-memory: recorded, and the study goes on
-            trial.set_user_attr("error", f"{type(error).__name__}: {error}")
+        except Exception as error:  # a bug or an out-of-memory: recorded with its traceback, and the study goes on
+            where = self.job.place.folder / "logs" / f"trial-{trial.number}-error.txt"
+            atomic_write_text(where, traceback.format_exc())
+            trial.set_user_attr("error", f"{type(error).__name__}: {error} (traceback in {where})")
             self.study.tell(trial, state=TrialState.FAIL)
-            self._say(trial, f"failed: {type(error).__name__}: {error}")
+            self._say(trial, f"failed: {trial.user_attrs['error']}")
         else:
             self.study.tell(trial, values)
             self._say(trial, ", ".join(f"{name} {value:.4f}" for name, value in zip(self.space.spec.objectives, values)))
@@ -206,7 +221,7 @@ class Worker:
         folder_name = run_id(recipe)
         trial.set_user_attr("run", folder_name)
         monitor = PruningMonitor(trial, self.space.spec.pruner.reports, recipe.folds.k, recipe.train.epochs)
-        request = RunRequest(recipe, self.job.place.folder, resume=True, device=self.job.device, monitor=monitor)
+        request = RunRequest(recipe, self.job.place.folder, resume=True, device=self.device, monitor=monitor)
         # one writer per run folder: two workers may be handed the same parameters
         with FileLock(self.job.place.folder / ".locks" / f"{folder_name}.lock"):
             folder = run(request, self.space.plugins, self.console)
@@ -224,8 +239,7 @@ class PruningMonitor:
     """Reports a trial's progress to Optuna as its run trains, and stops the run when told to prune.
 
     ``reports`` is what the pruner judges: ``epoch`` (validation Dice at step fold x epochs + epoch),
-    ``fold`` (each finished fold's cars, step = the car's index among all training cars), or
-    nothing. Folds finished before (a resumed run) are reported too, so a retried trial is judged
+    ``fold`` (each finished fold's cars' mean Dice, the step a number fixed per car), or nothing. Folds finished before (a resumed run) are reported too, so a retried trial is judged
     on everything it has done. Once the last fold has trained, pruning would save nothing.
     """
 

@@ -116,6 +116,18 @@ def test_killed_tune_continues_the_same_study_and_resumes_the_killed_trial(tune_
     assert "died" in notes[0] and "retried as 1" in notes[0] and "retry of 0" in notes[1]
 
 
+def test_the_median_pruner_judges_every_epoch(bench, tune_set, tiny_recipe, tmp_path):
+    extra = TUNE.format(trials=2).replace('{ name = "wilcoxon", p_threshold = 0.5 }',
+                                          '{ name = "median", startup_trials = 1 }')
+    recipe = tiny_recipe(tmp_path / "tiny.toml", tune_set, epochs=2, extra=extra)
+    done = bench("tune", recipe, "--results", tmp_path / "results", "--tuned", tmp_path / "tuned")
+    assert done.code == 0, done.err
+    trial = _load(tmp_path / "results", "tiny").get_trials()[1]
+    assert trial.state == TrialState.PRUNED and trial.params["optimizer.lr"] < 1e-4
+    assert trial.user_attrs["pruned"].startswith("at fold 1, epoch")
+    assert set(trial.intermediate_values) <= {0, 1}  # steps are fold x epochs + epoch
+
+
 def test_two_objectives_give_a_pareto_front(bench, tune_set, tiny_recipe, tmp_path):
     extra = """
 [tune]
