@@ -34,25 +34,45 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class FloatRange(_Strict):
-    type: Literal["float"]
+class _Range(_Strict):
+    """Bounds, both included, sampled uniformly or on a log scale, or on a grid of ``step``."""
+
     low: float
     high: float
     log: bool = False
-    step: Annotated[float, Field(gt=0)] | None = None
 
     @pydantic.model_validator(mode="after")
-    def _check(self) -> FloatRange:
-        _check_range(self.low, self.high, self.log)
-        if self.log and self.step is not None:
+    def _check(self) -> _Range:
+        if not (math.isfinite(self.low) and math.isfinite(self.high)) or self.low >= self.high:
+            raise ValueError(f"expected low < high, got low {self.low} and high {self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log = true needs low > 0, got {self.low}")
+        if self.log and self.stepped:
             raise ValueError("log and step cannot be combined (Optuna samples one or the other)")
         return self
 
+    @property
+    def stepped(self) -> bool:
+        raise NotImplementedError
+
+    def encode(self, value: Any) -> Any:
+        return value
+
+    def probes(self) -> list[Any]:
+        """Values checked against the recipe schema before any trial runs."""
+        return [self.low, self.high]
+
+
+class FloatRange(_Range):
+    type: Literal["float"]
+    step: Annotated[float, Field(gt=0)] | None = None
+
+    @property
+    def stepped(self) -> bool:
+        return self.step is not None
+
     def distribution(self) -> optuna.distributions.BaseDistribution:
         return optuna.distributions.FloatDistribution(self.low, self.high, log=self.log, step=self.step)
-
-    def encode(self, value: Any) -> float:
-        return value
 
     def contains(self, value: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
@@ -60,30 +80,19 @@ class FloatRange(_Strict):
     def describe(self) -> str:
         return f"{'log-' if self.log else ''}uniform [{self.low:g}, {self.high:g}]"
 
-    def probes(self) -> list[Any]:
-        """Values checked against the recipe schema before any trial runs."""
-        return [self.low, self.high]
 
-
-class IntRange(_Strict):
+class IntRange(_Range):
     type: Literal["int"]
     low: int
     high: int
     step: Annotated[int, Field(ge=1)] = 1
-    log: bool = False
 
-    @pydantic.model_validator(mode="after")
-    def _check(self) -> IntRange:
-        _check_range(self.low, self.high, self.log)
-        if self.log and self.step != 1:
-            raise ValueError("log and step cannot be combined (Optuna samples one or the other)")
-        return self
+    @property
+    def stepped(self) -> bool:
+        return self.step != 1
 
     def distribution(self) -> optuna.distributions.BaseDistribution:
         return optuna.distributions.IntDistribution(self.low, self.high, log=self.log, step=self.step)
-
-    def encode(self, value: Any) -> int:
-        return value
 
     def contains(self, value: Any) -> bool:
         return (isinstance(value, int) and not isinstance(value, bool) and self.low <= value <= self.high
@@ -91,9 +100,6 @@ class IntRange(_Strict):
 
     def describe(self) -> str:
         return f"integers {self.low}..{self.high}" + (f" step {self.step}" if self.step != 1 else "")
-
-    def probes(self) -> list[Any]:
-        return [self.low, self.high]
 
 
 class Choice(_Strict):
@@ -125,13 +131,6 @@ class Choice(_Strict):
 
     def probes(self) -> list[Any]:
         return list(self.choices)
-
-
-def _check_range(low: float, high: float, log: bool) -> None:
-    if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
-        raise ValueError(f"expected low < high, got low {low} and high {high}")
-    if log and low <= 0:
-        raise ValueError(f"log = true needs low > 0, got {low}")
 
 
 def _decode(value: Any) -> Any:
