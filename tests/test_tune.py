@@ -86,18 +86,31 @@ def test_two_workers_share_one_study_prune_and_write_a_runnable_recipe(bench, tu
     assert 'id="study-tiny"' in page.read_text() and "Optimisation history of study tiny" in page.read_text()
 
 
-def test_killed_tune_continues_the_same_study_and_resumes_the_killed_trial(tune_set, tiny_recipe, tmp_path):
+def _start_and_wait_for_a_fold(command: list[str], study_folder: Path) -> subprocess.Popen:
+    """Start ``bench tune`` in a session of its own; return once the first trial has finished a fold."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not list(study_folder.glob("tiny-*/fold-0/fold.json")):
+        assert process.poll() is None and time.monotonic() < deadline, "tune ended before it could be stopped"
+        time.sleep(0.05)
+    return process
+
+
+@pytest.fixture
+def untuned(tune_set, tiny_recipe, tmp_path):
+    """``bench tune`` of a 2-trial study, unpruned, as a command line, and where its study lives."""
     extra = TUNE.format(trials=2).replace('{ name = "wilcoxon", p_threshold = 0.5 }', '"none"')
     recipe = tiny_recipe(tmp_path / "tiny.toml", tune_set, epochs=2, extra=extra)
     results = tmp_path / "results"
     command = [sys.executable, "-m", "harness.cli", "tune", str(recipe), "--results", str(results),
                "--tuned", str(tmp_path / "tuned")]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return command, results
+
+
+def test_killed_tune_continues_the_same_study_and_resumes_the_killed_trial(untuned):
+    command, results = untuned
     study_folder = results / "tune" / "tiny"
-    deadline = time.monotonic() + 240
-    while not list(study_folder.glob("tiny-*/fold-0/fold.json")):  # the baseline is one fold in
-        assert process.poll() is None and time.monotonic() < deadline, "tune ended before it could be killed"
-        time.sleep(0.05)
+    process = _start_and_wait_for_a_fold(command, study_folder)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     killed_run = next(study_folder.glob("tiny-*/fold-0/fold.json")).parent.parent
@@ -116,6 +129,16 @@ def test_killed_tune_continues_the_same_study_and_resumes_the_killed_trial(tune_
     assert "died" in notes[0] and "retried as 1" in notes[0] and "retry of 0" in notes[1]
 
 
+def test_ctrl_c_records_the_running_trial_and_queues_it_again(untuned):
+    command, results = untuned
+    process = _start_and_wait_for_a_fold(command, results / "tune" / "tiny")
+    os.killpg(process.pid, signal.SIGINT)
+    assert process.wait(timeout=60) == 130
+    trials = _load(results, "tiny").get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[0].user_attrs["error"] == "interrupted" and trials[1].params == trials[0].params
+
+
 def test_the_median_pruner_judges_every_epoch(bench, tune_set, tiny_recipe, tmp_path):
     extra = TUNE.format(trials=2).replace('{ name = "wilcoxon", p_threshold = 0.5 }',
                                           '{ name = "median", startup_trials = 1 }')
@@ -126,6 +149,20 @@ def test_the_median_pruner_judges_every_epoch(bench, tune_set, tiny_recipe, tmp_
     assert trial.state == TrialState.PRUNED and trial.params["optimizer.lr"] < 1e-4
     assert trial.user_attrs["pruned"].startswith("at fold 1, epoch")
     assert set(trial.intermediate_values) <= {0, 1}  # steps are fold x epochs + epoch
+
+
+def test_a_journal_file_can_hold_the_study(bench, tune_set, tiny_recipe, tmp_path):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    extra = TUNE.format(trials=2).replace('{ name = "wilcoxon", p_threshold = 0.5 }', '"none"')
+    recipe = tiny_recipe(tmp_path / "tiny.toml", tune_set, epochs=1, extra=extra)
+    journal = tmp_path / "shared" / "study.log"
+    done = bench("tune", recipe, "--storage", journal, "--results", tmp_path / "results", "--tuned", tmp_path / "tuned")
+    assert done.code == 0, done.err
+    study = optuna.load_study(study_name="tiny", storage=JournalStorage(JournalFileBackend(str(journal))))
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2
+    assert not (tmp_path / "results" / "tune" / "tiny" / "study.db").exists()
 
 
 def test_two_objectives_give_a_pareto_front(bench, tune_set, tiny_recipe, tmp_path):
