@@ -79,7 +79,9 @@ def test_submission_decodes_to_the_searched_ensemble(bench, tiny_runs, plugins, 
     assert "out-of-fold Dice" in result.out and "vs best run" in result.out
     _assert_submission_matches(tmp_path / "ens", plugins)
     report = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
-    assert report["oof"]["ensemble_dice_before_postprocessing"] >= report["oof"]["best_run_dice_at_own_threshold"] - 1e-9
+    # greedy selection starts from the best run, so it can only match or beat it; the two Dice are
+    # pooled in float32 and float64 respectively, which differ in the 8th digit (seen with 1 thread)
+    assert report["oof"]["ensemble_dice_before_postprocessing"] >= report["oof"]["best_run_dice_at_own_threshold"] - 1e-6
     assert bench("ensemble", "--check", tmp_path / "ens" / "submission.csv.gz", tiny_runs["linknet"]).code == 0
 
 
