@@ -338,14 +338,15 @@ def tune_command(
     import shlex
 
     from harness.study import StudyPlace
-    from harness.tune import TuneJob, summarise, tune
+    from harness.tune import TuneJob, tune
+    from harness.tune_summary import summarise
 
     name = study or "-".join([recipe.stem, *(profile or [])])
     job = TuneJob(recipe, tuple(profile or ()), tuple(set_ or ()), tuple(ctx.obj["plugins_dir"]), ctx.obj["strict"],
                   StudyPlace(name, results / "tune" / name, storage), device, workers)
     _plugins(ctx)  # say which plugins were skipped, once, before the workers load them again
     space, found = tune(job, console)
-    summarise(found, space, job, tuned, shlex.join(["bench", *sys.argv[1:]]), console)
+    summarise(found, space, job.place, tuned, shlex.join(["bench", *sys.argv[1:]]), console)
 
 
 def _parse_size(text: str) -> tuple[int, int]:

@@ -18,13 +18,10 @@ import os
 import threading
 import time
 import traceback
-import warnings
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 import pandas as pd
 from filelock import FileLock
@@ -32,19 +29,16 @@ from optuna.storages._heartbeat import BaseHeartbeat  # not re-exported by optun
 from optuna.trial import TrialState
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from harness import study as studies
-from harness.carvana import car_id
 from harness.errors import BenchError
 from harness.io import atomic_write_text
 from harness.plugins import load_plugins
 from harness.recipe import load_recipe
+from harness.pruning import PruningMonitor
 from harness.run import RunRequest, run, run_id
 from harness.search_space import SearchSpace
 
-
-MIN_TRIALS_FOR_IMPORTANCE = 4
 
 
 @dataclass(frozen=True)
@@ -235,55 +229,6 @@ class Worker:
         studies.write_trials_csv(self.study, self.job.place.folder)
 
 
-class PruningMonitor:
-    """Reports a trial's progress to Optuna as its run trains, and stops the run when told to prune.
-
-    ``reports`` is what the pruner judges: ``epoch`` (validation Dice at step fold x epochs + epoch),
-    ``fold`` (each finished fold's cars' mean Dice, the step a number fixed per car), or nothing. Folds finished before (a resumed run) are reported too, so a retried trial is judged
-    on everything it has done. Once the last fold has trained, pruning would save nothing.
-    """
-
-    def __init__(self, trial: optuna.Trial, reports: str | None, folds: int, epochs: int):
-        self.trial, self.reports, self.folds, self.epochs = trial, reports, folds, epochs
-        self.reported_folds: set[int] = set()
-        self.car_scores: dict[str, float] = {}
-
-    def epoch_done(self, fold: int, record: dict[str, float]) -> None:
-        if self.reports != "epoch":
-            return
-        self.trial.report(record["val_dice"], fold * self.epochs + int(record["epoch"]))
-        self.trial.set_user_attr("partial_dice", record["val_dice"])
-        last = fold == self.folds - 1 and int(record["epoch"]) == self.epochs - 1
-        if not last and self.trial.should_prune():
-            raise optuna.TrialPruned(f"at fold {fold + 1}, epoch {int(record['epoch']) + 1}")
-
-    def fold_done(self, fold: int, folder: Path) -> None:
-        self._report_fold(fold, folder)
-        if self.reports == "fold" and fold < self.folds - 1 and self.trial.should_prune():
-            raise optuna.TrialPruned(f"after fold {fold + 1}")
-
-    def finish(self, run_folder: Path) -> None:
-        """Report folds the run did not show (a finished run found again): the best trial needs all."""
-        for fold_folder in sorted(run_folder.glob("fold-*")):
-            self._report_fold(int(fold_folder.name.split("-")[1]), fold_folder)
-
-    def _report_fold(self, fold: int, folder: Path) -> None:
-        if self.reports != "fold" or fold in self.reported_folds:
-            return
-        self.reported_folds.add(fold)
-        scores = pd.read_csv(folder / "per_image.csv", dtype={"image": str})
-        cars = scores.assign(car=scores["image"].map(car_id)).groupby("car")["dice"].mean()
-        for car, score in cars.items():
-            self.trial.report(float(score), _car_step(car))
-        self.car_scores.update(cars.to_dict())
-        self.trial.set_user_attr("partial_dice", float(np.mean(list(self.car_scores.values()))))
-
-
-def _car_step(car: str) -> int:
-    """A car's step number, the same in every trial: a stable hash of its id (steps pair cars across trials)."""
-    return zlib.crc32(car.encode()) & 0x7FFFFFFF
-
-
 class _Heartbeat:
     """Optuna's heartbeat for a trial we asked for ourselves (``Study.optimize`` does this for its own)."""
 
@@ -308,70 +253,3 @@ class _Heartbeat:
         if self.beat is not None:
             self.stop.set()
             self.thread.join()
-
-
-def summarise(study: optuna.Study, space: SearchSpace, job: TuneJob, tuned_dir: Path, command: str,
-              console: Console) -> Path | None:
-    """Print the trials and parameter importances; write trials.csv and the best trial as a recipe."""
-    table = studies.trials_table(study)
-    studies.write_trials_csv(study, job.place.folder)
-    console.print(_trials_rich_table(table, job.place.name))
-    _print_importances(study, console)
-    best = studies.best_trials(study)
-    if not best:
-        console.print("no trial has completed yet; nothing to write", highlight=False)
-        return None
-    out = tuned_dir / f"{job.place.name}.toml"
-    studies.write_tuned_recipe(space, best[0], out, job.place.name, command)
-    baseline = table[table["note"].str.contains("the recipe's own values", regex=False)]
-    first = space.spec.objectives[0]
-    versus = ""
-    if len(baseline) and pd.notna(baseline[first].iloc[0]):
-        versus = f" (the recipe's own values: {baseline[first].iloc[0]:.4f})"
-    front = f"; Pareto front: trials {', '.join(str(t.number) for t in best)}" if len(best) > 1 else ""
-    console.print(f"best trial {best[0].number}: {first} {best[0].values[0]:.4f}{versus}{front}\n"
-                  f"wrote {out}: bench run {out}", highlight=False)
-    return out
-
-
-def _trials_rich_table(table: pd.DataFrame, name: str) -> Table:
-    rich_table = Table(title=f"study {name}")
-    for column in table.columns:
-        rich_table.add_column(column.removeprefix("param:"), justify="right" if column != "note" else "left")
-    for row in table.to_dict("records"):
-        rich_table.add_row(*[_cell(column, value) for column, value in row.items()])
-    return rich_table
-
-
-def _cell(column: str, value: Any) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return ""
-    if column == "seconds":
-        return f"{value:.0f}"
-    if isinstance(value, float):
-        return f"{value:.4g}" if column.startswith("param:") else f"{value:.4f}"
-    return escape(str(value))
-
-
-def _print_importances(study: optuna.Study, console: Console) -> None:
-    """PED-ANOVA importances (Optuna's default); they say nothing until a few trials have completed."""
-    complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    if complete < MIN_TRIALS_FOR_IMPORTANCE:
-        console.print(f"parameter importances: not yet ({complete} complete trials; they need "
-                      f"{MIN_TRIALS_FOR_IMPORTANCE})", highlight=False)
-        return
-    try:
-        with warnings.catch_warnings():  # "importances will be equal" when trials barely differ: the table shows it
-            warnings.simplefilter("ignore")
-            importances = optuna.importance.get_param_importances(study)
-    except (RuntimeError, ValueError) as error:
-        console.print(f"parameter importances: not yet ({error})", highlight=False)
-        return
-    if not importances:
-        return
-    table = Table(title="parameter importances (PED-ANOVA)")
-    table.add_column("parameter")
-    table.add_column("importance", justify="right")
-    for key, value in importances.items():
-        table.add_row(escape(key), f"{value:.3f}")
-    console.print(table)
