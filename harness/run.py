@@ -47,7 +47,8 @@ CACHE_BYTES = 4 << 30  # decoded training images kept in memory when they fit (C
 class RunMonitor(Protocol):
     """Watches a run's first stage as it trains (``bench tune`` reports to Optuna); raising stops the run.
 
-    ``fold_done`` is called for every fold in order, finished ones found on resume included.
+    While any fold is left to train, ``fold_done`` is called for every fold in order, folds finished
+    before a resume included; a run found complete, or with every fold trained, calls nothing.
     """
 
     def epoch_done(self, fold: int, record: dict[str, float]) -> None: ...
