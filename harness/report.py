@@ -25,6 +25,7 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from harness import compare, stats
 from harness.carvana import open_carvana, read_image, read_mask
@@ -150,6 +151,7 @@ def optimisation_history(trials: pd.DataFrame, objective: str, name: str) -> Fig
     counts = trials["state"].value_counts()
     axes.set(title=f"study {name}: {counts.get('complete', 0)} complete, {counts.get('pruned', 0)} pruned, "
                    f"{counts.get('fail', 0)} failed (grey lines)", xlabel="trial", ylabel=objective)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="lower right")
     return figure

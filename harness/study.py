@@ -186,7 +186,7 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
 def _note(trial: FrozenTrial, retried_as: dict[int, int]) -> str:
     notes = []
     if trial.user_attrs.get("baseline"):
-        notes.append("the recipe's own values")
+        notes.append("baseline")
     history = RetryHeartbeatStaleTrialCallback.retry_history(trial)
     if history:
         notes.append(f"retry of {history[-1]}")

@@ -45,10 +45,16 @@ def summarise(study: optuna.Study, space: SearchSpace, place: studies.StudyPlace
 
 
 def _trials_rich_table(table: pd.DataFrame, name: str) -> Table:
-    rich_table = Table(title=f"study {name}")
-    for column in table.columns:
-        rich_table.add_column(column.removeprefix("param:"), justify="right" if column != "note" else "left")
-    for row in table.to_dict("records"):
+    """The trials as trials.csv has them, less the run folder names (long hashes; they are in the file);
+    a complete trial's partial Dice is its final Dice, so it is shown for unfinished trials only."""
+    shown = table.drop(columns=["run"])
+    if "partial_dice" in shown:
+        shown["partial_dice"] = shown["partial_dice"].where(shown["state"] != "complete")
+    rich_table = Table(title=f"study {name} (run folders in trials.csv)")
+    for column in shown.columns:
+        rich_table.add_column(column.removeprefix("param:"), justify="left" if column == "note" else "right",
+                              overflow="fold")
+    for row in shown.to_dict("records"):
         rich_table.add_row(*[_cell(column, value) for column, value in row.items()])
     return rich_table
 
