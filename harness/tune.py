@@ -150,7 +150,7 @@ class Worker:
 
     def __init__(self, job: TuneJob, space: SearchSpace, index: int, console: Console,
                  lines: Console | None = None, max_trials: int | None = None, device: str | None = None):
-        self.job, self.space, self.index = job, space, index
+        self.job, self.space = job, space
         self.device = device or job.device
         self.console, self.lines = console, lines or console
         self.max_trials = max_trials
