@@ -61,18 +61,19 @@ class StudyPlace:
         by the next worker; a journal file has no heartbeat (see ``recover_dead_trials``).
         """
         text = self.storage_text
-        if "://" not in text:
-            from optuna.storages.journal import JournalFileBackend
-
-            Path(text).parent.mkdir(parents=True, exist_ok=True)
-            return optuna.storages.JournalStorage(JournalFileBackend(text))
-        engine = {"connect_args": {"timeout": 60}} if text.startswith("sqlite") else {}
         try:
+            if "://" not in text:
+                from optuna.storages.journal import JournalFileBackend
+
+                Path(text).parent.mkdir(parents=True, exist_ok=True)
+                return optuna.storages.JournalStorage(JournalFileBackend(text))
+            engine = {"connect_args": {"timeout": 60}} if text.startswith("sqlite") else {}
             return optuna.storages.RDBStorage(
                 text, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
                 heartbeat_stale_trial_callback=_RETRY)
-        except Exception as error:  # sqlalchemy: bad URL, missing driver, unreachable server
-            raise BenchError(f"--storage {text}: cannot open ({type(error).__name__}: {error})") from None
+        except Exception as error:  # a bad URL or path, a missing driver, an unreachable server
+            reason = str(error).splitlines()[0] if str(error) else ""
+            raise BenchError(f"study storage {text}: cannot open ({type(error).__name__}: {reason})") from None
 
 
 def create_or_load(place: StudyPlace, space: SearchSpace) -> optuna.Study:

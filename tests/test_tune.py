@@ -206,6 +206,17 @@ def test_a_bad_tune_table_is_one_line_and_starts_nothing(bench, synthetic_set, t
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.parametrize("storage, message", [
+    ("sqlite:////nonexistent/folder/study.db", "unable to open database file"),
+    ("/proc/no-such-folder/study.log", "No such file or directory"),
+])
+def test_a_storage_that_cannot_open_is_one_line(bench, synthetic_set, tiny_recipe, tmp_path, storage, message):
+    recipe = tiny_recipe(tmp_path / "tiny.toml", synthetic_set, extra=TUNE.format(trials=2))
+    failed = bench("tune", recipe, "--storage", storage, "--results", tmp_path / "results")
+    assert failed.code == 2 and f"study storage {storage}: cannot open" in failed.err and message in failed.err
+    assert len(failed.err.strip().splitlines()) == 1
+
+
 def test_a_changed_search_is_refused_an_old_study(bench, synthetic_set, tiny_recipe, tmp_path):
     space = '[tune]\ntimeout_minutes = 1e-9\n[tune.space]\n"optimizer.lr" = {{ type = "float", low = 1e-4, high = {high} }}'
     first = tiny_recipe(tmp_path / "tiny.toml", synthetic_set, extra=space.format(high=1e-2))
