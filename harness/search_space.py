@@ -34,10 +34,6 @@ class SearchSpace:
         del self.base["tune"]
         self.keys = {dotted: parse_key(dotted) for dotted in self.spec.space}
 
-    @property
-    def name(self) -> str:
-        return self.base["name"]
-
     def baseline_params(self) -> dict[str, Any]:
         """The recipe's own value of every searched key, as Optuna stores it."""
         return {dotted: self.spec.space[dotted].encode(self._value_at(dotted)) for dotted in self.spec.space}
