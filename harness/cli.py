@@ -327,7 +327,7 @@ def tune_command(
     profile: ProfileOption = None,
     set_: SetOption = None,
     device: DeviceOption = None,
-    study: Annotated[Optional[str], typer.Option(help="Study name (default: recipe name and profiles, e.g. alexander-quick).")] = None,
+    study: Annotated[Optional[str], typer.Option(help="Study name (default: recipe file name and profiles, e.g. alexander-quick).")] = None,
     storage: Annotated[Optional[str], typer.Option(help="Shared storage: an RDB URL (sqlite:///..., postgresql://...) or a "
                                                         "journal file path (default: RESULTS/tune/STUDY/study.db).")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Processes on this machine working on the study.")] = 1,
