@@ -182,6 +182,20 @@ sampler = "nsga2"
     assert "inference_images_per_s" in done.out and (tmp_path / "tuned" / "tiny.toml").exists()
 
 
+def test_list_choices_are_stored_as_json_and_come_back_as_lists(synthetic_set, tiny_recipe, plugins, tmp_path):
+    from harness.recipe import load_recipe
+    from harness.search_space import SearchSpace
+
+    extra = '[tune]\ntrials = 2\n[tune.space]\n"input.size" = { type = "categorical", choices = ["original", [64, 64]] }'
+    recipe = load_recipe(tiny_recipe(tmp_path / "tiny.toml", synthetic_set, extra=extra), plugins)
+    space = SearchSpace(recipe, plugins, "tiny.toml")
+    space.check()
+    assert space.baseline_params() == {"input.size": "original"}
+    assert space.spec.distributions()["input.size"].choices == ("original", "[64, 64]")
+    assert space.recipe_for({"input.size": "[64, 64]"}).input.size == (64, 64)
+    assert space.recipe_for({"input.size": "[64, 64]"}).tune is None  # a trial's recipe is a plain recipe
+
+
 @pytest.mark.parametrize("tune_table, message", [
     ('[tune]\ntrials = 2\n[tune.space]\n"optimizer.lrr" = { type = "float", low = 1e-4, high = 1e-2 }',
      "'optimizer.lrr': the recipe has no value at optimizer.lrr"),
