@@ -3,7 +3,9 @@
 Resume works at epoch granularity: after every epoch ``last.pt`` holds everything the next epoch
 needs (weights, optimizer, scaler, callbacks, history, best so far), written atomically. Because
 data order, augmentation and the global RNG are all seeded from ``(seed, fold, epoch)``, an epoch
-replayed after a crash is the epoch that would have run anyway.
+replayed after a crash is the epoch that would have run anyway. Once ``fold.json`` marks the fold
+finished, nothing resumes it any more, so ``last.pt`` is deleted: with the optimizer's moments it is
+three times the size of ``best.pt``, and a tuning study of many runs would otherwise fill the disk.
 
 Each epoch's validation writes its maps into the run's out-of-fold store, so when the last epoch is
 the best one (the usual case) the store is already right; otherwise the best weights predict the
@@ -69,7 +71,7 @@ class FoldSetup:
     val_ids: Sequence[str]
     val_shapes: Sequence[tuple[int, int]]
     val_mask: Callable[[int], np.ndarray]
-    oof: ProbabilityMaps
+    oof: ProbabilityMaps | None  # None when the run only estimates its duration: it stops before validating
     folder: Path
     compile: bool = False
     tiling: Tiling | None = None
@@ -260,4 +262,5 @@ def _finish(setup: FoldSetup, state: TrainState) -> dict[str, Any]:
         "val_images_per_s": state.history[-1]["val_images_per_s"] if state.history else None,
     }
     atomic_write_json(setup.folder / "fold.json", summary)
+    (setup.folder / "last.pt").unlink(missing_ok=True)
     return summary

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -67,6 +68,7 @@ def test_run_trains_to_a_useful_dice_and_writes_a_complete_folder(finished_run, 
         history = (finished_run / f"fold-{fold}" / "history.csv").read_text().splitlines()
         assert history[0].startswith("epoch,lr,train_loss,val_dice") and len(history) == 7
         assert (finished_run / f"fold-{fold}" / "best.pt").exists()
+        assert not (finished_run / f"fold-{fold}" / "last.pt").exists(), "a finished fold keeps no resume state"
 
 
 def test_oof_and_test_maps_cover_every_image_at_its_own_size(finished_run, synthetic_set):
@@ -131,6 +133,19 @@ def explodes(*, after: int = 2):
 def bench_losses():
     return {"explodes": explodes}
 '''
+
+
+def test_a_disk_too_small_for_the_maps_stops_the_run_before_training(bench, synthetic_set, tmp_path, run_recipe,
+                                                                     monkeypatch):
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    result = bench("run", run_recipe(tmp_path, synthetic_set), "--results", tmp_path / "results", "--name", "full")
+    assert result.code == 2 and len(result.err.strip().splitlines()) == 1
+    assert "test_maps.u8: no space left on its disk (needs 41.0 kB, " in result.err, result.err
+    folder = tmp_path / "results" / "full"
+    assert not list(folder.glob("fold-*")) and not list(folder.glob("*.u8")), "nothing trained, nothing half-made"
 
 
 def test_nan_loss_stops_the_fold_with_the_reason_recorded(bench, synthetic_set, tmp_path, run_recipe):
