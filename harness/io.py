@@ -6,18 +6,31 @@ so nothing is written in place: write a temporary file beside the target, flush 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
+from harness.errors import BenchError, DiskFull
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
-    """Call ``write(handle)`` on a temporary file beside ``path``, then rename it into place."""
+    """Call ``write(handle)`` on a temporary file beside ``path``, then rename it into place.
+
+    A file that cannot be written (a full disk, no permission) is a ``BenchError`` naming it; the
+    old file, if any, is left as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise cannot_write(path, error) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
@@ -25,9 +38,35 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are files like any other
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise cannot_write(path, error) from None
         raise
+
+
+def cannot_write(path: Path, error: OSError, needed: int | None = None) -> BenchError:
+    """The one-line error for ``path``; a full disk says how full, and that the work so far resumes."""
+    if error.errno not in NO_SPACE:
+        return BenchError(f"{path}: cannot write ({error.strerror or error})")
+    free = shutil.disk_usage(_existing_parent(path)).free
+    wanted = f"needs {readable_size(needed)}, " if needed is not None else ""
+    return DiskFull(f"{path}: no space left on its disk ({wanted}{readable_size(free)} free); "
+                    "free some space, then run the same command again (with --resume for bench run)")
+
+
+def readable_size(size: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
+
+
+def _existing_parent(path: Path) -> Path:
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def _umask() -> int:

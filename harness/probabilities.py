@@ -8,18 +8,23 @@ rounding. Images may differ in size: the index stores each one's offset and shap
 
 Layout for a store at ``PATH``: ``PATH.u8`` (the bytes) and ``PATH.json`` (ids, shapes, offsets).
 Writing a map twice overwrites it, so a resumed run can redo any part of its predictions.
+
+The file's blocks are allocated when the store is created. A memory-mapped file is otherwise sparse,
+and a page written into it after the disk has filled kills the process with SIGBUS: no exception,
+no message, hours into a run. Allocating up front turns that into one line before any work is done.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Iterator, Mapping
 
 import numpy as np
 
 from harness.errors import BenchError
-from harness.io import atomic_write_json
+from harness.io import atomic_write_json, cannot_write
 
 LEVELS = 255
 
@@ -60,8 +65,8 @@ class ProbabilityMaps:
                 raise BenchError(f"{index}: holds other images than this run predicts; remove it to start over")
             return existing
         path.parent.mkdir(parents=True, exist_ok=True)
-        store = cls(path, ids, dims, mode="w+")
-        store.flush()
+        _allocate(path.with_suffix(".u8"), max(1, sum(h * w for h, w in dims)))
+        store = cls(path, ids, dims, mode="r+")
         atomic_write_json(index, {"ids": ids, "shapes": [list(s) for s in dims]})
         return store
 
@@ -119,3 +124,15 @@ class ProbabilityMaps:
 
     def flush(self) -> None:
         self._bytes.flush()
+
+
+def _allocate(path: Path, size: int) -> None:
+    """Create ``path`` with ``size`` zero bytes whose blocks are reserved on disk (see the module docstring)."""
+    try:
+        with open(path, "wb") as handle:
+            handle.truncate(size)
+            if hasattr(os, "posix_fallocate"):  # Linux; elsewhere the file stays sparse
+                os.posix_fallocate(handle.fileno(), 0, size)
+    except OSError as error:
+        path.unlink(missing_ok=True)
+        raise cannot_write(path, error, needed=size) from None
