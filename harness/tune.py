@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 import threading
 import time
 import traceback
@@ -31,7 +32,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from harness import study as studies
-from harness.errors import BenchError
+from harness.errors import BenchError, DiskFull
 from harness.io import atomic_write_text
 from harness.plugins import load_plugins
 from harness.recipe import load_recipe
@@ -114,10 +115,10 @@ def _run_processes(job: TuneJob, console: Console) -> None:
         for process in processes:
             process.join(timeout=60)
         raise
-    crashed = [f"worker {i} (exit code {p.exitcode})" for i, p in enumerate(processes) if p.exitcode]
-    if crashed:
-        console.print(f"[yellow]warning:[/] {', '.join(crashed)} stopped early; see {job.place.folder}/logs",
-                      highlight=False)
+    stopped = [f"worker {i} (exit code {p.exitcode})" for i, p in enumerate(processes) if p.exitcode]
+    if stopped:
+        raise BenchError(f"{', '.join(stopped)} stopped before the budget was spent (see {job.place.folder}/logs); "
+                         "bench tune again resumes the study")
 
 
 def _worker_process(job: TuneJob, index: int) -> None:
@@ -130,6 +131,9 @@ def _worker_process(job: TuneJob, index: int) -> None:
                    device=_share_devices(job, index)).loop()
         except KeyboardInterrupt:
             pass
+        except BenchError as error:  # one line, as from bench itself; the exit code tells the parent
+            Console(stderr=True, soft_wrap=True, highlight=False).print(f"[red]error:[/] [worker {index}] {escape(str(error))}")
+            sys.exit(2)
 
 
 def _share_devices(job: TuneJob, index: int) -> str | None:
@@ -189,12 +193,20 @@ class Worker:
             with _Heartbeat(self.study, trial):
                 values = self._evaluate(trial)
         except optuna.TrialPruned as pruned:
+            # nothing resumes a pruned trial's fold (the same parameters again would start it afresh),
+            # and its resume state is three times the size of its weights
+            for resume_state in (self.job.place.folder / trial.user_attrs["run"]).glob("fold-*/last.pt"):
+                resume_state.unlink()
             trial.set_user_attr("pruned", str(pruned))
             self.study.tell(trial, state=TrialState.PRUNED)
             self._say(trial, f"pruned {pruned} (Dice so far {trial.user_attrs.get('partial_dice', float('nan')):.4f})")
         except KeyboardInterrupt:
             studies.fail_and_retry(self.study, trial, "interrupted")
             self._say(trial, "interrupted: recorded as failed and queued again; bench tune again resumes it")
+            raise
+        except DiskFull:  # every later trial would fail the same way and spend the budget for nothing
+            studies.fail_and_retry(self.study, trial, "disk full")
+            self._say(trial, "stopped: the disk is full; recorded as failed and queued again")
             raise
         except BenchError as error:
             trial.set_user_attr("error", str(error))

@@ -139,6 +139,22 @@ def test_ctrl_c_records_the_running_trial_and_queues_it_again(untuned):
     assert trials[0].user_attrs["error"] == "interrupted" and trials[1].params == trials[0].params
 
 
+def test_a_full_disk_stops_the_study_and_queues_the_trial_again(bench, untuned, monkeypatch):
+    import errno
+
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)  # the disk is full when the run allocates its maps
+    command, results = untuned
+    stopped = bench(*command[3:])
+    assert stopped.code == 2 and len(stopped.err.strip().splitlines()) == 1
+    assert "no space left" in stopped.err and "test_maps.u8" in stopped.err, stopped.err
+    trials = _load(results, "tiny").get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[0].user_attrs["error"] == "disk full" and trials[1].params == trials[0].params
+
+
 def test_the_median_pruner_judges_every_epoch(bench, tune_set, tiny_recipe, tmp_path):
     extra = TUNE.format(trials=2).replace('{ name = "wilcoxon", p_threshold = 0.5 }',
                                           '{ name = "median", startup_trials = 1 }')
@@ -149,6 +165,8 @@ def test_the_median_pruner_judges_every_epoch(bench, tune_set, tiny_recipe, tmp_
     assert trial.state == TrialState.PRUNED and trial.params["optimizer.lr"] < 1e-4
     assert trial.user_attrs["pruned"].startswith("at fold 1, epoch")
     assert set(trial.intermediate_values) <= {0, 1}  # steps are fold x epochs + epoch
+    pruned_run = tmp_path / "results" / "tune" / "tiny" / trial.user_attrs["run"]
+    assert (pruned_run / "fold-0" / "best.pt").exists() and not list(pruned_run.glob("fold-*/last.pt"))
 
 
 def test_a_journal_file_can_hold_the_study(bench, tune_set, tiny_recipe, tmp_path):
