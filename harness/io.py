@@ -40,9 +40,18 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
         os.replace(tmp, path)
     except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise cannot_write(path, error) from None
+        cause = _os_error(error) if isinstance(error, Exception) else None  # not for Ctrl-C
+        if cause is not None:
+            raise cannot_write(path, cause) from None
         raise
+
+
+def _os_error(error: BaseException) -> OSError | None:
+    """The OSError behind ``error``, if any: torch.save's zip writer, for one, reports a full disk as
+    a RuntimeError ("unexpected pos") raised while handling the OSError."""
+    while error is not None and not isinstance(error, OSError):
+        error = error.__context__
+    return error
 
 
 def cannot_write(path: Path, error: OSError, needed: int | None = None) -> BenchError:

@@ -30,13 +30,14 @@ class EstimateOnly(BenchError):
 class Workload:
     """How much work the run has left, to turn seconds per step into a duration."""
 
-    folds: int
+    folds: int  # left to train
     epochs: int
     steps_per_epoch: int
     batch_size: int
     val_images_per_fold: int
     test_images: int
     tta_variants: int
+    k: int  # the run's folds, for "fold 2/3" (a resumed run has fewer left)
 
 
 def format_duration(seconds: float) -> str:
@@ -87,7 +88,7 @@ class ConsoleReporter:
             return
         self.close()
         self.progress = Progress(
-            TextColumn(f"fold {fold + 1}/{self.work.folds}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn(f"fold {fold + 1}/{self.work.k}"), BarColumn(), MofNCompleteColumn(),
             SpeedColumn(), TextColumn("{task.fields[status]}"), TimeRemainingColumn(), console=self.console,
         )
         self.progress.start()
@@ -104,7 +105,7 @@ class ConsoleReporter:
             self.progress.update(self.task, advance=1, status=f"loss {loss:.4f}{self.last_val}")
 
     def epoch_done(self, fold: int, record: dict[str, float]) -> None:
-        line = (f"fold {fold + 1}/{self.work.folds} epoch {record['epoch'] + 1}/{self.work.epochs}: "
+        line = (f"fold {fold + 1}/{self.work.k} epoch {record['epoch'] + 1}/{self.work.epochs}: "
                 f"loss {record['train_loss']:.4f}, val Dice {record['val_dice']:.4f}, {record['seconds']:.0f} s")
         self.console.print(line, highlight=False)
         self.last_val = f", val Dice {record['val_dice']:.4f}"

@@ -222,7 +222,7 @@ def _run_folds(recipe, plugins, compute, dataset, fit, splits, folder, console, 
         work = Workload(
             folds=len(pending), epochs=recipe.train.epochs, steps_per_epoch=-(-largest_fold // batch),
             batch_size=batch, val_images_per_fold=len(dataset.train) // splits.k,
-            test_images=len(dataset.test), tta_variants=len(TTA[recipe.predict.tta]),
+            test_images=len(dataset.test), tta_variants=len(TTA[recipe.predict.tta]), k=splits.k,
         )
         reporter = ConsoleReporter(console, work, estimate_only)
         watched = reporter if monitor is None else _Watched(reporter, monitor)

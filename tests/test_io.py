@@ -29,3 +29,23 @@ def test_any_other_write_error_is_one_line_naming_the_file(tmp_path):
     with pytest.raises(BenchError, match=r"history\.csv: cannot write \(the disk said no\)") as raised:
         atomic_write(tmp_path / "history.csv", _fails_with(errno.EIO))
     assert not isinstance(raised.value, DiskFull) and not list(tmp_path.iterdir())
+
+
+def test_a_full_disk_under_torch_save_is_found_behind_its_runtime_error(tmp_path):
+    import torch
+
+    class FullAfter:  # a disk that fills up after 1 kB, as torch.save meets it
+        def __init__(self, handle):
+            self.handle, self.written = handle, 0
+
+        def write(self, data):
+            self.written += len(data)
+            if self.written > 1000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.handle.write(data)
+
+        def flush(self):
+            self.handle.flush()
+
+    with pytest.raises(DiskFull, match=r"best\.pt: no space left"):
+        atomic_write(tmp_path / "best.pt", lambda handle: torch.save({"w": torch.zeros(10_000)}, FullAfter(handle)))

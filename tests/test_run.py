@@ -112,6 +112,7 @@ def test_sigkill_mid_fold_then_resume_equals_an_uninterrupted_run(synthetic_set,
 
     resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
+    assert "fold 2/2 epoch" in resumed.stdout  # counted among the run's folds, not the ones left
     assert {p.name: p.read_bytes() for p in (killed / "fold-0").iterdir()} == fold_zero
     assert (killed / "per_image.csv").read_text() == (finished_run / "per_image.csv").read_text()
     oof_killed, oof_clean = ProbabilityMaps.open(killed / "oof_maps"), ProbabilityMaps.open(finished_run / "oof_maps")
