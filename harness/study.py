@@ -103,8 +103,9 @@ def create_or_load(place: StudyPlace, space: SearchSpace) -> optuna.Study:
 
 def load(place: StudyPlace, space: SearchSpace, worker: int) -> optuna.Study:
     """The study as a worker sees it: its own sampler seed, the recipe's pruner."""
-    return optuna.load_study(study_name=place.name, storage=place.storage(),
-                             sampler=space.spec.sampler_for(worker), pruner=space.spec.pruner.build())
+    study = optuna.load_study(study_name=place.name, storage=place.storage(), pruner=space.spec.pruner.build())
+    study.sampler = space.spec.sampler_for(worker, len(study.get_trials(deepcopy=False)))
+    return study
 
 
 def this_worker() -> str:
@@ -193,7 +194,7 @@ def _note(trial: FrozenTrial, retried_as: dict[int, int]) -> str:
         notes.append(f"retry of {history[-1]}")
     if trial.user_attrs.get("pruned"):
         notes.append(trial.user_attrs["pruned"])
-    if trial.user_attrs.get("error"):
+    if trial.user_attrs.get("error") and trial.state == TrialState.FAIL:  # a retry inherits its attributes
         notes.append(trial.user_attrs["error"])
     if trial.number in retried_as:
         notes.append(f"retried as {retried_as[trial.number]}")

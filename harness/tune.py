@@ -132,7 +132,7 @@ def _worker_process(job: TuneJob, index: int) -> None:
         except KeyboardInterrupt:
             pass
         except BenchError as error:  # one line, as from bench itself; the exit code tells the parent
-            Console(stderr=True, soft_wrap=True, highlight=False).print(f"[red]error:[/] [worker {index}] {escape(str(error))}")
+            Console(stderr=True, soft_wrap=True, highlight=False).print(f"[red]error:[/] {escape(f'[worker {index}] {error}')}")
             sys.exit(2)
 
 

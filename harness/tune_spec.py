@@ -21,6 +21,7 @@ import json
 import math
 from typing import Annotated, Any, ClassVar, Literal, Union
 
+import numpy as np
 import optuna
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
@@ -221,9 +222,10 @@ class TuneSpec(_Strict):
     def objectives(self) -> tuple[str, ...]:
         return (self.objective,) if isinstance(self.objective, str) else tuple(self.objective)
 
-    def sampler_for(self, worker: int) -> optuna.samplers.BaseSampler:
-        """Each worker gets its own seed: seeded alike, parallel workers would propose the same trials."""
-        seed = self.seed + worker
+    def sampler_for(self, worker: int, trials_so_far: int) -> optuna.samplers.BaseSampler:
+        """A seed of its own for each worker and each start: parallel workers seeded alike would
+        propose the same trials, and so would a worker started again on a resumed study."""
+        seed = int(np.random.SeedSequence([self.seed, worker, trials_so_far]).generate_state(1)[0])
         if self.sampler == "random":
             return optuna.samplers.RandomSampler(seed=seed)
         if self.sampler == "gp":
