@@ -88,7 +88,7 @@ def tune(job: TuneJob, console: Console) -> tuple[SearchSpace, optuna.Study]:
     if job.workers == 1:
         Worker(job, space, 0, console).loop()
     else:
-        _run_processes(job, console)
+        _run_processes(job)
     return space, studies.load(job.place, space, 0)
 
 
@@ -101,7 +101,7 @@ def _budget_text(space: SearchSpace) -> str:
     return ", ".join(parts)
 
 
-def _run_processes(job: TuneJob, console: Console) -> None:
+def _run_processes(job: TuneJob) -> None:
     """``job.workers`` processes on one study; each prints a line per trial, its runs' logs go to files."""
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch threads
     processes = [context.Process(target=_worker_process, args=(job, index), name=f"bench-tune-{index}")
