@@ -17,9 +17,10 @@ import json
 import os
 import socket
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import optuna
 import pandas as pd
@@ -27,7 +28,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.errors import BenchError
-from harness.io import atomic_write_json, atomic_write_text
+from harness.io import atomic_write_json, atomic_write_text, cannot_write
 from harness.search_space import SearchSpace
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -74,6 +75,24 @@ class StudyPlace:
         except Exception as error:  # a bad URL or path, a missing driver, an unreachable server
             reason = str(error).splitlines()[0] if str(error) else ""
             raise BenchError(f"study storage {text}: cannot open ({type(error).__name__}: {reason})") from None
+
+
+@contextmanager
+def storage_errors(place: StudyPlace) -> Iterator[None]:
+    """A study storage that cannot be written (a full disk, a lost database server) is one line.
+
+    Optuna reports a failed RDB commit as StorageInternalError with a generic message ("invalid data
+    in the commit"); the database's own reason is its cause. A journal file fails with an OSError.
+    A trial left running by the failure is failed and queued again when bench tune next starts.
+    """
+    try:
+        yield
+    except optuna.exceptions.StorageInternalError as error:
+        reason = str(error.__cause__ or error).splitlines()[0]
+        raise BenchError(f"study storage {place.storage_text}: cannot write: {reason}; "
+                         "once that is fixed, bench tune again resumes the study") from None
+    except OSError as error:
+        raise cannot_write(Path(error.filename or place.storage_text), error) from None
 
 
 def create_or_load(place: StudyPlace, space: SearchSpace) -> optuna.Study:

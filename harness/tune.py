@@ -77,6 +77,11 @@ def prepare(job: TuneJob, console: Console) -> tuple[SearchSpace, optuna.Study]:
 
 def tune(job: TuneJob, console: Console) -> tuple[SearchSpace, optuna.Study]:
     """Run workers until the study's trial budget (or this call's time budget) is spent."""
+    with studies.storage_errors(job.place):
+        return _tune(job, console)
+
+
+def _tune(job: TuneJob, console: Console) -> tuple[SearchSpace, optuna.Study]:
     space, study = prepare(job, console)
     spent = studies.counted_trials(study)
     console.print(f"study {job.place.name!r} in {job.place.storage_text}: {spent} trials so far, "
@@ -127,8 +132,9 @@ def _worker_process(job: TuneJob, index: int) -> None:
     with open(logs / f"worker-{index}.log", "a", encoding="utf-8") as log:
         run_console = Console(file=log, soft_wrap=True, width=160)
         try:
-            Worker(job, job.search_space(), index, run_console, lines=Console(soft_wrap=True),
-                   device=_share_devices(job, index)).loop()
+            with studies.storage_errors(job.place):
+                Worker(job, job.search_space(), index, run_console, lines=Console(soft_wrap=True),
+                       device=_share_devices(job, index)).loop()
         except KeyboardInterrupt:
             pass
         except BenchError as error:  # one line, as from bench itself; the exit code tells the parent
@@ -253,7 +259,10 @@ class _Heartbeat:
 
     def _run(self) -> None:
         while True:
-            self.beat()
+            try:
+                self.beat()
+            except optuna.exceptions.StorageInternalError:
+                pass  # a missed beat; the trial's own writes to the storage will report the failure
             if self.stop.wait(studies.HEARTBEAT_SECONDS):
                 return
 

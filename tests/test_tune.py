@@ -282,3 +282,19 @@ def test_a_changed_search_is_refused_an_old_study(bench, synthetic_set, tiny_rec
     assert refused.code == 2 and "--study NEW_NAME" in refused.err
     assert bench("tune", changed, "--results", tmp_path / "results", "--study", "wider",
                  "--tuned", tmp_path / "tuned").code == 0
+
+
+def test_a_storage_that_fails_to_write_is_one_line_with_the_database_s_reason(tmp_path):
+    import sqlite3
+
+    from harness.errors import BenchError
+    from harness.study import StudyPlace, storage_errors
+
+    place = StudyPlace("tiny", tmp_path / "study")
+    with pytest.raises(BenchError) as raised, storage_errors(place):
+        try:  # what optuna's RDB storage raises when SQLite finds the disk full
+            raise sqlite3.OperationalError("database or disk is full")
+        except sqlite3.OperationalError as error:
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from error
+    assert str(raised.value).startswith(f"study storage sqlite:///{tmp_path}/study/study.db: cannot write: "
+                                        "database or disk is full; ")
