@@ -59,12 +59,12 @@ def cannot_write(path: Path, error: OSError, needed: int | None = None) -> Bench
     if error.errno not in NO_SPACE:
         return BenchError(f"{path}: cannot write ({error.strerror or error})")
     free = shutil.disk_usage(_existing_parent(path)).free
-    wanted = f"needs {_readable_size(needed)}, " if needed is not None else ""
-    return DiskFull(f"{path}: no space left on its disk ({wanted}{_readable_size(free)} free); "
+    wanted = f"needs {readable_size(needed)}, " if needed is not None else ""
+    return DiskFull(f"{path}: no space left on its disk ({wanted}{readable_size(free)} free); "
                     "free some space, then run the same command again (with --resume for bench run)")
 
 
-def _readable_size(size: int) -> str:
+def readable_size(size: int) -> str:
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if size >= scale:
             return f"{size / scale:.1f} {unit}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import sys
 import threading
 import time
@@ -33,7 +34,7 @@ from rich.markup import escape
 
 from harness import study as studies
 from harness.errors import BenchError, DiskFull
-from harness.io import atomic_write_text
+from harness.io import atomic_write_text, readable_size
 from harness.plugins import load_plugins
 from harness.recipe import load_recipe
 from harness.pruning import PruningMonitor
@@ -86,15 +87,34 @@ def _tune(job: TuneJob, console: Console) -> tuple[SearchSpace, optuna.Study]:
     spent = studies.counted_trials(study)
     console.print(f"study {job.place.name!r} in {job.place.storage_text}: {spent} trials so far, "
                   f"{_budget_text(space)}; runs in {job.place.folder}", highlight=False)
-    if job.workers > 1 and not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        console.print("the first trial runs alone, so later trials have a finished one to be pruned against",
-                      highlight=False)
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if job.workers > 1:
+            console.print("the first trial runs alone, so later trials have a finished one to be pruned against",
+                          highlight=False)
         Worker(job, space, 0, console, max_trials=1).loop()
+    _warn_if_the_disk_is_short(job, space, console)
     if job.workers == 1:
         Worker(job, space, 0, console).loop()
     else:
         _run_processes(job)
     return space, studies.load(job.place, space, 0)
+
+
+def _warn_if_the_disk_is_short(job: TuneJob, space: SearchSpace, console: Console) -> None:
+    """Say so when the trials left, at the size of the first finished one, would not fit on the disk:
+    better now than when the study stops on a full disk an hour in (pruned trials keep less)."""
+    study = studies.load(job.place, space, 0)
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if space.spec.trials is None or not finished:
+        return
+    left = space.spec.trials - studies.counted_trials(study)
+    run = job.place.folder / finished[0].user_attrs["run"]
+    kept = sum(path.stat().st_blocks * 512 for path in run.rglob("*") if path.is_file())
+    free = shutil.disk_usage(job.place.folder).free
+    if left > 0 and kept * left > free:
+        console.print(f"[yellow]warning:[/] a finished trial keeps {readable_size(kept)} ({escape(str(run))}); "
+                      f"{left} more trial{'s' if left > 1 else ''} may need up to {readable_size(kept * left)}, and its disk has "
+                      f"{readable_size(free)} free", highlight=False)
 
 
 def _budget_text(space: SearchSpace) -> str:

@@ -156,6 +156,18 @@ def test_a_full_disk_stops_the_study_and_queues_the_trial_again(bench, untuned, 
     assert trials[0].user_attrs["error"] == "disk full" and trials[1].params == trials[0].params
 
 
+def test_a_disk_too_small_for_the_trials_left_is_said_after_the_first(bench, untuned, monkeypatch):
+    import shutil
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=10**6))
+    command, results = untuned
+    done = bench(*command[3:])
+    assert done.code == 0, done.err
+    assert "warning: a finished trial keeps" in done.out and "1 more trial may need up to" in done.out
+    assert "and its disk has 1.0 MB free" in done.out
+
+
 def test_the_median_pruner_judges_every_epoch(bench, tune_set, tiny_recipe, tmp_path):
     extra = TUNE.format(trials=2).replace('{ name = "wilcoxon", p_threshold = 0.5 }',
                                           '{ name = "median", startup_trials = 1 }')
