@@ -42,7 +42,6 @@ from harness.run import RunRequest, run, run_id
 from harness.search_space import SearchSpace
 
 
-
 @dataclass(frozen=True)
 class TuneJob:
     """Everything a worker process needs to rebuild the search on its own (it must pickle)."""
@@ -158,7 +157,8 @@ def _worker_process(job: TuneJob, index: int) -> None:
         except KeyboardInterrupt:
             pass
         except BenchError as error:  # one line, as from bench itself; the exit code tells the parent
-            Console(stderr=True, soft_wrap=True, highlight=False).print(f"[red]error:[/] {escape(f'[worker {index}] {error}')}")
+            errors = Console(stderr=True, soft_wrap=True, highlight=False)
+            errors.print(f"[red]error:[/] {escape(f'[worker {index}] {error}')}")
             sys.exit(2)
 
 
