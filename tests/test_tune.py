@@ -221,7 +221,8 @@ def test_a_worker_started_again_on_a_resumed_study_proposes_new_parameters(synth
     from harness.search_space import SearchSpace
 
     extra = '[tune]\ntrials = 3\nsampler = "random"\n[tune.space]\n"optimizer.lr" = { type = "float", low = 1e-4, high = 1e-2 }'
-    space = SearchSpace(load_recipe(tiny_recipe(tmp_path / "tiny.toml", synthetic_set, extra=extra), plugins), plugins, "tiny.toml")
+    recipe = load_recipe(tiny_recipe(tmp_path / "tiny.toml", synthetic_set, extra=extra), plugins)
+    space = SearchSpace(recipe, plugins, "tiny.toml")
     place = studies.StudyPlace("tiny", tmp_path / "study")
     studies.create_or_load(place, space)
     proposed = []
