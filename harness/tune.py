@@ -91,7 +91,7 @@ def _tune(job: TuneJob, console: Console) -> tuple[SearchSpace, optuna.Study]:
             console.print("the first trial runs alone, so later trials have a finished one to be pruned against",
                           highlight=False)
         Worker(job, space, 0, console, max_trials=1).loop()
-    _warn_if_the_disk_is_short(job, space, console)
+    _warn_if_the_disk_is_short(job, space, study, console)
     if job.workers == 1:
         Worker(job, space, 0, console).loop()
     else:
@@ -99,10 +99,9 @@ def _tune(job: TuneJob, console: Console) -> tuple[SearchSpace, optuna.Study]:
     return space, studies.load(job.place, space, 0)
 
 
-def _warn_if_the_disk_is_short(job: TuneJob, space: SearchSpace, console: Console) -> None:
+def _warn_if_the_disk_is_short(job: TuneJob, space: SearchSpace, study: optuna.Study, console: Console) -> None:
     """Say so when the trials left, at the size of the first finished one, would not fit on the disk:
     better now than when the study stops on a full disk an hour in (pruned trials keep less)."""
-    study = studies.load(job.place, space, 0)
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if space.spec.trials is None or not finished:
         return
@@ -112,8 +111,8 @@ def _warn_if_the_disk_is_short(job: TuneJob, space: SearchSpace, console: Consol
     free = shutil.disk_usage(job.place.folder).free
     if left > 0 and kept * left > free:
         console.print(f"[yellow]warning:[/] a finished trial keeps {readable_size(kept)} ({escape(str(run))}); "
-                      f"{left} more trial{'s' if left > 1 else ''} may need up to {readable_size(kept * left)}, and its disk has "
-                      f"{readable_size(free)} free", highlight=False)
+                      f"{left} more trial{'s' if left > 1 else ''} may need up to {readable_size(kept * left)}, "
+                      f"and its disk has {readable_size(free)} free", highlight=False)
 
 
 def _budget_text(space: SearchSpace) -> str:
