@@ -22,8 +22,9 @@ class PruningMonitor:
     """Reports a trial's progress to Optuna as its run trains, and stops the run when told to prune.
 
     ``reports`` is what the pruner judges: ``epoch`` (validation Dice at step fold x epochs + epoch),
-    ``fold`` (each finished fold's cars' mean Dice, the step a number fixed per car), or nothing. Folds finished before (a resumed run) are reported too, so a retried trial is judged
-    on everything it has done. Once the last fold has trained, pruning would save nothing.
+    ``fold`` (each finished fold's cars' mean Dice, the step a number fixed per car), or nothing.
+    Folds finished before (a resumed run) are reported too, so a retried trial is judged on
+    everything it has done. Once the last fold has trained, pruning would save nothing.
     """
 
     def __init__(self, trial: optuna.Trial, reports: str | None, folds: int, epochs: int):

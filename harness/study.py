@@ -220,10 +220,11 @@ def _note(trial: FrozenTrial, retried_as: dict[int, int]) -> str:
     return "; ".join(notes)
 
 
-def write_trials_csv(study: optuna.Study, folder: Path) -> Path:
-    path = folder / "trials.csv"
-    atomic_write_text(path, trials_table(study).to_csv(index=False))
-    return path
+def write_trials_csv(study: optuna.Study, folder: Path) -> pd.DataFrame:
+    """Rewrite ``folder/trials.csv``; return the table written."""
+    table = trials_table(study)
+    atomic_write_text(folder / "trials.csv", table.to_csv(index=False))
+    return table
 
 
 def best_trials(study: optuna.Study) -> list[FrozenTrial]:

@@ -24,8 +24,7 @@ MIN_TRIALS_FOR_IMPORTANCE = 4
 def summarise(study: optuna.Study, space: SearchSpace, place: studies.StudyPlace, tuned_dir: Path, command: str,
               console: Console) -> Path | None:
     """Print the trials and parameter importances; write trials.csv and the best trial as a recipe."""
-    table = studies.trials_table(study)
-    studies.write_trials_csv(study, place.folder)
+    table = studies.write_trials_csv(study, place.folder)
     console.print(_trials_rich_table(table, place.name))
     _print_importances(study, console)
     best = studies.best_trials(study)
