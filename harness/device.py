@@ -1,8 +1,7 @@
 """Where a run computes, and how: device, autocast precision and memory format.
 
-The recipe's ``"auto"`` values resolve here, once, and the resolved values are what the run records.
-On a CPU, bf16 autocast with channels_last trains these networks 2.5-3x faster than fp32 (measured
-on a 2-core machine: LinkNet-ResNet34 at 128 px, 0.48 -> 0.28 s/step), so it is the CPU default too.
+The device resolves here; a recipe's ``"auto"`` precision and memory format are chosen by timing
+its own training step (``harness.compute_choice``), since the fastest differs from CPU to CPU.
 """
 
 from __future__ import annotations
@@ -41,17 +40,26 @@ class Compute:
         return f"{self.device} ({name}), {self.precision}{layout}"
 
 
-def resolve_compute(device: str | None, precision: str, channels_last: bool | str) -> Compute:
-    """Resolve ``--device`` and the recipe's ``train.precision`` / ``train.channels_last``."""
+def resolve_device(device: str | None) -> torch.device:
+    """``--device``, or the first GPU when there is one and the CPU when there is not."""
     chosen = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if chosen.type == "cuda" and not torch.cuda.is_available():
         raise BenchError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
     if chosen.type not in ("cpu", "cuda"):
         raise BenchError(f"--device {device}: expected cpu, cuda or cuda:N")
-    if precision == "auto":
-        precision = "bf16" if chosen.type == "cpu" or torch.cuda.is_bf16_supported() else "fp16"
-    if precision == "fp16" and chosen.type == "cpu":
+    return chosen
+
+
+def check_precision(device: torch.device, precision: str) -> None:
+    """A precision the device cannot run at all is a recipe error, found before anything is timed."""
+    if precision == "fp16" and device.type == "cpu":
         raise BenchError("train.precision = 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on a CPU")
-    if channels_last == "auto":
-        channels_last = True
-    return Compute(chosen, precision, bool(channels_last))
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise BenchError(f"train.precision = 'bf16': {torch.cuda.get_device_name(device)} has no bf16; use 'fp16' or 'auto'")
+
+
+def fixed_compute(device: str | None, precision: str, channels_last: bool) -> Compute:
+    """A compute whose precision and memory format are given (``bench benchmark``'s variants)."""
+    chosen = resolve_device(device)
+    check_precision(chosen, precision)
+    return Compute(chosen, precision, channels_last)

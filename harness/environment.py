@@ -10,25 +10,30 @@ import os
 import platform
 import subprocess
 import sys
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from harness.compute_choice import Decision
 from harness.device import Compute
 
 PACKAGES = ("segbench", "torch", "torchvision", "segmentation-models-pytorch", "timm",
             "albumentations", "numpy", "opencv-python-headless", "pydantic", "optuna")
 
 
-def describe_environment(compute: Compute) -> dict[str, Any]:
+def describe_environment(compute: Compute, decision: Decision | None = None) -> dict[str, Any]:
+    """``decision``: how ``auto`` chose the precision and memory format, with every candidate's timing."""
     return {
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["bench", *sys.argv[1:]]),
         "device": compute.describe(),
         "precision": compute.precision,
         "channels_last": compute.channels_last,
+        "compute_choice": None if decision is None else asdict(decision),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),

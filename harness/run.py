@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from harness import components
+from harness import compute_choice, components
 from harness.carvana import CarvanaSet, car_id, car_mask_areas, open_carvana
 from harness.data import (CachedImage, EpochSampler, Images, Normalise, PredictionSamples, TestImage,
                           TrainingSamples, shapes_of_test_images)
-from harness.device import Compute, resolve_compute
+from harness.device import Compute, check_precision, resolve_device
 from harness.environment import describe_environment
 from harness.errors import BenchError
 from harness.geometry import Fit
@@ -81,18 +81,22 @@ def run(request: RunRequest, plugins: Plugins, console: Console) -> Path:
         return folder
     if folder.exists() and not request.resume and not request.estimate_only:
         raise BenchError(f"{folder} holds an unfinished run; pass --resume to finish it, or remove the folder")
-    compute = resolve_compute(request.device, recipe.train.precision, recipe.train.channels_last)
+    device = resolve_device(request.device)
+    check_precision(device, recipe.train.precision)
     dataset = open_carvana(data_root(recipe, plugins))
     if recipe.pseudo_label is not None and not dataset.test:
         raise BenchError(f"[pseudo_label] needs unlabelled test images, and {dataset.root}/test has none; "
                          "remove the [pseudo_label] table or use data with a test/ folder")
     fit = input_fit(recipe, dataset)
     splits = make_splits(car_mask_areas(dataset), recipe.folds.k, recipe.folds.method, recipe.folds.seed)
+    height, width = fit.input_shape(*next(iter(dataset.sizes.values())))
+    workload = timing_workload(recipe, plugins, height, width, recipe.train.batch_size)
+    compute, decision = choose_compute(recipe, device, workload, console)
     if request.estimate_only:
         with tempfile.TemporaryDirectory() as scratch:
             _run_folds(recipe, plugins, compute, dataset, fit, splits, Path(scratch), console, estimate_only=True)
         return folder
-    _prepare(folder, recipe, splits, compute, request.resume)
+    _prepare(folder, recipe, splits, compute, decision, request.resume)
     console.print(f"run {folder} on {compute.describe()}", highlight=False)
     if not (folder / "summary.json").exists():
         models = _run_folds(recipe, plugins, compute, dataset, fit, splits, folder, console,
@@ -154,6 +158,41 @@ def _pseudo_stage(recipe, plugins, compute, dataset, fit, splits, folder, consol
                   highlight=False)
 
 
+def choose_compute(recipe: Recipe, device: torch.device, workload: compute_choice.Workload,
+                   console: Console) -> tuple[Compute, compute_choice.Decision | None]:
+    """The recipe's precision and memory format on this device: as fixed, or the fastest measured.
+
+    Printed before anything trains (the decision with its timings, or a warning for a fixed choice
+    known to be far slower), and the decision is what ``environment.json`` records.
+    """
+    precision, channels_last = recipe.train.precision, recipe.train.channels_last
+    if precision != "auto" and channels_last != "auto":
+        warning = compute_choice.explicit_warning(device, precision, channels_last, workload)
+        if warning:
+            console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        return Compute(device, precision, channels_last), None
+    decision = compute_choice.choose(device, precision, channels_last, workload)
+    console.print(f"compute: {decision.describe()}", highlight=False)
+    return Compute(device, decision.chosen.precision, decision.chosen.channels_last), decision
+
+
+def timing_workload(recipe: Recipe, plugins: Plugins, height: int, width: int, batch_size: int) -> compute_choice.Workload:
+    """The recipe's training step as ``harness.compute_choice`` times it: its model without pretrained
+    weights (speed does not depend on their values), loss and optimizer, at its input size and batch."""
+    model_params = dict(recipe.model.params)
+    if "encoder_weights" in model_params:
+        model_params["encoder_weights"] = "none"
+    model, optimizer = plugins.get("model", recipe.model.name), plugins.get("optimizer", recipe.optimizer.name)
+    return compute_choice.Workload(
+        build_model=lambda: components.build(model, model_params),
+        make_optimizer=lambda parameters: components.build(optimizer, recipe.optimizer.params, parameters),
+        loss=components.build(plugins.get("loss", recipe.loss.name), recipe.loss.params),
+        batch_size=batch_size, height=height, width=width,
+        identity={"model": [recipe.model.name, model_params], "loss": [recipe.loss.name, recipe.loss.params],
+                  "optimizer": [recipe.optimizer.name, recipe.optimizer.params]},
+    )
+
+
 def data_root(recipe: Recipe, plugins: Plugins) -> Path:
     if recipe.data.root:
         return Path(recipe.data.root)
@@ -171,7 +210,8 @@ def input_fit(recipe: Recipe, dataset: CarvanaSet) -> Fit:
     return fit
 
 
-def _prepare(folder: Path, recipe: Recipe, splits: Splits, compute: Compute, resume: bool) -> None:
+def _prepare(folder: Path, recipe: Recipe, splits: Splits, compute: Compute,
+             decision: compute_choice.Decision | None, resume: bool) -> None:
     """Create the run folder, or check that the one being resumed was made by this very recipe."""
     if resume and folder.exists():
         if (folder / "recipe.toml").read_text() != recipe.to_toml():
@@ -181,7 +221,7 @@ def _prepare(folder: Path, recipe: Recipe, splits: Splits, compute: Compute, res
         return
     folder.mkdir(parents=True, exist_ok=True)
     write_splits(splits, folder / "splits.json")
-    atomic_write_json(folder / "environment.json", describe_environment(compute))
+    atomic_write_json(folder / "environment.json", describe_environment(compute, decision))
     atomic_write_text(folder / "recipe.toml", recipe.to_toml())
 
 
