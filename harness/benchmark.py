@@ -47,6 +47,9 @@ class Timing:
     peak_memory_mb: float
     compile_seconds: float | None = None
     note: str = ""
+    train_peak_fraction: float | None = None  # achieved FLOP/s over this device's matmul peak in this precision
+    infer_peak_fraction: float | None = None
+    auto: bool = False  # the variant ``auto`` chooses for this recipe here
 
 
 def synchronise(device: torch.device) -> None:
@@ -99,6 +102,35 @@ def gflops_per_image(model: torch.nn.Module, height: int, width: int) -> float:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         counted(torch.zeros(1, 3, height, width))
     return counter.get_total_flops() / 1e9
+
+
+def train_gflops_per_image(model: torch.nn.Module, loss, height: int, width: int) -> float:
+    """GFLOPs of one image's training step, forward and backward, counted as ``gflops_per_image`` does."""
+    counted = copy.deepcopy(model).float().cpu().train()
+    image, mask = torch.zeros(1, 3, height, width), torch.zeros(1, 1, height, width)
+    with FlopCounterMode(display=False) as counter:
+        loss(counted(image).float(), mask).backward()
+    return counter.get_total_flops() / 1e9
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def matmul_gflops(device: torch.device, precision: str, max_size: int = 4096) -> float:
+    """This device's peak: GFLOP/s of a square matmul in ``precision``, the size grown until it fills the device.
+
+    Sizes double from 256 until one product takes 50 ms (or ``max_size``), so a precision the
+    device only emulates (bf16 on an AVX2 CPU: under 1 GFLOP/s) is measured in about a second.
+    """
+    size, best = 256, 0.0
+    while True:
+        a = torch.randn(size, size, device=device).to(DTYPES[precision])
+        b = torch.randn(size, size, device=device).to(DTYPES[precision])
+        seconds = min(time_steps(lambda: torch.mm(a, b), device, warmup=1, repeats=3))
+        best = max(best, 2 * size**3 / seconds / 1e9)
+        if seconds > 0.05 or size >= max_size:
+            return best
+        size *= 2
 
 
 def is_out_of_memory(error: BaseException) -> bool:

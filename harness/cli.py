@@ -254,7 +254,8 @@ def benchmark_command(
     profile: ProfileOption = None,
     set_: SetOption = None,
     device: DeviceOption = None,
-    variants: Annotated[str, typer.Option(help="Also measure these, comma-separated: PRECISION[+cl][+compile], or 'all'.")] = "fp32",
+    variants: Annotated[str, typer.Option(help="Also measure these, comma-separated: PRECISION[+cl][+compile]; "
+                                                 "'auto': what auto chooses among here; 'all'.")] = "auto",
     size: Annotated[Optional[str], typer.Option(help="Network input WIDTHxHEIGHT (default: the recipe's).")] = None,
     batch: Annotated[Optional[int], typer.Option(min=1, help="Batch size (default: the recipe's).")] = None,
     repeats: Annotated[int, typer.Option(min=2, help="Timed steps per measurement.")] = 10,
@@ -264,22 +265,17 @@ def benchmark_command(
     results: Annotated[Path, typer.Option(help="Benchmarks go to RESULTS/benchmarks/.")] = Path("results"),
 ) -> None:
     """Throughput, memory, GFLOPs, data pipeline, harness overhead and full-Carvana cost of a recipe."""
-    import torch
-
     from harness.recipe import load_recipe
-    from harness.speed import VARIANTS, benchmark_recipe, print_result, write_result
+    from harness.speed import benchmark_recipe, print_result, write_result
 
     plugins = _plugins(ctx)
     resolved = load_recipe(recipe, plugins, profile or [], set_ or [])
-    on_gpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-    chosen = [v for v in VARIANTS if on_gpu or not v.startswith("fp16")] if variants == "all" else \
-        [v.strip() for v in variants.split(",") if v.strip()]
     try:
         counts = [int(w) for w in workers.split(",")]
     except ValueError:
         raise BenchError(f"--workers {workers}: expected worker counts like 0,1,2") from None
     result = benchmark_recipe(
-        resolved, plugins, device=device, variants=chosen, size=_parse_size(size) if size else None,
+        resolved, plugins, console, device=device, variants=variants, size=_parse_size(size) if size else None,
         batch_size=batch, warmup=warmup, repeats=repeats, loader_batches=max(4, repeats), worker_counts=counts,
         skip=_parse_skip(skip),
     )

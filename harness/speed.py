@@ -7,6 +7,8 @@ bare loop); this module builds them from a recipe and writes one JSON file per b
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -15,28 +17,40 @@ from typing import Any
 
 import torch
 
-from harness import components
-from harness.benchmark import CARVANA_PIXELS, carvana_cost, gflops_per_image, measure_variant
+from harness import compute_choice
+from harness.benchmark import (CARVANA_PIXELS, carvana_cost, gflops_per_image, matmul_gflops, measure_variant,
+                               train_gflops_per_image)
 from harness.carvana import open_carvana
 from harness.data import EpochSampler, Images, TrainingSamples
-from harness.device import Compute, resolve_compute
+from harness.device import Compute, check_precision, resolve_device
 from harness.environment import describe_environment
 from harness.errors import BenchError
 from harness.io import atomic_write_json
 from harness.overhead import overhead_ratio
 from harness.plugins import Plugins
 from harness.recipe import Recipe
-from harness.run import CACHE_BYTES, compose_transforms, data_root, input_fit, loader_workers
+from harness.run import CACHE_BYTES, choose_compute, compose_transforms, data_root, input_fit, loader_workers, timing_workload
+from harness.synthetic import default_cache_root
 
 VARIANTS = ("fp32", "fp32+cl", "bf16", "bf16+cl", "fp16+cl", "bf16+cl+compile")
 
 
-def parse_variant(name: str, device: str | None) -> tuple[Compute, bool]:
+def parse_variant(name: str, device: torch.device) -> tuple[Compute, bool]:
     """``bf16+cl+compile`` -> (bf16 autocast with channels_last, compiled)."""
     parts = name.split("+")
     if parts[0] not in ("fp32", "bf16", "fp16") or not set(parts[1:]) <= {"cl", "compile"}:
         raise BenchError(f"--variants {name}: expected PRECISION[+cl][+compile], PRECISION one of fp32, bf16, fp16")
-    return resolve_compute(device, parts[0], "cl" in parts), "compile" in parts
+    check_precision(device, parts[0])
+    return Compute(device, parts[0], "cl" in parts), "compile" in parts
+
+
+def variant_names(requested: str, device: torch.device) -> list[str]:
+    """``--variants``: ``auto`` (what ``auto`` chooses among here), ``all``, or a comma-separated list."""
+    if requested == "auto":
+        return [v.name for v in compute_choice.candidates(device)]
+    if requested == "all":
+        return [v for v in VARIANTS if device.type == "cuda" or not v.startswith("fp16")]
+    return [v.strip() for v in requested.split(",") if v.strip()]
 
 
 def recipe_variant(recipe: Recipe, compute: Compute) -> str:
@@ -45,33 +59,35 @@ def recipe_variant(recipe: Recipe, compute: Compute) -> str:
     return name + ("+compile" if recipe.train.compile else "")
 
 
-def benchmark_recipe(recipe: Recipe, plugins: Plugins, *, device: str | None, variants: list[str],
+def benchmark_recipe(recipe: Recipe, plugins: Plugins, console, *, device: str | None, variants: str,
                      size: tuple[int, int] | None, batch_size: int | None, warmup: int, repeats: int,
                      loader_batches: int, worker_counts: list[int], skip: set[str] = frozenset()) -> dict[str, Any]:
     """Measure everything ``bench benchmark`` reports; return it as a JSON-ready dict."""
-    base = resolve_compute(device, recipe.train.precision, recipe.train.channels_last)
+    where = resolve_device(device)
+    check_precision(where, recipe.train.precision)
+    names = variant_names(variants, where)
     dataset = open_carvana(data_root(recipe, plugins))
     fit = input_fit(recipe, dataset)
     image_height, image_width = next(iter(dataset.sizes.values()))
     height, width = (size[1], size[0]) if size else fit.input_shape(image_height, image_width)
     batch = batch_size or recipe.train.batch_size
-    model_params = dict(recipe.model.params)
-    if "encoder_weights" in model_params:  # speed does not depend on the weights' values
-        model_params["encoder_weights"] = "none"
-    model = components.build(plugins.get("model", recipe.model.name), model_params)
-    optimizer = plugins.get("optimizer", recipe.optimizer.name)
-
-    def make_optimizer(parameters):
-        return components.build(optimizer, recipe.optimizer.params, parameters)
-
-    loss = components.build(plugins.get("loss", recipe.loss.name), recipe.loss.params)
-    chosen = recipe_variant(recipe, base)
-    names = list(dict.fromkeys([chosen, *variants]))
+    workload = timing_workload(recipe, plugins, height, width, batch)
+    base, decision = choose_compute(recipe, where, workload, console)
+    auto = compute_choice.choose(where, "auto", "auto", workload).chosen.name  # cached by the line above, mostly
+    auto += "+compile" if recipe.train.compile else ""
+    model, loss = workload.build_model(), workload.loss
+    forward_gflops = gflops_per_image(model, height, width)
+    train_gflops = train_gflops_per_image(model, loss, height, width)
     timings = []
-    for name in names:
-        compute, compile_model = parse_variant(name, device)
-        timings.append(measure_variant(name, model, make_optimizer, loss, compute, batch, height, width,
-                                       recipe.predict.tta, warmup, repeats, compile_model))
+    for name in dict.fromkeys([recipe_variant(recipe, base), *names]):
+        compute, compile_model = parse_variant(name, where)
+        timing = measure_variant(name, model, workload.make_optimizer, loss, compute, batch, height, width,
+                                 recipe.predict.tta, warmup, repeats, compile_model)
+        peak = peak_gflops(where, compute.precision)
+        timing.train_peak_fraction = round(timing.train_images_per_s * train_gflops / peak, 4)
+        timing.infer_peak_fraction = round(timing.infer_images_per_s * forward_gflops / peak, 4)
+        timing.auto = name == auto
+        timings.append(timing)
     reference = timings[0]
     auto_workers = loader_workers(recipe, base)
     loader = None
@@ -82,21 +98,39 @@ def benchmark_recipe(recipe: Recipe, plugins: Plugins, *, device: str | None, va
     return {
         "recipe": recipe.name,
         "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "environment": describe_environment(base),
+        "environment": describe_environment(base, decision),
         "input": [width, height],
         "batch_size": batch,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "gflops_per_image": round(gflops_per_image(model, height, width), 2),
+        "gflops_per_image": round(forward_gflops, 2),
+        "train_gflops_per_image": round(train_gflops, 2),
+        "peak_gflops": {p: round(peak_gflops(where, p), 1) for p in dict.fromkeys(t.variant.split("+")[0] for t in timings)},
         "variants": [asdict(t) for t in timings],
         "loader": loader,
         "harness_overhead": None if "overhead" in skip else
-        overhead_ratio(model, make_optimizer, loss, base, batch, height, width, steps=10, repeats=5),
+        overhead_ratio(model, workload.make_optimizer, loss, base, batch, height, width, steps=10, repeats=5),
         "carvana_cost": asdict(carvana_cost(reference.train_images_per_s, reference.infer_tta_images_per_s,
                                             height * width, recipe.folds.k, recipe.train.epochs,
                                             carvana_input_pixels(recipe))),
         "carvana_cost_variant": reference.variant,
         "carvana_cost_schedule": {"folds": recipe.folds.k, "epochs": recipe.train.epochs, "tta": recipe.predict.tta},
     }
+
+
+def peak_gflops(device: torch.device, precision: str) -> float:
+    """This device's matmul peak in ``precision`` (``harness.benchmark.matmul_gflops``), measured once and cached."""
+    key = f"{compute_choice.device_description(device)} {precision}"
+    path = default_cache_root() / "peak" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    try:
+        return float(json.loads(path.read_text())["gflops"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    gflops = matmul_gflops(device, precision, max_size=8192 if device.type == "cuda" else 2048)
+    try:
+        atomic_write_json(path, {"measured_on": key, "gflops": gflops})
+    except BenchError:  # a read-only cache: measured again next time
+        pass
+    return gflops
 
 
 def carvana_input_pixels(recipe: Recipe) -> int:
@@ -161,16 +195,23 @@ def print_result(result: dict[str, Any], path: Path, console) -> None:
 
     table = Table(title=f"{result['recipe']}: {result['input'][0]}x{result['input'][1]}, batch {result['batch_size']}, "
                         f"{result['environment']['device']}")
-    columns = ("variant", "train img/s", "step ms p50", "step ms p95", "infer img/s", "infer+TTA img/s",
-               "peak MB", "compile s", "note")
+    columns = ("variant", "train img/s", "% of peak", "step ms p50", "step ms p95", "infer img/s", "% of peak",
+               "infer+TTA img/s", "peak MB", "compile s", "note")
     for column in columns:
         table.add_column(column, justify="left" if column in ("variant", "note") else "right")
     for v in result["variants"]:
-        table.add_row(v["variant"], _rate(v["train_images_per_s"]), f"{v['train_step_ms_p50']:.0f}",
-                      f"{v['train_step_ms_p95']:.0f}", _rate(v["infer_images_per_s"]),
-                      _rate(v["infer_tta_images_per_s"]), f"{v['peak_memory_mb']:.0f}",
-                      "" if v["compile_seconds"] is None else f"{v['compile_seconds']:.0f}", v["note"])
+        note = "; ".join(filter(None, ["auto picks this" if v["auto"] else "", v["note"]]))
+        table.add_row(v["variant"], _rate(v["train_images_per_s"]), f"{100 * v['train_peak_fraction']:.1f}",
+                      f"{v['train_step_ms_p50']:.0f}", f"{v['train_step_ms_p95']:.0f}", _rate(v["infer_images_per_s"]),
+                      f"{100 * v['infer_peak_fraction']:.1f}", _rate(v["infer_tta_images_per_s"]),
+                      f"{v['peak_memory_mb']:.0f}", "" if v["compile_seconds"] is None else f"{v['compile_seconds']:.0f}",
+                      note)
     console.print(table)
+    peaks = ", ".join(f"{precision} {gflops:,.0f}" for precision, gflops in result["peak_gflops"].items())
+    console.print(f"peak: a square matmul here reaches {peaks} GFLOP/s (CPU capability "
+                  f"{result['environment']['cpu_capability']}); % of peak = images/s x GFLOPs per image "
+                  f"({result['train_gflops_per_image']:.1f} training, {result['gflops_per_image']:.1f} inference) / peak",
+                  highlight=False)
     loader, overhead, cost = result["loader"], result["harness_overhead"], result["carvana_cost"]
     console.print(f"model: {result['parameters'] / 1e6:.1f} M parameters, {result['gflops_per_image']:.1f} GFLOPs per image (forward)", highlight=False)
     if loader:

@@ -8,25 +8,30 @@ import pytest
 import torch
 
 from harness.benchmark import CARVANA_TEST_IMAGES, CARVANA_TRAIN_IMAGES, carvana_cost, gflops_per_image, measure_variant
-from harness.device import resolve_compute
+from harness.device import Compute
 from plugins.losses import bce_dice
 
 TTA = '[predict]\ntta = "hflip"'
 
 
-def test_bench_benchmark_writes_a_complete_result(bench, synthetic_set, tmp_path, tiny_recipe):
+def test_bench_benchmark_writes_a_complete_result(bench, synthetic_set, tmp_path, tiny_recipe, monkeypatch):
+    monkeypatch.setenv("SEGBENCH_CPU_BF16", "0")  # the candidates of a CPU without native bf16, on any CPU
+    monkeypatch.setenv("SEGBENCH_CACHE", str(tmp_path / "cache"))
     recipe = tiny_recipe(tmp_path / "tiny.toml", synthetic_set, epochs=3, batch_size=4, extra=TTA)
     result = bench("benchmark", recipe, "--results", tmp_path, "--repeats", 2, "--warmup", 1, "--workers", "0,1")
     assert result.code == 0, result.err
     (path,) = (tmp_path / "benchmarks").glob("tiny-*.json")
     measured = json.loads(path.read_text())
-    assert [v["variant"] for v in measured["variants"]] == ["bf16+cl", "fp32"]
+    assert [v["variant"] for v in measured["variants"]] == ["fp32", "fp32+cl"]  # the recipe's, then auto's candidates
+    assert sum(v["auto"] for v in measured["variants"]) == 1 and "auto picks this" in result.out
+    assert set(measured["peak_gflops"]) == {"fp32"} and measured["peak_gflops"]["fp32"] > 0
     for variant in measured["variants"]:
         assert variant["train_images_per_s"] > 0 and variant["infer_images_per_s"] > 0
         assert variant["train_step_ms_p95"] >= variant["train_step_ms_p50"] > 0
         assert variant["peak_memory_mb"] > 0 and variant["batch_size"] == 4
-    assert measured["input"] == [64, 64] and measured["gflops_per_image"] > 0
-    assert measured["parameters"] > 1e6
+        assert 0 < variant["train_peak_fraction"] and 0 < variant["infer_peak_fraction"]
+    assert measured["input"] == [64, 64] and measured["train_gflops_per_image"] > measured["gflops_per_image"] > 0
+    assert measured["parameters"] > 1e5
     assert set(measured["loader"]["images_per_s"]) == {"0", "1"} and measured["loader"]["verdict"]
     assert measured["harness_overhead"]["ratio"] > 0
     assert measured["carvana_cost"]["total_hours"] > 0 and measured["environment"]["packages"]["torch"]
@@ -53,7 +58,7 @@ class RunsOutOfMemoryAbove(torch.nn.Module):
 
 
 def test_out_of_memory_halves_the_batch_and_says_so():
-    compute = resolve_compute("cpu", "fp32", False)
+    compute = Compute(torch.device("cpu"), "fp32", channels_last=False)
     timing = measure_variant("fp32", RunsOutOfMemoryAbove(2), lambda p: torch.optim.SGD(p, lr=0.1), bce_dice(),
                              compute, batch_size=8, height=32, width=32, tta="none", warmup=1, repeats=2)
     assert timing.batch_size == 2 and "out of memory at batch 4" in timing.note
@@ -94,9 +99,9 @@ def test_skipped_parts_are_absent_and_bad_skip_is_one_line(bench, synthetic_set,
     bad = bench("benchmark", recipe, "--skip", "loader,gpu", "--results", tmp_path)
     assert bad.code == 2 and "--skip loader,gpu" in bad.err and len(bad.err.strip().splitlines()) == 1
     result = bench("benchmark", recipe, "--results", tmp_path, "--repeats", 2, "--warmup", 1,
-                   "--variants", "bf16+cl", "--skip", "loader,overhead")
+                   "--variants", "fp32", "--skip", "loader,overhead")
     assert result.code == 0, result.err
     (path,) = (tmp_path / "benchmarks").glob("tiny-*.json")
     measured = json.loads(path.read_text())
     assert measured["loader"] is None and measured["harness_overhead"] is None
-    assert [v["variant"] for v in measured["variants"]] == ["bf16+cl"]
+    assert [v["variant"] for v in measured["variants"]] == ["fp32"]
