@@ -121,6 +121,7 @@ def leaderboard(runs: list[Run], per_image: dict[str, pd.DataFrame], resamples: 
                      "ci_low": interval.low, "ci_high": interval.high,
                      "cars": int(per_image[run.name]["car"].nunique()), "images": len(per_image[run.name]),
                      **{key: run.summary.get(key) for key in _SUMMARY_COLUMNS},
+                     "still_rising": results.still_rising(results.read_history(run)),
                      "carvana_hours": _carvana_hours(run), "software": results.read_software(run),
                      "path": str(run.path)})
     table = pd.DataFrame(rows).sort_values(["oof_dice", "run"], ascending=[False, True], kind="stable")
@@ -180,6 +181,8 @@ def render(found: list[Board], unfinished: list[UnfinishedRun], fmt: Format, con
             console.out(f"### {title}\n\n{_markdown(board.frame)}\n", highlight=False)
         else:
             console.print(_rich_table(board.frame, title))
+        if "still_rising" in board.frame and board.frame["still_rising"].eq(True).any():
+            console.print(RISING_NOTE, highlight=False)
     if unfinished:
         listing = "\n".join(f"- {u.path} ({u.folds_done} folds done; {u.reason})" for u in unfinished)
         if fmt == "markdown":
@@ -188,12 +191,15 @@ def render(found: list[Board], unfinished: list[UnfinishedRun], fmt: Format, con
             console.print(f"[yellow]unfinished, not ranked:[/]\n{escape(listing)}", highlight=False)
 
 
+RISING_NOTE = (f"↑ still rising: validation Dice gained more than {results.STILL_RISING} at the run's last epoch; "
+               "it stopped before converging, so its rank measures its budget more than its recipe")
+
 _SUMMARY_COLUMNS = ("fold_dice_mean", "fold_dice_std", "train_seconds", "train_images_per_s",
                     "inference_images_per_s", "parameters", "device")
 _LEADERBOARD_COLUMNS = ["rank", "recipe", "run", "oof_dice", "ci_low", "ci_high", "fold_dice_mean", "fold_dice_std",
                         "delta", "delta_low", "delta_high", "p_value", "p_exact", "cars", "images",
-                        "train_seconds", "train_images_per_s", "inference_images_per_s", "parameters",
-                        "carvana_hours", "device", "software", "path"]
+                        "still_rising", "train_seconds", "train_images_per_s", "inference_images_per_s",
+                        "parameters", "carvana_hours", "device", "software", "path"]
 
 
 def _carvana_hours(run: Run) -> float | None:
@@ -244,7 +250,7 @@ def _formatters() -> dict[str, tuple[str, Callable[[pd.Series], str]]]:
         "rank": ("#", lambda r: str(r["rank"])),
         "recipe": ("recipe", lambda r: str(r["recipe"])),
         "run": ("run", lambda r: str(r["run"])),
-        "oof_dice": ("OOF Dice", lambda r: dice(r["oof_dice"])),
+        "oof_dice": ("OOF Dice", lambda r: dice(r["oof_dice"]) + (" ↑" if _rising(r.get("still_rising")) else "")),
         "ci_low": ("95% CI (cars)", lambda r: f"{dice(r['ci_low'])}–{dice(r['ci_high'])}"),
         "fold_dice_mean": ("folds mean ± std", lambda r: f"{dice(r['fold_dice_mean'])} ± {dice(r['fold_dice_std'])}"),
         "delta": ("Δ to best [95% CI]", lambda r: "best" if r["rank"] == 1 else
@@ -267,10 +273,15 @@ def _formatters() -> dict[str, tuple[str, Callable[[pd.Series], str]]]:
     }
 
 
+def _rising(value) -> bool:
+    """``still_rising`` as read back: True, False, or unknown (None, NaN)."""
+    return value is not None and not pd.isna(value) and bool(value)
+
+
 def _human_columns(frame: pd.DataFrame) -> list[tuple[str, Callable[[pd.Series], str]]]:
     """The columns a person reads: interval parts fold into one cell, paths and flags stay in csv/json."""
     formatters = _formatters()
-    hidden = {"ci_high", "fold_dice_std", "delta_low", "delta_high", "p_exact", "cars", "path"}
+    hidden = {"ci_high", "fold_dice_std", "delta_low", "delta_high", "p_exact", "cars", "path", "still_rising"}
     if "oof_dice" in frame:
         hidden.add("images")
     return [formatters[c] for c in frame.columns if c in formatters and c not in hidden]

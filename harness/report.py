@@ -32,7 +32,7 @@ from harness.carvana import open_carvana, read_image, read_mask
 from harness.errors import BenchError
 from harness.io import atomic_write_text
 from harness.probabilities import ProbabilityMaps, binarise
-from harness.results import Run, read_history, read_per_image
+from harness.results import STILL_RISING, Run, read_history, read_per_image, still_rising
 
 # Overlay colours (RGB): agreement, false positive, false negative.
 _TRUE_POSITIVE = np.array([40, 200, 90])
@@ -55,7 +55,9 @@ def write_report(runs: list[Run], out: Path, worst: int = 4, resamples: int = st
     sections = [
         ("leaderboard", "Leaderboard", _leaderboard_html(board), _LEADERBOARD_NOTE),
         ("learning-curves", "Learning curves", _img(learning_curves(ordered), "learning curves"),
-         "Validation Dice and training loss per epoch; thin lines are folds, thick lines their mean."),
+         "Validation Dice and training loss per epoch; thin lines are folds, thick lines their mean. "
+         f"A run marked (still rising) gained more than {STILL_RISING} Dice at its last epoch: it stopped "
+         "before converging, so its rank measures its budget more than its recipe."),
         ("dice-vs-throughput", "Dice against throughput",
          _img(dice_vs_throughput(board), "Dice against throughput"),
          "Out-of-fold Dice (bars: 95% bootstrap interval over cars) against images per second. "
@@ -85,8 +87,9 @@ def learning_curves(runs: list[Run]) -> Figure:
             dice_axes.plot(fold["epoch"] + 1, fold["val_dice"], color=colour, alpha=0.35, linewidth=0.9)
             loss_axes.plot(fold["epoch"] + 1, fold["train_loss"], color=colour, alpha=0.35, linewidth=0.9)
         mean = history.groupby("epoch")[["val_dice", "train_loss"]].mean()
+        rising = " (still rising)" if still_rising(history) else ""
         dice_axes.plot(mean.index + 1, mean["val_dice"], color=colour, linewidth=2.2, marker="o",
-                       markersize=3.5, label=run.name)
+                       markersize=3.5, label=run.name + rising)
         loss_axes.plot(mean.index + 1, mean["train_loss"], color=colour, linewidth=2.2, marker="o", markersize=3.5)
     dice_axes.set(title="validation Dice", xlabel="epoch", ylabel="Dice")
     loss_axes.set(title="training loss", xlabel="epoch", ylabel="loss")
@@ -247,7 +250,8 @@ def _leaderboard_html(board: pd.DataFrame) -> str:
 
 _LEADERBOARD_NOTE = ("Best first by out-of-fold Dice pooled over all images. Intervals: 95% percentile bootstrap "
                      "over car ids; Δ: paired difference to the best run over the same images; p: two-sided "
-                     "sign-flip permutation test over car ids.")
+                     "sign-flip permutation test over car ids. ↑: validation Dice still rising at the last epoch "
+                     "(see the learning curves).")
 
 _STYLE = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 24px auto;

@@ -137,6 +137,22 @@ def read_history(run: Run) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+# Validation Dice (mean of folds) this much above every earlier epoch's, at the last epoch: the run
+# stopped while still improving, so its rank measures its budget more than its recipe.
+STILL_RISING = 0.002
+
+
+def still_rising(history: pd.DataFrame) -> bool | None:
+    """Whether the folds' mean validation Dice gained more than ``STILL_RISING`` at the last epoch
+    over the best epoch before it; ``None`` when there is no curve to judge (fewer than two epochs)."""
+    if history.empty or "val_dice" not in history:
+        return None
+    mean = history.groupby("epoch")["val_dice"].mean().sort_index()
+    if len(mean) < 2:
+        return None
+    return bool(mean.iloc[-1] - mean.iloc[:-1].max() > STILL_RISING)
+
+
 def _run_folders(targets: list[str]) -> list[Path]:
     """Expand targets into distinct run folders, sorted by path for a stable order."""
     found: dict[str, Path] = {}

@@ -204,3 +204,34 @@ def test_bad_options_are_one_line(bench, three, args, expected):
 def test_missing_run_folder_is_one_line(bench, tmp_path):
     result = bench("compare", tmp_path / "nowhere")
     assert result.code == 2 and "no such run folder" in result.err
+
+
+def _history(*epochs_by_fold: list[float]) -> pd.DataFrame:
+    return pd.DataFrame([{"epoch": epoch, "val_dice": dice, "fold": fold}
+                         for fold, curve in enumerate(epochs_by_fold) for epoch, dice in enumerate(curve)])
+
+
+def test_still_rising_judges_the_folds_mean_at_the_last_epoch():
+    from harness.results import still_rising
+
+    assert still_rising(_history([0.5, 0.6, 0.7], [0.5, 0.6, 0.7])) is True
+    assert still_rising(_history([0.5, 0.7, 0.7005], [0.5, 0.7, 0.7])) is False  # within the tolerance
+    assert still_rising(_history([0.5, 0.8, 0.7], [0.5, 0.6, 0.65])) is False  # the best was earlier
+    assert still_rising(_history([0.5], [0.6])) is None and still_rising(pd.DataFrame()) is None
+
+
+def test_a_run_still_rising_at_its_last_epoch_is_marked(bench, three, tmp_path):
+    copies = [Path(shutil.copytree(run, tmp_path / run.name)) for run in three]
+    rising = copies[1]
+    for copy in copies:
+        for history in copy.glob("fold-*/history.csv"):
+            table = pd.read_csv(history)
+            curve = np.linspace(0.2, 0.6, len(table))  # each epoch better than the last, or the reverse
+            table["val_dice"] = curve if copy == rising else curve[::-1]
+            table.to_csv(history, index=False)
+    rows = {row["run"]: row for row in _json(bench, *copies)["groups"][0]["rows"]}
+    assert rows[rising.name]["still_rising"] is True
+    assert all(rows[run.name]["still_rising"] is not True for run in (copies[0], copies[2]))
+    table = bench("compare", *copies)
+    assert "↑ still rising: validation Dice gained more than 0.002" in table.out
+    assert f"{rows[rising.name]['oof_dice']:.4f} ↑" in table.out
