@@ -133,6 +133,8 @@ name = "adam"
 [train]
 epochs = 1
 batch_size = 8
+precision = "fp32"
+channels_last = false
 [predict]
 tta = "hflip"
 tile = [32, 32]

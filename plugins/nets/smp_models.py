@@ -24,13 +24,16 @@ def linknet(*, encoder: str = "resnet34", encoder_weights: str = "none") -> nn.M
 
 
 def smp_model(
-    *, arch: str = "unet", encoder: str = "resnet34", encoder_weights: str = "none"
+    *, arch: str = "unet", encoder: str = "resnet34", encoder_weights: str = "none", encoder_depth: int = 5,
+    decoder_channels: list[int] | None = None,
 ) -> nn.Module:
     """Any smp architecture (``unet``, ``fpn``, ``deeplabv3plus``, ...) with any smp encoder.
 
     One logit channel. ``encoder`` is an smp encoder name or ``tu-<timm model>``; for the latter,
     ``encoder_weights`` may be "none" or a file holding the smp encoder's state dict, since
     ImageNet weights of timm models come through timm's own download path, which is not guarded.
+    ``encoder_depth`` (3-5) drops the deepest stages and ``decoder_channels`` (one per stage, for the
+    UNet family) narrows the decoder: a shallow, narrow net for small inputs and quick checks.
     """
     import segmentation_models_pytorch as smp
 
@@ -39,9 +42,11 @@ def smp_model(
         raise _unknown("model.arch", arch, archs, fallback=", ".join(archs))
     _check_encoder(encoder)
     try:
-        model = smp.create_model(arch, encoder_name=encoder, encoder_weights=None, classes=1)
-    except (ValueError, KeyError) as error:  # smp's way of refusing an arch/encoder pairing
-        message = f'smp cannot build arch "{arch}" with encoder "{encoder}": {error}'
+        shape = {} if decoder_channels is None else {"decoder_channels": decoder_channels}
+        model = smp.create_model(arch, encoder_name=encoder, encoder_weights=None, classes=1,
+                                 encoder_depth=encoder_depth, **shape)
+    except (ValueError, KeyError, TypeError) as error:  # smp refusing a pairing, a depth or a decoder shape
+        message = f'smp cannot build arch "{arch}" with encoder "{encoder}" (depth {encoder_depth}): {error}'
         raise BenchError(message) from None
     load_encoder_weights(
         model.encoder, encoder_weights, imagenet=smp_imagenet(encoder), what=encoder

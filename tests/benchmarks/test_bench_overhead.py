@@ -1,6 +1,7 @@
 """Harness overhead: the engine's training epoch against a bare PyTorch loop (see harness.overhead).
 
-Alexander's LinkNet-ResNet34 at 160x96, batch 8, bf16 + channels_last on a CPU. ``make bench`` times
+Alexander's LinkNet-ResNet34 at 160x96, batch 8, fp32 on a CPU (the same on every CPU: bf16 is
+emulated, and 10x slower, on one without native bf16). ``make bench`` times
 both; the ratio of their means is the overhead. Under ``make test`` each runs once, as a test.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.device import resolve_compute
+from harness.device import Compute
 from harness.overhead import bare_epoch, harness_epoch, random_samples
 from plugins.losses import bce_dice
 from plugins.nets.smp_models import linknet
@@ -21,7 +22,7 @@ STEPS, BATCH, HEIGHT, WIDTH = 6, 8, 96, 160
 def workload():
     torch.manual_seed(0)
     images, masks = random_samples(STEPS * BATCH, HEIGHT, WIDTH)
-    return images, masks, resolve_compute("cpu", "auto", "auto"), linknet(encoder="resnet34")
+    return images, masks, Compute(torch.device("cpu"), "fp32", channels_last=False), linknet(encoder="resnet34")
 
 
 def adam(params):
