@@ -5,8 +5,9 @@ Three decisions shape this module:
 * **Decode once.** Decoding a 1918x1280 JPEG costs about 7 ms; when the decoded, preprocessed set
   fits the cache budget it is decoded once per run into one array, which DataLoader workers share
   copy-on-write (no pickling, no copy per worker). Otherwise each sample is decoded on demand.
-* **Deterministic augmentation.** A sample is addressed by ``(epoch, index)`` and its augmentation is
-  seeded from ``(seed, epoch, index)``, so what a model sees does not depend on the number of
+* **Deterministic augmentation.** A sample is addressed by ``(draw, index)``, ``draw`` being the
+  pass over the data (the epoch, unless epochs have a fixed length), and its augmentation is
+  seeded from ``(seed, draw, index)``, so what a model sees does not depend on the number of
   workers or on which worker ran first, and a resumed run repeats the interrupted one exactly.
 * **uint8 to the device.** Samples stay uint8 (4x less to copy); the engine converts and normalises
   on the device, where it is nearly free.
@@ -73,7 +74,7 @@ class Images:
 
 
 class TrainingSamples(torch.utils.data.Dataset):
-    """Augmented, fitted (image, mask) pairs addressed by ``(epoch, i)``; see the module docstring."""
+    """Augmented, fitted (image, mask) pairs addressed by ``(draw, i)`` (``EpochSampler``); see the module docstring."""
 
     def __init__(self, images: Images, indices: Sequence[int], augment: A.Compose | None, fit: Fit, seed: int):
         self.images, self.indices, self.augment, self.fit, self.seed = images, list(indices), augment, fit, seed
@@ -82,11 +83,11 @@ class TrainingSamples(torch.utils.data.Dataset):
         return len(self.indices)
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        epoch, position = key
+        draw, position = key
         index = self.indices[position]
         image, mask = self.images[index]
         if self.augment is not None:
-            self.augment.set_random_seed(sample_seed(self.seed, epoch, index))
+            self.augment.set_random_seed(sample_seed(self.seed, draw, index))
             out = self.augment(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         image, mask = self.fit.array(image), self.fit.array(mask, is_mask=True)
@@ -94,24 +95,36 @@ class TrainingSamples(torch.utils.data.Dataset):
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """Yields ``(epoch, i)`` keys, shuffled by a generator seeded from ``(seed, epoch)``.
+    """Yields ``(draw, i)`` keys: position ``i`` of the shuffled pass ``draw`` over the samples.
 
-    The engine sets ``epoch`` before each epoch; since the epoch travels inside the key, workers
-    that persist across epochs still see the right one.
+    By default an epoch is one pass and ``draw`` is the epoch. With ``samples_per_epoch`` an epoch
+    is that many samples taken from an endless stream of passes, each shuffled afresh, so a budget
+    in optimizer steps costs the same on 50 images as on 5,000. Keys depend only on (seed, epoch),
+    which keeps a resumed run identical; the draw travels inside the key, so loader workers that
+    persist across epochs, and the augmentation seeded from it, see the right one.
     """
 
-    def __init__(self, size: int, seed: int, shuffle: bool):
+    def __init__(self, size: int, seed: int, shuffle: bool, samples_per_epoch: int | None = None):
         self.size, self.seed, self.shuffle, self.epoch = size, seed, shuffle, 0
+        self.samples_per_epoch = samples_per_epoch
 
     def __len__(self) -> int:
-        return self.size
+        return self.samples_per_epoch or self.size
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = range(self.size)
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch))
-            order = torch.randperm(self.size, generator=generator).tolist()
-        return iter([(self.epoch, position) for position in order])
+        if self.samples_per_epoch is None:
+            return iter([(self.epoch, position) for position in self._order(self.epoch)])
+        start = self.epoch * self.samples_per_epoch
+        draws = range(start // self.size, (start + self.samples_per_epoch - 1) // self.size + 1)
+        stream = [(draw, position) for draw in draws for position in self._order(draw)]
+        offset = start - draws[0] * self.size
+        return iter(stream[offset : offset + self.samples_per_epoch])
+
+    def _order(self, draw: int) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.size))
+        generator = torch.Generator().manual_seed(sample_seed(self.seed, draw))
+        return torch.randperm(self.size, generator=generator).tolist()
 
 
 class CachedImage:

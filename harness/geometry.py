@@ -30,11 +30,15 @@ class Fit:
     mode: Literal["pad", "resize"]
     size: tuple[int, int] | None  # (width, height) of the network input; None: the image's own
     pad_mode: Literal["reflect", "constant"] = "constant"
+    short_side: int | None = None  # resize: the image scaled so its short side is about this
 
     def input_shape(self, height: int, width: int) -> tuple[int, int]:
         """(height, width) the network sees for an image of this size."""
         if self.size is not None:
             return self.size[1], self.size[0]
+        if self.short_side is not None:
+            scale = self.short_side / min(height, width)
+            return _round_nearest(height * scale), _round_nearest(width * scale)
         return _round_up(height), _round_up(width)
 
     def check(self, height: int, width: int) -> str | None:
@@ -72,6 +76,10 @@ class Fit:
 
 def _round_up(side: int) -> int:
     return -(-side // MULTIPLE) * MULTIPLE
+
+
+def _round_nearest(side: float) -> int:
+    return max(MULTIPLE, round(side / MULTIPLE) * MULTIPLE)
 
 
 def _pads(height: int, width: int, target_h: int, target_w: int) -> tuple[int, int, int, int]:

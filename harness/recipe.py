@@ -69,12 +69,27 @@ class InputSpec(_Strict):
         "original", description="[width, height] fed to the model, or the image's own size."
     )
     fit: Literal["pad", "resize"] = "pad"
+    short_side: Annotated[int, Field(ge=32)] | None = Field(
+        None, description="With fit = 'resize' and size = 'original': each image resized so its short side is "
+                          "about this (both sides rounded to a multiple of 32), whatever the data's resolution."
+    )
     pad_mode: Literal["reflect", "constant"] = "constant"
     normalize: Literal["imagenet", "none"] = "imagenet"
+
+    @pydantic.model_validator(mode="after")
+    def _check_short_side(self) -> InputSpec:
+        if self.short_side is not None and (self.fit != "resize" or self.size != "original"):
+            raise ValueError("input.short_side needs fit = 'resize' and size = 'original' (it sets the size per image)")
+        return self
 
 
 class TrainSpec(_Strict):
     epochs: Annotated[int, Field(ge=1)]
+    steps_per_epoch: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Optimizer steps per epoch, drawn from reshuffled passes over the training images; "
+                          "unset: one pass. With it, a run's cost is epochs x steps_per_epoch x batch_size "
+                          "images per fold, whatever the size of the data."
+    )
     batch_size: Annotated[int, Field(ge=1)]
     accumulate: Annotated[int, Field(ge=1)] = 1
     grad_clip: Annotated[float, Field(gt=0)] | None = None

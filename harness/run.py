@@ -92,6 +92,7 @@ def run(request: RunRequest, plugins: Plugins, console: Console) -> Path:
     height, width = fit.input_shape(*next(iter(dataset.sizes.values())))
     workload = timing_workload(recipe, plugins, height, width, recipe.train.batch_size)
     compute, decision = choose_compute(recipe, device, workload, console)
+    console.print(f"budget: {describe_budget(recipe, splits, dataset, height, width)}", highlight=False)
     if request.estimate_only:
         with tempfile.TemporaryDirectory() as scratch:
             _run_folds(recipe, plugins, compute, dataset, fit, splits, Path(scratch), console, estimate_only=True)
@@ -202,7 +203,7 @@ def data_root(recipe: Recipe, plugins: Plugins) -> Path:
 
 def input_fit(recipe: Recipe, dataset: CarvanaSet) -> Fit:
     size = None if recipe.input.size == "original" else tuple(recipe.input.size)
-    fit = Fit(recipe.input.fit, size, recipe.input.pad_mode)
+    fit = Fit(recipe.input.fit, size, recipe.input.pad_mode, recipe.input.short_side)
     for height, width in set(dataset.sizes.values()):
         problem = fit.check(height, width)
         if problem:
@@ -260,7 +261,8 @@ def _run_folds(recipe, plugins, compute, dataset, fit, splits, folder, console, 
         batch = recipe.train.batch_size
         largest_fold = max(len(splits.training_images(dataset, f)) for f in pending) + len(extra_idx)
         work = Workload(
-            folds=len(pending), epochs=recipe.train.epochs, steps_per_epoch=-(-largest_fold // batch),
+            folds=len(pending), epochs=recipe.train.epochs,
+            steps_per_epoch=-(-_samples_per_epoch(recipe, largest_fold) // batch),
             batch_size=batch, val_images_per_fold=len(dataset.train) // splits.k,
             test_images=len(dataset.test), tta_variants=len(TTA[recipe.predict.tta]), k=splits.k,
         )
@@ -305,6 +307,29 @@ def loader_workers(recipe: Recipe, compute: Compute) -> int:
     return 0 if compute.device.type == "cpu" else min(8, os.cpu_count() or 1)
 
 
+def describe_budget(recipe: Recipe, splits: Splits, dataset: CarvanaSet, height: int, width: int) -> str:
+    """The training a run buys per fold, in optimizer steps, images and input size."""
+    train = recipe.train
+    images = train.batch_size * train.accumulate
+    if train.steps_per_epoch is None:
+        largest = max(len(splits.training_images(dataset, f)) for f in range(splits.k))
+        per_epoch = f"one pass (up to {-(-largest // images)} optimizer steps)"
+    else:
+        per_epoch = f"{train.steps_per_epoch} optimizer steps"
+        total = train.epochs * train.steps_per_epoch
+        per_epoch += f", {total} in all ({total * images} images)"
+    return (f"{splits.k} folds x {train.epochs} epochs of {per_epoch}, {images} images a step "
+            f"at {width}x{height}")
+
+
+def _samples_per_epoch(recipe: Recipe, training_images: int) -> int:
+    """One pass over the fold's training images, or ``steps_per_epoch`` optimizer steps of batches."""
+    train = recipe.train
+    if train.steps_per_epoch is None:
+        return training_images
+    return train.steps_per_epoch * train.accumulate * train.batch_size
+
+
 def _loader(samples, compute: Compute, workers: int, batch_size: int, sampler=None):
     return torch.utils.data.DataLoader(
         samples, batch_size=batch_size, sampler=sampler, num_workers=workers,
@@ -320,7 +345,8 @@ def _fold_setup(recipe, plugins, compute, dataset, fit, splits, folder, fold, im
     val_idx = [position[i] for i in val_ids]
     workers = loader_workers(recipe, compute)
     samples = TrainingSamples(images, train_idx, augment, fit, seed=recipe.seed)
-    sampler = EpochSampler(len(samples), seed=recipe.seed + fold, shuffle=True)
+    per_epoch = None if recipe.train.steps_per_epoch is None else _samples_per_epoch(recipe, len(samples))
+    sampler = EpochSampler(len(samples), seed=recipe.seed + fold, shuffle=True, samples_per_epoch=per_epoch)
     val_samples = PredictionSamples(CachedImage(images, val_idx), len(val_idx), fit)
     torch.manual_seed(recipe.seed + fold)  # model initialisation
     model = components.build(plugins.get("model", recipe.model.name), recipe.model.params)

@@ -108,6 +108,8 @@ def train_fold(setup: FoldSetup, reporter: Reporter) -> dict[str, Any]:
         record = {"epoch": epoch, "lr": base_lrs[0] * setup.multiplier(epoch), "train_loss": float(np.mean(losses))}
         record.update(_validate(model, setup))
         record["seconds"] = round(time.perf_counter() - started, 3)
+        # where the curve stands in the budget: optimizer steps and training seconds so far
+        record.update(step=state.step, train_seconds=round(state.train_seconds, 3))
         state.history.append(record)
         state.oof_epoch = epoch
         if record["val_dice"] > state.best_dice:
@@ -256,6 +258,7 @@ def _finish(setup: FoldSetup, state: TrainState) -> dict[str, Any]:
         "best_epoch": state.best_epoch,
         "val_dice": state.best_dice,
         "epochs": len(state.history),
+        "optimizer_steps": state.step,
         "train_images": len(setup.train_loader.dataset),
         "train_seconds": round(state.train_seconds, 3),
         "train_images_per_s": round(state.train_images / max(state.train_seconds, 1e-9), 2),

@@ -165,14 +165,14 @@ def test_nan_loss_stops_the_fold_with_the_reason_recorded(bench, synthetic_set, 
 def test_images_not_a_multiple_of_32_train_and_predict_at_their_own_size(bench, tmp_path, run_recipe):
     from harness.synthetic import write_synthetic_carvana
 
-    root = write_synthetic_carvana(tmp_path / "odd", cars=2, test_cars=1, size=(300, 200), seed=3)
+    root = write_synthetic_carvana(tmp_path / "odd", cars=2, test_cars=1, size=(110, 75), seed=3)
     result = bench("run", run_recipe(tmp_path, root, epochs=1), "--results", tmp_path / "results",
                    "--name", "odd", "--set", "data.root=" + str(root))
     assert result.code == 0, result.err
     for store in ("oof", "test"):
         maps = ProbabilityMaps.open(tmp_path / "results/odd" / f"{store}_maps")
-        assert set(maps.shapes.values()) == {(200, 300)}
-        assert maps[maps.ids[0]].shape == (200, 300)
+        assert set(maps.shapes.values()) == {(75, 110)}
+        assert maps[maps.ids[0]].shape == (75, 110)
 
 
 def test_estimate_prints_a_duration_and_writes_no_run(bench, synthetic_set, tmp_path, run_recipe):
@@ -188,3 +188,32 @@ def test_workers_do_not_change_the_result(bench, finished_run, tmp_path):
                    "--set", "train.workers=2")
     assert result.code == 0, result.err
     assert (tmp_path / "workers/per_image.csv").read_text() == (finished_run / "per_image.csv").read_text()
+
+
+@pytest.mark.parametrize("cars", [4, 32])  # 64 and 512 labelled images
+def test_a_budget_in_steps_costs_the_same_on_small_and_large_data(bench, tmp_path, tiny_recipe, cars):
+    from harness.synthetic import write_synthetic_carvana
+
+    root = write_synthetic_carvana(tmp_path / "set", cars=cars, test_cars=0, size=(64, 40), seed=0)
+    recipe = tiny_recipe(tmp_path / "r.toml", root, epochs=2, batch_size=4)
+    result = bench("run", recipe, "--set", "train.steps_per_epoch=3", "--results", tmp_path, "--name", "budget")
+    assert result.code == 0, result.err
+    assert "budget: 2 folds x 2 epochs of 3 optimizer steps, 6 in all (24 images), 4 images a step at 64x64" in result.out
+    for fold in range(2):
+        assert json.loads((tmp_path / f"budget/fold-{fold}/fold.json").read_text())["optimizer_steps"] == 6
+        history = (tmp_path / f"budget/fold-{fold}/history.csv").read_text().splitlines()
+        steps = [int(row.split(",")[history[0].split(",").index("step")]) for row in history[1:]]
+        assert steps == [3, 6]
+
+
+def test_short_side_trains_small_and_predicts_at_full_size(bench, tmp_path, tiny_recipe):
+    from harness.synthetic import write_synthetic_carvana
+
+    root = write_synthetic_carvana(tmp_path / "set", cars=2, test_cars=1, size=(150, 100), seed=1)
+    recipe = tiny_recipe(tmp_path / "r.toml", root, epochs=1, extra='[input]\nfit = "resize"\nshort_side = 64')
+    result = bench("run", recipe, "--results", tmp_path, "--name", "small")
+    assert result.code == 0, result.err
+    assert "at 96x64" in result.out  # 150x100 scaled by 0.64 and rounded to multiples of 32
+    for store in ("oof", "test"):
+        maps = ProbabilityMaps.open(tmp_path / "small" / f"{store}_maps")
+        assert set(maps.shapes.values()) == {(100, 150)} and maps[maps.ids[0]].shape == (100, 150)
