@@ -115,13 +115,18 @@ def leaderboard(runs: list[Run], per_image: dict[str, pd.DataFrame], resamples: 
                 seed: int = stats.SEED) -> pd.DataFrame:
     """One row per run, ranked by pooled out-of-fold Dice, with intervals and the paired test to the best."""
     rows = []
+    histories = {run.name: results.read_history(run) for run in runs}
+    budget = equal_time(histories)
     for run in runs:
+        history = histories[run.name]
         interval = stats.pooled_interval(stats.car_sums(per_image[run.name]), resamples, seed)
         rows.append({"recipe": run.recipe, "run": run.name, "oof_dice": interval.estimate,
                      "ci_low": interval.low, "ci_high": interval.high,
                      "cars": int(per_image[run.name]["car"].nunique()), "images": len(per_image[run.name]),
                      **{key: run.summary.get(key) for key in _SUMMARY_COLUMNS},
-                     "still_rising": results.still_rising(results.read_history(run)),
+                     "still_rising": results.still_rising(history),
+                     "dice_at_equal_time": None if budget is None else results.dice_within(history, budget),
+                     "equal_time_seconds": budget,
                      "carvana_hours": _carvana_hours(run), "software": results.read_software(run),
                      "path": str(run.path)})
     table = pd.DataFrame(rows).sort_values(["oof_dice", "run"], ascending=[False, True], kind="stable")
@@ -135,6 +140,13 @@ def leaderboard(runs: list[Run], per_image: dict[str, pd.DataFrame], resamples: 
     table["p_value"] = [math.nan if d is None else d.p_value for d in differences]
     table["p_exact"] = [None if d is None else d.exact for d in differences]
     return table[_LEADERBOARD_COLUMNS]
+
+
+def equal_time(histories: dict[str, pd.DataFrame]) -> float | None:
+    """The shortest fold's training seconds, over all runs: the budget at which every run can be scored."""
+    seconds = [results.shortest_fold_seconds(history) for history in histories.values()]
+    known = [s for s in seconds if s is not None]
+    return min(known) if known else None
 
 
 def by_fold(runs: list[Run], per_image: dict[str, pd.DataFrame], order: list[str]) -> pd.DataFrame:
@@ -177,18 +189,38 @@ def render(found: list[Board], unfinished: list[UnfinishedRun], fmt: Format, con
         console.print("no complete runs to compare", highlight=False)
     for board in found:
         title = f"{len(board.frame['run'].unique())} runs on {board.data} (splits {board.splits_hash[:12]})"
+        frame, shared = _shared_columns(board.frame)
         if fmt == "markdown":
-            console.out(f"### {title}\n\n{_markdown(board.frame)}\n", highlight=False)
+            console.out(f"### {title}\n\n{_markdown(frame)}\n", highlight=False)
         else:
-            console.print(_rich_table(board.frame, title))
-        if "still_rising" in board.frame and board.frame["still_rising"].eq(True).any():
-            console.print(RISING_NOTE, highlight=False)
+            console.print(_rich_table(frame, title))
+        for note in [*shared, *board_notes(board.frame)]:
+            console.print(note, highlight=False)
     if unfinished:
         listing = "\n".join(f"- {u.path} ({u.folds_done} folds done; {u.reason})" for u in unfinished)
         if fmt == "markdown":
             console.out(f"### Unfinished (not ranked)\n\n{listing}", highlight=False)
         else:
             console.print(f"[yellow]unfinished, not ranked:[/]\n{escape(listing)}", highlight=False)
+
+
+def _shared_columns(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Device and software said once under the table when every run shares them: the table keeps
+    its width for the columns that differ."""
+    shared = [c for c in ("device", "software") if c in frame and len(frame) > 1 and frame[c].nunique() == 1]
+    return frame.drop(columns=shared), [f"{c} (every run): {frame[c].iloc[0]}" for c in shared]
+
+
+def board_notes(frame: pd.DataFrame) -> list[str]:
+    """The lines under a leaderboard that explain its marks: the equal-time budget, still-rising runs."""
+    notes = []
+    if "equal_time_seconds" in frame and frame["equal_time_seconds"].notna().any():
+        seconds = float(frame["equal_time_seconds"].dropna().iloc[0])
+        notes.append(f"Dice @T: validation Dice (mean of folds, best epoch so far) after T = {_duration(seconds)} "
+                     "of training per fold (the shortest fold's): the runs compared at the same time budget")
+    if "still_rising" in frame and frame["still_rising"].eq(True).any():
+        notes.append(RISING_NOTE)
+    return notes
 
 
 RISING_NOTE = (f"↑ still rising: validation Dice gained more than {results.STILL_RISING} at the run's last epoch; "
@@ -198,7 +230,7 @@ _SUMMARY_COLUMNS = ("fold_dice_mean", "fold_dice_std", "train_seconds", "train_i
                     "inference_images_per_s", "parameters", "device")
 _LEADERBOARD_COLUMNS = ["rank", "recipe", "run", "oof_dice", "ci_low", "ci_high", "fold_dice_mean", "fold_dice_std",
                         "delta", "delta_low", "delta_high", "p_value", "p_exact", "cars", "images",
-                        "still_rising", "train_seconds", "train_images_per_s", "inference_images_per_s",
+                        "still_rising", "dice_at_equal_time", "equal_time_seconds", "train_seconds", "train_images_per_s", "inference_images_per_s",
                         "parameters", "carvana_hours", "device", "software", "path"]
 
 
@@ -230,7 +262,7 @@ def _matches(run: Run, text: str) -> bool:
 def _as_json(found: list[Board], unfinished: list[UnfinishedRun], options: Options) -> dict[str, Any]:
     return {
         "groups": [{"data": b.data, "splits_hash": b.splits_hash,
-                    "rows": json.loads(b.frame.to_json(orient="records"))} for b in found],
+                    "rows": json.loads(b.frame.to_json(orient="records", double_precision=15))} for b in found],
         "unfinished": [{"path": str(u.path), "folds_done": u.folds_done, "reason": u.reason} for u in unfinished],
         "statistics": {"interval": "95% percentile bootstrap over car ids, image-weighted",
                        "p_value": "two-sided sign-flip permutation test over car ids, paired on images",
@@ -256,6 +288,8 @@ def _formatters() -> dict[str, tuple[str, Callable[[pd.Series], str]]]:
         "delta": ("Δ to best [95% CI]", lambda r: "best" if r["rank"] == 1 else
                   f"{r['delta']:+.4f} [{r['delta_low']:+.4f}, {r['delta_high']:+.4f}]"),
         "p_value": ("p", lambda r: "-" if pd.isna(r["p_value"]) else _p_text(r["p_value"])),
+        "dice_at_equal_time": ("Dice @T", lambda r: "-" if r["dice_at_equal_time"] is None or pd.isna(r["dice_at_equal_time"])
+                               else dice(r["dice_at_equal_time"])),
         "train_seconds": ("train time", lambda r: _duration(r["train_seconds"])),
         "train_images_per_s": ("train img/s", lambda r: _number(r["train_images_per_s"])),
         "inference_images_per_s": ("infer img/s", lambda r: _number(r["inference_images_per_s"])),
@@ -281,7 +315,8 @@ def _rising(value) -> bool:
 def _human_columns(frame: pd.DataFrame) -> list[tuple[str, Callable[[pd.Series], str]]]:
     """The columns a person reads: interval parts fold into one cell, paths and flags stay in csv/json."""
     formatters = _formatters()
-    hidden = {"ci_high", "fold_dice_std", "delta_low", "delta_high", "p_exact", "cars", "path", "still_rising"}
+    hidden = {"ci_high", "fold_dice_std", "delta_low", "delta_high", "p_exact", "cars", "path", "still_rising",
+              "equal_time_seconds"}
     if "oof_dice" in frame:
         hidden.add("images")
     return [formatters[c] for c in frame.columns if c in formatters and c not in hidden]

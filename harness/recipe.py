@@ -65,21 +65,19 @@ Size = tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]]
 
 
 class InputSpec(_Strict):
-    size: Size | Literal["original"] = Field(
-        "original", description="[width, height] fed to the model, or the image's own size."
+    size: Size | Annotated[int, Field(ge=32)] | Literal["original"] = Field(
+        "original", description="[width, height] fed to the model; one number: each image resized so its short "
+                                "side is about that (torchvision's Resize(int)), both sides rounded to a multiple "
+                                "of 32, whatever the data's resolution; or the image's own size."
     )
     fit: Literal["pad", "resize"] = "pad"
-    short_side: Annotated[int, Field(ge=32)] | None = Field(
-        None, description="With fit = 'resize' and size = 'original': each image resized so its short side is "
-                          "about this (both sides rounded to a multiple of 32), whatever the data's resolution."
-    )
     pad_mode: Literal["reflect", "constant"] = "constant"
     normalize: Literal["imagenet", "none"] = "imagenet"
 
     @pydantic.model_validator(mode="after")
     def _check_short_side(self) -> InputSpec:
-        if self.short_side is not None and (self.fit != "resize" or self.size != "original"):
-            raise ValueError("input.short_side needs fit = 'resize' and size = 'original' (it sets the size per image)")
+        if isinstance(self.size, int) and self.fit != "resize":
+            raise ValueError(f"input.size = {self.size} (a short side) needs fit = 'resize'")
         return self
 
 

@@ -53,9 +53,12 @@ def write_report(runs: list[Run], out: Path, worst: int = 4, resamples: int = st
     by_name = {run.name: run for run in runs}
     ordered = [by_name[name] for name in board["run"]]
     sections = [
-        ("leaderboard", "Leaderboard", _leaderboard_html(board), _LEADERBOARD_NOTE),
+        ("leaderboard", "Leaderboard", _leaderboard_html(board),
+         " ".join([_LEADERBOARD_NOTE, *compare.board_notes(board)])),
         ("learning-curves", "Learning curves", _img(learning_curves(ordered), "learning curves"),
          "Validation Dice and training loss per epoch; thin lines are folds, thick lines their mean. "
+         "On the right, the mean validation Dice against training time per fold: runs of unequal length "
+         "compared at the same budget (dashed: the shortest fold's, where Dice @T is read). "
          f"A run marked (still rising) gained more than {STILL_RISING} Dice at its last epoch: it stopped "
          "before converging, so its rank measures its budget more than its recipe."),
         ("dice-vs-throughput", "Dice against throughput",
@@ -77,12 +80,17 @@ def write_report(runs: list[Run], out: Path, worst: int = 4, resamples: int = st
 
 
 def learning_curves(runs: list[Run]) -> Figure:
-    figure = Figure(figsize=(12, 4.2), dpi=_DPI, layout="constrained")
-    dice_axes, loss_axes = figure.subplots(1, 2)
+    figure = Figure(figsize=(15, 4.2), dpi=_DPI, layout="constrained")
+    dice_axes, loss_axes, time_axes = figure.subplots(1, 3)
+    histories = {run.name: read_history(run) for run in runs}
     for colour, run in zip(_colours(len(runs)), runs):
-        history = read_history(run)
+        history = histories[run.name]
         if history.empty:
             continue
+        if "train_seconds" in history:
+            on_time = history.groupby("epoch")[["train_seconds", "val_dice"]].mean()
+            time_axes.plot(on_time["train_seconds"], on_time["val_dice"], color=colour, linewidth=2.2, marker="o",
+                           markersize=3.5, label=run.name)
         for _, fold in history.groupby("fold"):
             dice_axes.plot(fold["epoch"] + 1, fold["val_dice"], color=colour, alpha=0.35, linewidth=0.9)
             loss_axes.plot(fold["epoch"] + 1, fold["train_loss"], color=colour, alpha=0.35, linewidth=0.9)
@@ -91,8 +99,13 @@ def learning_curves(runs: list[Run]) -> Figure:
         dice_axes.plot(mean.index + 1, mean["val_dice"], color=colour, linewidth=2.2, marker="o",
                        markersize=3.5, label=run.name + rising)
         loss_axes.plot(mean.index + 1, mean["train_loss"], color=colour, linewidth=2.2, marker="o", markersize=3.5)
+    budget = compare.equal_time(histories)
+    if budget is not None:
+        time_axes.axvline(budget, color="0.4", linestyle="--", linewidth=1)
     dice_axes.set(title="validation Dice", xlabel="epoch", ylabel="Dice")
     loss_axes.set(title="training loss", xlabel="epoch", ylabel="loss")
+    time_axes.set(title="validation Dice against training time", xlabel="training seconds per fold", ylabel="Dice")
+    time_axes.grid(alpha=0.3)
     for axes in (dice_axes, loss_axes):
         axes.grid(alpha=0.3)
         axes.xaxis.get_major_locator().set_params(integer=True)

@@ -153,6 +153,24 @@ def still_rising(history: pd.DataFrame) -> bool | None:
     return bool(mean.iloc[-1] - mean.iloc[:-1].max() > STILL_RISING)
 
 
+def shortest_fold_seconds(history: pd.DataFrame) -> float | None:
+    """Training seconds of the run's shortest fold (``None`` for runs older than the column): within
+    it, every fold of the run can be scored."""
+    if history.empty or "train_seconds" not in history:
+        return None
+    return float(history.groupby("fold")["train_seconds"].max().min())
+
+
+def dice_within(history: pd.DataFrame, seconds: float) -> float | None:
+    """Mean over folds of the best validation Dice each fold reached within ``seconds`` of training:
+    what the run would score had every fold been stopped at that budget (``None`` when unknown)."""
+    if history.empty or "train_seconds" not in history:
+        return None
+    best = [fold.loc[fold["train_seconds"] <= seconds * (1 + 1e-9), "val_dice"].max()
+            for _, fold in history.groupby("fold")]
+    return None if any(pd.isna(b) for b in best) else float(sum(best) / len(best))
+
+
 def _run_folders(targets: list[str]) -> list[Path]:
     """Expand targets into distinct run folders, sorted by path for a stable order."""
     found: dict[str, Path] = {}

@@ -201,9 +201,16 @@ def data_root(recipe: Recipe, plugins: Plugins) -> Path:
     return components.build(plugins.get("dataset", source.name), source.params)
 
 
+def recipe_fit(recipe: Recipe) -> Fit:
+    """``input.size``: a fixed [width, height], a short side (one number), or ``original``."""
+    size = recipe.input.size
+    if isinstance(size, int):
+        return Fit(recipe.input.fit, None, recipe.input.pad_mode, short_side=size)
+    return Fit(recipe.input.fit, None if size == "original" else tuple(size), recipe.input.pad_mode)
+
+
 def input_fit(recipe: Recipe, dataset: CarvanaSet) -> Fit:
-    size = None if recipe.input.size == "original" else tuple(recipe.input.size)
-    fit = Fit(recipe.input.fit, size, recipe.input.pad_mode, recipe.input.short_side)
+    fit = recipe_fit(recipe)
     for height, width in set(dataset.sizes.values()):
         problem = fit.check(height, width)
         if problem:

@@ -29,7 +29,8 @@ from harness.io import atomic_write_json
 from harness.overhead import overhead_ratio
 from harness.plugins import Plugins
 from harness.recipe import Recipe
-from harness.run import CACHE_BYTES, choose_compute, compose_transforms, data_root, input_fit, loader_workers, timing_workload
+from harness.run import (CACHE_BYTES, choose_compute, compose_transforms, data_root, input_fit, loader_workers,
+                         recipe_fit, timing_workload)
 from harness.synthetic import default_cache_root
 
 VARIANTS = ("fp32", "fp32+cl", "bf16", "bf16+cl", "fp16+cl", "bf16+cl+compile")
@@ -134,11 +135,11 @@ def peak_gflops(device: torch.device, precision: str) -> float:
 
 
 def carvana_input_pixels(recipe: Recipe) -> int:
-    """Pixels the network sees per Carvana image: the fixed input size, or 1918x1280 padded."""
-    if recipe.input.size != "original":
-        width, height = recipe.input.size
-        return width * height
-    return CARVANA_PIXELS
+    """Pixels the network sees per Carvana image (1918x1280): its fixed input, its short-side resize, or padded."""
+    if recipe.input.size == "original":
+        return CARVANA_PIXELS
+    height, width = recipe_fit(recipe).input_shape(1280, 1918)
+    return width * height
 
 
 def loader_sweep(recipe: Recipe, plugins: Plugins, dataset, fit, batch: int, batches: int,

@@ -183,8 +183,8 @@ def test_sort_and_filter(bench, three):
     assert [row["run"] for row in only] == ["unet"]
     globbed = _json(bench, *three, "--filter", "run~*net")["groups"][0]["rows"]
     assert sorted(row["run"] for row in globbed) == ["linknet", "unet"]
-    floor = min(row["oof_dice"] for row in by_size)
-    above = _json(bench, *three, "--filter", f"oof_dice>{floor}")["groups"][0]["rows"]
+    lowest, second = sorted(row["oof_dice"] for row in by_size)[:2]
+    above = _json(bench, *three, "--filter", f"oof_dice>{(lowest + second) / 2}")["groups"][0]["rows"]
     assert len(above) == 2
 
 
@@ -235,3 +235,24 @@ def test_a_run_still_rising_at_its_last_epoch_is_marked(bench, three, tmp_path):
     table = bench("compare", *copies)
     assert "↑ still rising: validation Dice gained more than 0.002" in table.out
     assert f"{rows[rising.name]['oof_dice']:.4f} ↑" in table.out
+    assert "Dice @T: validation Dice (mean of folds, best epoch so far) after T =" in table.out
+    assert any(row["dice_at_equal_time"] is not None for row in rows.values())  # the shortest, at least
+
+
+def _timed(*folds: list[tuple[float, float]]) -> pd.DataFrame:
+    """A history from (training seconds so far, validation Dice) per epoch, per fold."""
+    return pd.DataFrame([{"epoch": epoch, "train_seconds": seconds, "val_dice": dice, "fold": fold}
+                         for fold, curve in enumerate(folds) for epoch, (seconds, dice) in enumerate(curve)])
+
+
+def test_runs_are_scored_at_the_shortest_runs_time_budget():
+    from harness.compare import equal_time
+    from harness.results import dice_within
+
+    long = _timed([(10, 0.5), (20, 0.9), (30, 0.8)], [(12, 0.6), (24, 0.7), (36, 0.95)])
+    short = _timed([(9, 0.7), (21, 0.8)], [(11, 0.75), (19, 0.85)])
+    assert equal_time({"long": long, "short": short}) == 19  # the shortest fold of all
+    assert dice_within(long, 20.0) == pytest.approx((0.9 + 0.6) / 2)  # the best epoch each fold had by then
+    assert dice_within(short, 19.0) == pytest.approx((0.7 + 0.85) / 2)
+    assert dice_within(long, 5.0) is None  # a fold that had not finished an epoch cannot be scored
+    assert dice_within(pd.DataFrame({"epoch": [0], "val_dice": [0.5], "fold": [0]}), 20.0) is None  # an old run

@@ -206,11 +206,11 @@ def test_a_budget_in_steps_costs_the_same_on_small_and_large_data(bench, tmp_pat
         assert steps == [3, 6]
 
 
-def test_short_side_trains_small_and_predicts_at_full_size(bench, tmp_path, tiny_recipe):
+def test_a_short_side_trains_small_and_predicts_at_full_size(bench, tmp_path, tiny_recipe):
     from harness.synthetic import write_synthetic_carvana
 
     root = write_synthetic_carvana(tmp_path / "set", cars=2, test_cars=1, size=(150, 100), seed=1)
-    recipe = tiny_recipe(tmp_path / "r.toml", root, epochs=1, extra='[input]\nfit = "resize"\nshort_side = 64')
+    recipe = tiny_recipe(tmp_path / "r.toml", root, epochs=1, extra='[input]\nfit = "resize"\nsize = 64')
     result = bench("run", recipe, "--results", tmp_path, "--name", "small")
     assert result.code == 0, result.err
     assert "at 96x64" in result.out  # 150x100 scaled by 0.64 and rounded to multiples of 32
