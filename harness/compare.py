@@ -288,7 +288,7 @@ def _formatters() -> dict[str, tuple[str, Callable[[pd.Series], str]]]:
         "delta": ("Δ to best [95% CI]", lambda r: "best" if r["rank"] == 1 else
                   f"{r['delta']:+.4f} [{r['delta_low']:+.4f}, {r['delta_high']:+.4f}]"),
         "p_value": ("p", lambda r: "-" if pd.isna(r["p_value"]) else _p_text(r["p_value"])),
-        "dice_at_equal_time": ("Dice @T", lambda r: "-" if r["dice_at_equal_time"] is None or pd.isna(r["dice_at_equal_time"])
+        "dice_at_equal_time": ("Dice @T", lambda r: "-" if pd.isna(r["dice_at_equal_time"])
                                else dice(r["dice_at_equal_time"])),
         "train_seconds": ("train time", lambda r: _duration(r["train_seconds"])),
         "train_images_per_s": ("train img/s", lambda r: _number(r["train_images_per_s"])),

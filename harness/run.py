@@ -177,7 +177,8 @@ def choose_compute(recipe: Recipe, device: torch.device, workload: compute_choic
     return Compute(device, decision.chosen.precision, decision.chosen.channels_last), decision
 
 
-def timing_workload(recipe: Recipe, plugins: Plugins, height: int, width: int, batch_size: int) -> compute_choice.Workload:
+def timing_workload(recipe: Recipe, plugins: Plugins, height: int, width: int,
+                    batch_size: int) -> compute_choice.Workload:
     """The recipe's training step as ``harness.compute_choice`` times it: its model without pretrained
     weights (speed does not depend on their values), loss and optimizer, at its input size and batch."""
     model_params = dict(recipe.model.params)
@@ -318,15 +319,14 @@ def describe_budget(recipe: Recipe, splits: Splits, dataset: CarvanaSet, height:
     """The training a run buys per fold, in optimizer steps, images and input size."""
     train = recipe.train
     images = train.batch_size * train.accumulate
+    step = f"{images} images a step at {width}x{height}"
     if train.steps_per_epoch is None:
         largest = max(len(splits.training_images(dataset, f)) for f in range(splits.k))
-        per_epoch = f"one pass (up to {-(-largest // images)} optimizer steps)"
-    else:
-        per_epoch = f"{train.steps_per_epoch} optimizer steps"
-        total = train.epochs * train.steps_per_epoch
-        per_epoch += f", {total} in all ({total * images} images)"
-    return (f"{splits.k} folds x {train.epochs} epochs of {per_epoch}, {images} images a step "
-            f"at {width}x{height}")
+        steps = -(-largest // images)
+        return f"{splits.k} folds x {train.epochs} epochs of one pass (up to {steps} optimizer steps), {step}"
+    total = train.epochs * train.steps_per_epoch
+    return (f"{splits.k} folds x {train.epochs} epochs of {train.steps_per_epoch} optimizer steps, "
+            f"{total} in all ({total * images} images), {step}")
 
 
 def _samples_per_epoch(recipe: Recipe, training_images: int) -> int:

@@ -105,7 +105,8 @@ def benchmark_recipe(recipe: Recipe, plugins: Plugins, console, *, device: str |
         "parameters": sum(p.numel() for p in model.parameters()),
         "gflops_per_image": round(forward_gflops, 2),
         "train_gflops_per_image": round(train_gflops, 2),
-        "peak_gflops": {p: round(peak_gflops(where, p), 1) for p in dict.fromkeys(t.variant.split("+")[0] for t in timings)},
+        "peak_gflops": {p: round(peak_gflops(where, p), 1)
+                        for p in dict.fromkeys(t.variant.split("+")[0] for t in timings)},
         "variants": [asdict(t) for t in timings],
         "loader": loader,
         "harness_overhead": None if "overhead" in skip else

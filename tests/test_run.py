@@ -198,7 +198,8 @@ def test_a_budget_in_steps_costs_the_same_on_small_and_large_data(bench, tmp_pat
     recipe = tiny_recipe(tmp_path / "r.toml", root, epochs=2, batch_size=4)
     result = bench("run", recipe, "--set", "train.steps_per_epoch=3", "--results", tmp_path, "--name", "budget")
     assert result.code == 0, result.err
-    assert "budget: 2 folds x 2 epochs of 3 optimizer steps, 6 in all (24 images), 4 images a step at 64x64" in result.out
+    budget = "budget: 2 folds x 2 epochs of 3 optimizer steps, 6 in all (24 images), 4 images a step at 64x64"
+    assert budget in result.out
     for fold in range(2):
         assert json.loads((tmp_path / f"budget/fold-{fold}/fold.json").read_text())["optimizer_steps"] == 6
         history = (tmp_path / f"budget/fold-{fold}/history.csv").read_text().splitlines()
