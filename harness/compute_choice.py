@@ -83,13 +83,13 @@ def _aarch64_features() -> set[str]:
 def candidates(device: torch.device) -> list[Variant]:
     """What ``auto`` may choose on this device: only what it computes natively, simplest first.
 
-    CPU: fp32, and bf16 where the CPU has it, each with and without channels_last. CUDA: bf16 where
-    the card supports it, else fp16 (with GradScaler in training), with channels_last; fp32 too,
-    since on cards without tensor-core bf16 (and for some small models) it is not the slowest.
+    CPU: fp32, and bf16 where the CPU has it, each with and without channels_last. CUDA, each with
+    channels_last (what cuDNN's tensor-core kernels want): fp32 (TF32 convolutions), bf16 where the
+    card has it, and fp16 (trained with a GradScaler).
     """
     if device.type == "cuda":
-        half = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return [Variant("fp32", True), Variant(half, True), Variant(half, False)]
+        halves = ["bf16", "fp16"] if torch.cuda.is_bf16_supported() else ["fp16"]
+        return [Variant(p, True) for p in ["fp32", *halves]]
     precisions = ["fp32", "bf16"] if native_bf16_cpu() else ["fp32"]
     return [Variant(p, cl) for p in precisions for cl in (False, True)]
 

@@ -74,7 +74,7 @@ def benchmark_recipe(recipe: Recipe, plugins: Plugins, console, *, device: str |
     batch = batch_size or recipe.train.batch_size
     workload = timing_workload(recipe, plugins, height, width, batch)
     base, decision = choose_compute(recipe, where, workload, console)
-    auto = compute_choice.choose(where, "auto", "auto", workload).chosen.name  # cached by the line above, mostly
+    auto = compute_choice.choose(where, "auto", "auto", workload).chosen.name  # usually cached by the line above
     auto += "+compile" if recipe.train.compile else ""
     model, loss = workload.build_model(), workload.loss
     forward_gflops = gflops_per_image(model, height, width)
@@ -108,6 +108,7 @@ def benchmark_recipe(recipe: Recipe, plugins: Plugins, console, *, device: str |
         "peak_gflops": {p: round(peak_gflops(where, p), 1)
                         for p in dict.fromkeys(t.variant.split("+")[0] for t in timings)},
         "variants": [asdict(t) for t in timings],
+        "auto_variant": auto,  # marked in the table when measured among the variants
         "loader": loader,
         "harness_overhead": None if "overhead" in skip else
         overhead_ratio(model, workload.make_optimizer, loss, base, batch, height, width, steps=10, repeats=5),
