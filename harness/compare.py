@@ -230,8 +230,9 @@ _SUMMARY_COLUMNS = ("fold_dice_mean", "fold_dice_std", "train_seconds", "train_i
                     "inference_images_per_s", "parameters", "device")
 _LEADERBOARD_COLUMNS = ["rank", "recipe", "run", "oof_dice", "ci_low", "ci_high", "fold_dice_mean", "fold_dice_std",
                         "delta", "delta_low", "delta_high", "p_value", "p_exact", "cars", "images",
-                        "still_rising", "dice_at_equal_time", "equal_time_seconds", "train_seconds", "train_images_per_s", "inference_images_per_s",
-                        "parameters", "carvana_hours", "device", "software", "path"]
+                        "still_rising", "dice_at_equal_time", "equal_time_seconds", "train_seconds",
+                        "train_images_per_s", "inference_images_per_s", "parameters", "carvana_hours", "device",
+                        "software", "path"]
 
 
 def _carvana_hours(run: Run) -> float | None:

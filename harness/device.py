@@ -56,10 +56,3 @@ def check_precision(device: torch.device, precision: str) -> None:
         raise BenchError("train.precision = 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on a CPU")
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise BenchError(f"train.precision = 'bf16': {torch.cuda.get_device_name(device)} has no bf16; use 'fp16' or 'auto'")
-
-
-def fixed_compute(device: str | None, precision: str, channels_last: bool) -> Compute:
-    """A compute whose precision and memory format are given (``bench benchmark``'s variants)."""
-    chosen = resolve_device(device)
-    check_precision(chosen, precision)
-    return Compute(chosen, precision, channels_last)

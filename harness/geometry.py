@@ -2,7 +2,8 @@
 
 The networks need sides that are multiples of 32; Carvana's 1918 is not. Two ways, as the seed
 teams did: pad (reflect or zero) to a multiple of 32 and crop back, or resize to a fixed input and
-upsample the logits bilinearly back (artsiom). Training and prediction use these same functions, so
+upsample the logits bilinearly back (artsiom), or resize each image by its short side (a budget
+that does not depend on the data's resolution, as the quick profiles use). Training and prediction use these same functions, so
 a model never sees a different geometry at test time than it trained on.
 
 Padding is centred; a mask is padded with the image's mode, so that reflected car pixels are

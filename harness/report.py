@@ -263,8 +263,7 @@ def _leaderboard_html(board: pd.DataFrame) -> str:
 
 _LEADERBOARD_NOTE = ("Best first by out-of-fold Dice pooled over all images. Intervals: 95% percentile bootstrap "
                      "over car ids; Δ: paired difference to the best run over the same images; p: two-sided "
-                     "sign-flip permutation test over car ids. ↑: validation Dice still rising at the last epoch "
-                     "(see the learning curves).")
+                     "sign-flip permutation test over car ids.")
 
 _STYLE = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 24px auto;
