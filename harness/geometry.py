@@ -2,9 +2,9 @@
 
 The networks need sides that are multiples of 32; Carvana's 1918 is not. Two ways, as the seed
 teams did: pad (reflect or zero) to a multiple of 32 and crop back, or resize to a fixed input and
-upsample the logits bilinearly back (artsiom), or resize each image by its short side (a budget
-that does not depend on the data's resolution, as the quick profiles use). Training and prediction use these same functions, so
-a model never sees a different geometry at test time than it trained on.
+upsample the logits bilinearly back (artsiom). A third resizes each image by its short side, so a
+quick profile costs the same whatever the data's resolution. Training and prediction use these
+same functions, so a model never sees a different geometry at test time than it trained on.
 
 Padding is centred; a mask is padded with the image's mode, so that reflected car pixels are
 labelled as car (zero-padding pads the mask with 0, as the image with black).

@@ -1,8 +1,8 @@
 """Harness overhead: the engine's training epoch against a bare PyTorch loop (see harness.overhead).
 
-Alexander's LinkNet-ResNet34 at 160x96, batch 8, fp32 on a CPU (the same on every CPU: bf16 is
-emulated, and 10x slower, on one without native bf16). ``make bench`` times
-both; the ratio of their means is the overhead. Under ``make test`` each runs once, as a test.
+Alexander's LinkNet-ResNet34 at 160x96, batch 8, fp32 on a CPU (fp32 because bf16 is emulated,
+and 10x slower, on a CPU without native bf16). ``make bench`` times both; the ratio of their means
+is the overhead. Under ``make test`` each runs once, as a test.
 """
 
 from __future__ import annotations
