@@ -35,7 +35,12 @@ class Compute:
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
     def describe(self) -> str:
-        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+        """``cuda:0 (NVIDIA H200), bf16, channels_last`` or ``cpu (AVX512), fp32``: a CPU by its capability,
+        which decides how fast each precision runs on it."""
+        if self.device.type == "cuda":
+            name = torch.cuda.get_device_name(self.device)
+        else:
+            name = torch.backends.cpu.get_cpu_capability()
         layout = ", channels_last" if self.channels_last else ""
         return f"{self.device} ({name}), {self.precision}{layout}"
 
