@@ -19,14 +19,13 @@ import copy
 import hashlib
 import json
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from harness.benchmark import train_step
+from harness.benchmark import time_steps, train_step
 from harness.data import Normalise
 from harness.device import Compute
 from harness.errors import BenchError
@@ -127,18 +126,7 @@ class StepTimer:
 
     def seconds_per_step(self, variant: Variant, step: Callable[[], None], device: torch.device,
                          warmup: int) -> float:
-        for _ in range(warmup):
-            step()
-        _synchronise(device)
-        started = time.perf_counter()
-        step()
-        _synchronise(device)
-        return time.perf_counter() - started
-
-
-def _synchronise(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        return time_steps(step, device, warmup, repeats=1)[0]
 
 
 @dataclass(frozen=True)
@@ -171,7 +159,8 @@ def choose(device: torch.device, precision: str, channels_last: bool | str, work
     cached = not missing
     if missing:
         known.update(_measure(missing, device, workload, timer or StepTimer()))
-        _write_cache(path, known, device_description(device), workload.identity)
+        write_cache_file(path, {"measured_on": device_description(device), "workload": workload.identity,
+                                "step_seconds": known})
     timings = {v.name: known[v.name] for v in allowed}
     chosen = fastest(allowed, timings)
     return Decision(chosen, timings, device_description(device), cached, setting)
@@ -233,14 +222,27 @@ def _training_step(variant: Variant, model: torch.nn.Module, device: torch.devic
     return lambda: train_step(model, optimizer, workload.loss, images, masks, compute)
 
 
-def _cache_path(cache: Path | None, device: torch.device, workload: Workload) -> Path:
+def cache_file(kind: str, key: str, root: Path | None = None) -> Path:
+    """Where a measurement of this kind and key is kept: ``$SEGBENCH_CACHE/<kind>/<hash of key>.json``."""
     from harness.synthetic import default_cache_root
 
+    folder = (root if root is not None else default_cache_root()) / kind
+    return folder / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+def write_cache_file(path: Path, value: dict[str, Any]) -> None:
+    """Keep a measurement; a cache that cannot be written costs the next run the measurement, nothing else."""
+    try:
+        atomic_write_json(path, value)
+    except BenchError:
+        pass
+
+
+def _cache_path(cache: Path | None, device: torch.device, workload: Workload) -> Path:
     key = json.dumps({"version": CACHE_VERSION, "device": device_description(device), **workload.identity,
                       "batch": workload.batch_size, "input": [workload.width, workload.height]},
                      sort_keys=True, default=str)
-    root = cache if cache is not None else default_cache_root()
-    return root / "compute" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    return cache_file("compute", key, cache)
 
 
 def read_cached(path: Path) -> dict[str, float]:
@@ -249,10 +251,3 @@ def read_cached(path: Path) -> dict[str, float]:
         return {str(k): float(v) for k, v in json.loads(path.read_text())["step_seconds"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
-
-
-def _write_cache(path: Path, step_seconds: dict[str, float], measured_on: str, workload: dict[str, Any]) -> None:
-    try:
-        atomic_write_json(path, {"measured_on": measured_on, "workload": workload, "step_seconds": step_seconds})
-    except BenchError:  # a read-only cache costs the next run the measurement, nothing else
-        pass

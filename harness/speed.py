@@ -7,7 +7,6 @@ bare loop); this module builds them from a recipe and writes one JSON file per b
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict
@@ -31,7 +30,6 @@ from harness.plugins import Plugins
 from harness.recipe import Recipe
 from harness.run import (CACHE_BYTES, choose_compute, compose_transforms, data_root, input_fit, loader_workers,
                          recipe_fit, timing_workload)
-from harness.synthetic import default_cache_root
 
 VARIANTS = ("fp32", "fp32+cl", "bf16", "bf16+cl", "fp16+cl", "bf16+cl+compile")
 
@@ -67,6 +65,8 @@ def benchmark_recipe(recipe: Recipe, plugins: Plugins, console, *, device: str |
     where = resolve_device(device)
     check_precision(where, recipe.train.precision)
     names = variant_names(variants, where)
+    for name in names:  # a bad --variants is one line before anything is measured
+        parse_variant(name, where)
     dataset = open_carvana(data_root(recipe, plugins))
     fit = input_fit(recipe, dataset)
     image_height, image_width = next(iter(dataset.sizes.values()))
@@ -123,16 +123,13 @@ def benchmark_recipe(recipe: Recipe, plugins: Plugins, console, *, device: str |
 def peak_gflops(device: torch.device, precision: str) -> float:
     """This device's matmul peak in ``precision`` (``harness.benchmark.matmul_gflops``), measured once and cached."""
     key = f"{compute_choice.device_description(device)} {precision}"
-    path = default_cache_root() / "peak" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    path = compute_choice.cache_file("peak", key)
     try:
         return float(json.loads(path.read_text())["gflops"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
     gflops = matmul_gflops(device, precision, max_size=8192 if device.type == "cuda" else 2048)
-    try:
-        atomic_write_json(path, {"measured_on": key, "gflops": gflops})
-    except BenchError:  # a read-only cache: measured again next time
-        pass
+    compute_choice.write_cache_file(path, {"measured_on": key, "gflops": gflops})
     return gflops
 
 
