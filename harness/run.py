@@ -352,8 +352,8 @@ def _fold_setup(recipe, plugins, compute, dataset, fit, splits, folder, fold, im
     val_idx = [position[i] for i in val_ids]
     workers = loader_workers(recipe, compute)
     samples = TrainingSamples(images, train_idx, augment, fit, seed=recipe.seed)
-    per_epoch = None if recipe.train.steps_per_epoch is None else _samples_per_epoch(recipe, len(samples))
-    sampler = EpochSampler(len(samples), seed=recipe.seed + fold, shuffle=True, samples_per_epoch=per_epoch)
+    sampler = EpochSampler(len(samples), seed=recipe.seed + fold, shuffle=True,
+                           samples_per_epoch=_samples_per_epoch(recipe, len(samples)))
     val_samples = PredictionSamples(CachedImage(images, val_idx), len(val_idx), fit)
     torch.manual_seed(recipe.seed + fold)  # model initialisation
     model = components.build(plugins.get("model", recipe.model.name), recipe.model.params)
