@@ -138,6 +138,17 @@ def run_variants(found: list[Variant], results: Path, resume: bool, device: str 
     return scored
 
 
+def _shown(data: str) -> str:
+    """The data folder as the page shows it: the built-in set relative to ``$SEGBENCH_CACHE``, so a page
+    committed to docs/ names no folder of the machine that generated it."""
+    from harness.synthetic import default_cache_root
+
+    try:
+        return f"$SEGBENCH_CACHE/{Path(data).resolve().relative_to(default_cache_root().resolve())}"
+    except ValueError:
+        return data
+
+
 def report_section(found: list[Variant], scored: list[Run], command: str) -> str:
     """The markdown section of one ablation: Dice with 95% intervals, paired differences to the baseline."""
     base_scores = read_per_image(scored[0])
@@ -148,7 +159,7 @@ def report_section(found: list[Variant], scored: list[Run], command: str) -> str
         f"## {name}", "",
         f"`{command}`", "",
         f"{summary['train_images']} training images of {base_scores['car'].nunique()} cars, "
-        f"{len(summary['folds'])} folds (splits {summary['splits_hash'][:12]}), data `{summary['data']}`. "
+        f"{len(summary['folds'])} folds (splits {summary['splits_hash'][:12]}), data `{_shown(summary['data'])}`. "
         "Dice is out-of-fold, pooled over images; intervals are 95% bootstrap intervals over cars, "
         "differences are paired image by image with the baseline, p from a sign-flip test over cars.", "",
         "| variant | change | out-of-fold Dice [95% interval] | difference to baseline [95% interval] | p |",

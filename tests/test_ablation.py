@@ -69,3 +69,11 @@ def test_bench_ablate_runs_the_variants_and_writes_the_report(bench, synthetic_s
     again = bench("ablate", recipe, "--trick", "tta", "--trick", "augment", "--results", tmp_path / "results",
                   "--out", out, "--device", "cpu")
     assert again.code == 0 and again.out.count("already complete") == 3 and out.read_text() == text
+
+
+def test_the_page_names_the_built_in_set_relative_to_the_cache(tmp_path, monkeypatch):
+    from harness.ablation import _shown
+
+    monkeypatch.setenv("SEGBENCH_CACHE", str(tmp_path / "cache"))
+    assert _shown(str(tmp_path / "cache/synthetic/v1/c16")) == "$SEGBENCH_CACHE/synthetic/v1/c16"
+    assert _shown("/data/carvana") == "/data/carvana"  # a user's own data keeps its path
