@@ -75,8 +75,8 @@ def harness_epoch(model, make_optimizer, loss, images, masks, batch: int, comput
     setup = FoldSetup(
         fold=0, seed=0, epochs=1, accumulate=1, grad_clip=None, threshold=0.5, tta="none", average="logits",
         compute=compute, fit=None, normalise=Normalise("imagenet"), model=model, optimizer=optimizer,
-        multiplier=lambda epoch: 1.0, loss=loss, callbacks=[], train_loader=loader, val_loader=None,
-        val_ids=[], val_shapes=[], val_mask=None, oof=None, folder=None,
+        multiplier=lambda epoch: 1.0, loss=loss, callbacks=[], train_loader=loader, validation=None,
+        oof=None, folder=None,
     )
     setup.normalise.to(compute.device)
     scaler = torch.amp.GradScaler(compute.device.type, enabled=compute.precision == "fp16")

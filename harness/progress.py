@@ -35,6 +35,7 @@ class Workload:
     steps_per_epoch: int
     batch_size: int
     val_images_per_fold: int
+    val_images_per_epoch: int  # the whole fold, or the sample of ``train.validate_images``
     test_images: int
     tta_variants: int
     k: int  # the run's folds, for "fold 2/3" (a resumed run has fewer left)
@@ -51,13 +52,17 @@ def format_duration(seconds: float) -> str:
 
 
 def estimate_seconds(step_seconds: float, work: Workload) -> float:
-    """Training steps, plus forward passes for validation every epoch and for the test set.
+    """Training steps, plus forward passes for validation every epoch (and of the whole fold once more
+    when epochs validate a sample of it) and for the test set.
 
     A forward pass costs about a third of a training step (forward + backward + update).
     """
     image_forward = step_seconds / work.batch_size / 3
     train = work.folds * work.epochs * work.steps_per_epoch * step_seconds
-    validation = work.folds * work.epochs * work.val_images_per_fold * work.tta_variants * image_forward
+    validated = work.epochs * work.val_images_per_epoch
+    if work.val_images_per_epoch < work.val_images_per_fold:
+        validated += work.val_images_per_fold
+    validation = work.folds * validated * work.tta_variants * image_forward
     test = work.test_images * work.folds * work.tta_variants * image_forward
     return train + validation + test
 

@@ -89,6 +89,11 @@ class TrainSpec(_Strict):
                           "images per fold, whatever the size of the data."
     )
     batch_size: Annotated[int, Field(ge=1)]
+    validate_images: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Held-out images validated after every epoch to choose the best one: a fixed sample "
+                          "of each fold, drawn with the recipe's seed; the whole fold is predicted once, with the "
+                          "best weights, for the out-of-fold maps. Unset: the whole fold every epoch."
+    )
     accumulate: Annotated[int, Field(ge=1)] = 1
     grad_clip: Annotated[float, Field(gt=0)] | None = None
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

@@ -38,7 +38,7 @@ from harness.progress import ConsoleReporter, Workload
 from harness.pseudo import Joined, PseudoLabelled, Selection, select_confident
 from harness.recipe import Recipe
 from harness.splits import Splits, make_splits, read_splits, write_splits
-from harness.train import FoldSetup, train_fold
+from harness.train import FoldSetup, Validation, train_fold
 
 PSEUDO_STAGE = "pseudo"  # the pseudo-label stage's folder inside the run folder
 CACHE_BYTES = 4 << 30  # decoded training images kept in memory when they fit (Carvana needs 37 GB)
@@ -272,6 +272,7 @@ def _run_folds(recipe, plugins, compute, dataset, fit, splits, folder, console, 
             folds=len(pending), epochs=recipe.train.epochs,
             steps_per_epoch=-(-_samples_per_epoch(recipe, largest_fold) // batch),
             batch_size=batch, val_images_per_fold=len(dataset.train) // splits.k,
+            val_images_per_epoch=min(len(dataset.train) // splits.k, recipe.train.validate_images or len(dataset.train)),
             test_images=len(dataset.test), tta_variants=len(TTA[recipe.predict.tta]), k=splits.k,
         )
         reporter = ConsoleReporter(console, work, estimate_only)
@@ -323,10 +324,15 @@ def describe_budget(recipe: Recipe, splits: Splits, dataset: CarvanaSet, height:
     if train.steps_per_epoch is None:
         largest = max(len(splits.training_images(dataset, f)) for f in range(splits.k))
         steps = -(-largest // images)
-        return f"{splits.k} folds x {train.epochs} epochs of one pass (up to {steps} optimizer steps), {step}"
-    total = train.epochs * train.steps_per_epoch
-    return (f"{splits.k} folds x {train.epochs} epochs of {train.steps_per_epoch} optimizer steps, "
-            f"{total} in all ({total * images} images), {step}")
+        budget = f"{splits.k} folds x {train.epochs} epochs of one pass (up to {steps} optimizer steps), {step}"
+    else:
+        total = train.epochs * train.steps_per_epoch
+        budget = (f"{splits.k} folds x {train.epochs} epochs of {train.steps_per_epoch} optimizer steps, "
+                  f"{total} in all ({total * images} images), {step}")
+    if train.validate_images is not None:
+        budget += (f"; each epoch validates up to {train.validate_images} held-out images, "
+                   "and the whole fold is predicted once with the best epoch's weights")
+    return budget
 
 
 def _samples_per_epoch(recipe: Recipe, training_images: int) -> int:
@@ -349,12 +355,18 @@ def _fold_setup(recipe, plugins, compute, dataset, fit, splits, folder, fold, im
     train_ids = splits.training_images(dataset, fold)
     val_ids = splits.validation_images(dataset, fold)
     train_idx = [position[i] for i in train_ids] + list(extra_idx)
-    val_idx = [position[i] for i in val_ids]
     workers = loader_workers(recipe, compute)
     samples = TrainingSamples(images, train_idx, augment, fit, seed=recipe.seed)
     sampler = EpochSampler(len(samples), seed=recipe.seed + fold, shuffle=True,
                            samples_per_epoch=_samples_per_epoch(recipe, len(samples)))
-    val_samples = PredictionSamples(CachedImage(images, val_idx), len(val_idx), fit)
+
+    def validation(ids: list[str]) -> Validation:
+        idx = [position[i] for i in ids]
+        samples = PredictionSamples(CachedImage(images, idx), len(idx), fit)
+        return Validation(loader=_loader(samples, compute, workers, recipe.train.batch_size), ids=ids,
+                          shapes=[dataset.sizes[i] for i in ids], mask=lambda index: images[idx[index]][1])
+
+    sample = validation_sample(val_ids, recipe.train.validate_images, recipe.seed + fold)
     torch.manual_seed(recipe.seed + fold)  # model initialisation
     model = components.build(plugins.get("model", recipe.model.name), recipe.model.params)
     optimizer = components.build(plugins.get("optimizer", recipe.optimizer.name), recipe.optimizer.params,
@@ -370,11 +382,18 @@ def _fold_setup(recipe, plugins, compute, dataset, fit, splits, folder, fold, im
         loss=components.build(plugins.get("loss", recipe.loss.name), recipe.loss.params),
         callbacks=[components.build(plugins.get("callback", c.name), c.params) for c in recipe.callbacks],
         train_loader=_loader(samples, compute, workers, recipe.train.batch_size, sampler),
-        val_loader=_loader(val_samples, compute, workers, recipe.train.batch_size),
-        val_ids=val_ids, val_shapes=[dataset.sizes[i] for i in val_ids],
-        val_mask=lambda index: images[val_idx[index]][1], oof=oof, folder=fold_folder,
-        compile=recipe.train.compile, tiling=recipe.predict.tiling,
+        validation=validation(val_ids), epoch_validation=None if sample is None else validation(sample),
+        oof=oof, folder=fold_folder, compile=recipe.train.compile, tiling=recipe.predict.tiling,
     )
+
+
+def validation_sample(val_ids: list[str], size: int | None, seed: int) -> list[str] | None:
+    """The held-out images validated after every epoch (``train.validate_images``), in fold order;
+    None when every image is (no cap, or a fold no larger than it)."""
+    if size is None or size >= len(val_ids):
+        return None
+    chosen = np.random.default_rng(seed).choice(len(val_ids), size, replace=False)
+    return [val_ids[i] for i in sorted(chosen)]
 
 
 def _predict_test(recipe, plugins, compute, dataset, fit, splits, folder, model_paths) -> None:

@@ -9,7 +9,9 @@ three times the size of ``best.pt``, and a tuning study of many runs would other
 
 Each epoch's validation writes its maps into the run's out-of-fold store, so when the last epoch is
 the best one (the usual case) the store is already right; otherwise the best weights predict the
-validation images once more at the end of the fold.
+validation images once more at the end of the fold. A budgeted run (``train.validate_images``)
+validates a fixed sample of the held-out images after each epoch, to choose the best epoch at a cost
+that does not grow with the data, and predicts the whole held-out fold once, at the end.
 """
 
 from __future__ import annotations
@@ -47,6 +49,16 @@ class Reporter(Protocol):
 
 
 @dataclass
+class Validation:
+    """Held-out images to predict and score: the whole fold, or the sample validated every epoch."""
+
+    loader: torch.utils.data.DataLoader
+    ids: Sequence[str]
+    shapes: Sequence[tuple[int, int]]
+    mask: Callable[[int], np.ndarray]  # the ground truth of the loader's index-th image
+
+
+@dataclass
 class FoldSetup:
     """Everything one fold needs, built by ``harness.run``."""
 
@@ -67,14 +79,12 @@ class FoldSetup:
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     callbacks: list[Any]
     train_loader: torch.utils.data.DataLoader
-    val_loader: torch.utils.data.DataLoader
-    val_ids: Sequence[str]
-    val_shapes: Sequence[tuple[int, int]]
-    val_mask: Callable[[int], np.ndarray]
-    oof: ProbabilityMaps | None  # None when the run only estimates its duration: it stops before validating
+    validation: Validation | None  # the whole held-out fold; None when the run only estimates its duration
+    oof: ProbabilityMaps | None  # None with it: an estimate stops before validating
     folder: Path
     compile: bool = False
     tiling: Tiling | None = None
+    epoch_validation: Validation | None = None  # a sample validated after each epoch; None: the whole fold
 
 
 @dataclass
@@ -83,7 +93,8 @@ class TrainState:
     step: int = 0
     best_dice: float = -1.0
     best_epoch: int = -1
-    oof_epoch: int = -1  # the epoch whose predictions the out-of-fold store holds
+    oof_epoch: int = -1  # the epoch whose predictions of the whole fold the out-of-fold store holds
+    oof_dice: float = -1.0  # their mean Dice
     train_seconds: float = 0.0
     train_images: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
@@ -106,12 +117,13 @@ def train_fold(setup: FoldSetup, reporter: Reporter) -> dict[str, Any]:
         losses = train_epoch(setup, state, epoch, trained, scaler, base_lrs, reporter)
         model.eval()
         record = {"epoch": epoch, "lr": base_lrs[0] * setup.multiplier(epoch), "train_loss": float(np.mean(losses))}
-        record.update(_validate(model, setup))
+        record.update(_validate(model, setup, setup.epoch_validation or setup.validation))
         record["seconds"] = round(time.perf_counter() - started, 3)
         # where the curve stands in the budget: optimizer steps and training seconds so far
         record.update(step=state.step, train_seconds=round(state.train_seconds, 3))
         state.history.append(record)
-        state.oof_epoch = epoch
+        if setup.epoch_validation is None:
+            state.oof_epoch, state.oof_dice = epoch, record["val_dice"]
         if record["val_dice"] > state.best_dice:
             state.best_dice, state.best_epoch = record["val_dice"], epoch
             _save(setup.folder / "best.pt", {"model": model.state_dict(), "epoch": epoch})
@@ -122,7 +134,7 @@ def train_fold(setup: FoldSetup, reporter: Reporter) -> dict[str, Any]:
     if state.oof_epoch != state.best_epoch:
         model.load_state_dict(torch.load(setup.folder / "best.pt", weights_only=True)["model"])
         model.eval()
-        _validate(model, setup)
+        state.oof_dice = _validate(model, setup, setup.validation)["val_dice"]
         state.oof_epoch = state.best_epoch
     return _finish(setup, state)
 
@@ -183,21 +195,22 @@ def _optimizer_step(model: torch.nn.Module, setup: FoldSetup, scaler) -> None:
     setup.optimizer.zero_grad(set_to_none=True)
 
 
-def _validate(model: torch.nn.Module, setup: FoldSetup) -> dict[str, float]:
-    """Predict the validation images into the out-of-fold store; per-image Dice on the stored maps."""
+def _validate(model: torch.nn.Module, setup: FoldSetup, validation: Validation) -> dict[str, float]:
+    """Predict held-out images into the out-of-fold store; per-image Dice on the stored maps."""
     started, scores = time.perf_counter(), {}
-    outputs = predict_loader([model], setup.val_loader, setup.val_shapes, setup.fit, setup.normalise,
+    outputs = predict_loader([model], validation.loader, validation.shapes, setup.fit, setup.normalise,
                              setup.tta, setup.average, setup.compute, setup.tiling)
     for index, probability in outputs:
-        image_id = setup.val_ids[index]
+        image_id = validation.ids[index]
         setup.oof[image_id] = probability.numpy()
         predicted = binarise(setup.oof.quantised(image_id), setup.threshold)
-        scores[image_id] = dice(predicted, setup.val_mask(index))
+        scores[image_id] = dice(predicted, validation.mask(index))
     setup.oof.flush()
     seconds = time.perf_counter() - started
     _write_per_image(setup.folder / "per_image_last.csv", scores)
     return {
         "val_dice": float(np.mean(list(scores.values()))),
+        "val_images": len(scores),
         "val_images_per_s": round(len(scores) / max(seconds, 1e-9), 2),
     }
 
@@ -256,7 +269,7 @@ def _finish(setup: FoldSetup, state: TrainState) -> dict[str, Any]:
     summary = {
         "fold": setup.fold,
         "best_epoch": state.best_epoch,
-        "val_dice": state.best_dice,
+        "val_dice": state.oof_dice,  # the whole held-out fold, predicted by the best epoch's weights
         "epochs": len(state.history),
         "optimizer_steps": state.step,
         "train_images": len(setup.train_loader.dataset),

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from harness.probabilities import ProbabilityMaps
@@ -192,19 +193,28 @@ def test_workers_do_not_change_the_result(bench, finished_run, tmp_path):
 
 @pytest.mark.parametrize("cars", [4, 32])  # 64 and 512 labelled images
 def test_a_budget_in_steps_costs_the_same_on_small_and_large_data(bench, tmp_path, tiny_recipe, cars):
+    """The same optimizer steps, and the same validation every epoch (a sample of 8 held-out images);
+    the whole held-out fold is still predicted and scored once, for the out-of-fold result."""
     from harness.synthetic import write_synthetic_carvana
 
     root = write_synthetic_carvana(tmp_path / "set", cars=cars, test_cars=0, size=(64, 40), seed=0)
     recipe = tiny_recipe(tmp_path / "r.toml", root, epochs=2, batch_size=4)
-    result = bench("run", recipe, "--set", "train.steps_per_epoch=3", "--results", tmp_path, "--name", "budget")
+    result = bench("run", recipe, "--set", "train.steps_per_epoch=3", "--set", "train.validate_images=8",
+                   "--results", tmp_path, "--name", "budget")
     assert result.code == 0, result.err
-    budget = "budget: 2 folds x 2 epochs of 3 optimizer steps, 6 in all (24 images), 4 images a step at 64x64"
+    budget = ("budget: 2 folds x 2 epochs of 3 optimizer steps, 6 in all (24 images), 4 images a step at 64x64; "
+              "each epoch validates up to 8 held-out images")
     assert budget in result.out
     for fold in range(2):
-        assert json.loads((tmp_path / f"budget/fold-{fold}/fold.json").read_text())["optimizer_steps"] == 6
-        history = (tmp_path / f"budget/fold-{fold}/history.csv").read_text().splitlines()
-        steps = [int(row.split(",")[history[0].split(",").index("step")]) for row in history[1:]]
-        assert steps == [3, 6]
+        fold_json = json.loads((tmp_path / f"budget/fold-{fold}/fold.json").read_text())
+        assert fold_json["optimizer_steps"] == 6
+        history = pd.read_csv(tmp_path / f"budget/fold-{fold}/history.csv")
+        assert history["step"].tolist() == [3, 6] and history["val_images"].tolist() == [8, 8]
+        per_image = pd.read_csv(tmp_path / f"budget/fold-{fold}/per_image.csv")
+        assert len(per_image) == cars * 16 // 2  # the whole held-out fold
+        assert fold_json["val_dice"] == pytest.approx(per_image["dice"].mean(), abs=1e-6)
+    summary = json.loads((tmp_path / "budget/summary.json").read_text())
+    assert summary["oof_dice"] == pytest.approx(summary["fold_dice_mean"], abs=1e-6)
 
 
 def test_a_short_side_trains_small_and_predicts_at_full_size(bench, tmp_path, tiny_recipe):
