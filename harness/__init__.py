@@ -9,7 +9,7 @@ import os
 # has no network, so the ping only costs time. Set before anything imports albumentations.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from harness.hookspecs import hookimpl  # noqa: E402
+from harness.recipe.hookspecs import hookimpl  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["hookimpl", "__version__"]

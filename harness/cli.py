@@ -59,7 +59,7 @@ def _global_options(
 
 def _plugins(ctx: typer.Context):
     """Load plugins once per command, and say which ones were skipped."""
-    from harness.plugins import load_plugins
+    from harness.recipe.plugins import load_plugins
 
     plugins = load_plugins(ctx.obj["plugins_dir"], strict=ctx.obj["strict"])
     for failure in plugins.failures:
@@ -90,7 +90,7 @@ def show_command(
     set_: SetOption = None,
 ) -> None:
     """Print the recipe as it resolves after profiles and --set overrides, validated."""
-    from harness.recipe import load_recipe
+    from harness.recipe.schema import load_recipe
 
     resolved = load_recipe(recipe, _plugins(ctx), profile or [], set_ or [])
     typer.echo(resolved.to_toml(), nl=False)
@@ -111,8 +111,8 @@ def run_command(
     """Train every fold of a recipe, predict out-of-fold and test images, into a run folder."""
     import json
 
-    from harness.recipe import load_recipe
-    from harness.run import RunRequest, run
+    from harness.engine.run import RunRequest, run
+    from harness.recipe.schema import load_recipe
 
     plugins = _plugins(ctx)
     resolved = load_recipe(recipe, plugins, profile or [], set_ or [])
@@ -150,8 +150,8 @@ def compare_command(
     seed: Annotated[int, typer.Option(help="Seed of the resamples: same seed, same intervals.")] = 0,
 ) -> None:
     """Rank complete runs of one data set and one set of folds, with intervals, p-values, speed and cost."""
-    from harness import compare
-    from harness.results import scan
+    from harness.evaluate import compare
+    from harness.evaluate.results import scan
 
     if format_ not in ("table", "csv", "markdown", "json"):
         raise BenchError(f"--format {format_}: expected table, csv, markdown or json")
@@ -172,9 +172,9 @@ def report_command(
     worst: Annotated[int, typer.Option(help="Worst-predicted images shown per run.")] = 4,
 ) -> None:
     """Write one self-contained HTML page: leaderboard, learning curves, Dice vs speed, folds, worst images."""
-    from harness import compare
-    from harness.report import write_report
-    from harness.results import scan
+    from harness.evaluate import compare
+    from harness.evaluate.report import write_report
+    from harness.evaluate.results import scan
 
     groups = compare.select_groups(scan(runs or [], results), tuple(filter_ or ()), explicit=True)
     if not groups:
@@ -204,7 +204,7 @@ def ensemble_command(
     """Choose and weigh the best runs on out-of-fold data and write a Kaggle submission (or --check one)."""
     import shlex
 
-    from harness import ensemble
+    from harness.ensemble import ensemble
 
     if check is not None:
         rows = ensemble.check(check, data, runs or [], results)
@@ -265,8 +265,8 @@ def benchmark_command(
     results: Annotated[Path, typer.Option(help="Benchmarks go to RESULTS/benchmarks/.")] = Path("results"),
 ) -> None:
     """Throughput, memory, GFLOPs, data pipeline, harness overhead and full-Carvana cost of a recipe."""
-    from harness.recipe import load_recipe
-    from harness.speed import benchmark_recipe, print_result, write_result
+    from harness.recipe.schema import load_recipe
+    from harness.speed.benchmark import benchmark_recipe, print_result, write_result
 
     plugins = _plugins(ctx)
     resolved = load_recipe(recipe, plugins, profile or [], set_ or [])
@@ -305,8 +305,8 @@ def ablate_command(
     """Run the recipe and one variant per trick (switched off if used, on if not) on the same folds; report Dice."""
     import shlex
 
-    from harness.ablation import report_section, run_variants, variants, write_section
-    from harness.recipe import load_recipe
+    from harness.evaluate.ablation import report_section, run_variants, variants, write_section
+    from harness.recipe.schema import load_recipe
 
     plugins = _plugins(ctx)
     resolved = load_recipe(recipe, plugins, profile or [], set_ or [])
@@ -333,9 +333,9 @@ def tune_command(
     """Search the recipe's [tune] space with Optuna; write the best trial as a recipe. Run it again to resume."""
     import shlex
 
-    from harness.study import StudyPlace
-    from harness.tune import TuneJob, tune
-    from harness.tune_summary import summarise
+    from harness.tune.study import StudyPlace
+    from harness.tune.summary import summarise
+    from harness.tune.tune import TuneJob, tune
 
     name = study or "-".join([recipe.stem, *(profile or [])])
     job = TuneJob(recipe, tuple(profile or ()), tuple(set_ or ()), tuple(ctx.obj["plugins_dir"]), ctx.obj["strict"],
@@ -363,7 +363,7 @@ def data_synth(
     """Write the built-in synthetic Carvana-like set into OUT, in the Carvana layout."""
     import time
 
-    from harness.synthetic import write_synthetic_carvana
+    from harness.data.synthetic import write_synthetic_carvana
 
     width, height = _parse_size(size)
     start = time.perf_counter()
@@ -377,7 +377,7 @@ def data_synth(
 @data_app.command("check")
 def data_check(root: Annotated[Path, typer.Argument(help="A folder in the Carvana layout.")]) -> None:
     """Read a Carvana-layout folder and report what is in it (every image header is checked)."""
-    from harness.carvana import car_ids, open_carvana
+    from harness.data.carvana import car_ids, open_carvana
 
     dataset = open_carvana(root)
     console.print(
@@ -395,8 +395,8 @@ def data_split(
     seed: Annotated[int, typer.Option(help="Seed of the fold assignment.")] = 0,
 ) -> None:
     """Split the training cars into folds by car id and write splits.json with its content hash."""
-    from harness.carvana import car_mask_areas, open_carvana
-    from harness.splits import make_splits, write_splits
+    from harness.data.carvana import car_mask_areas, open_carvana
+    from harness.data.splits import make_splits, write_splits
 
     if method not in ("rank_by_area", "stratified_by_area"):
         raise BenchError(f"--method {method}: expected rank_by_area or stratified_by_area")
@@ -409,7 +409,7 @@ def main() -> None:
     """Entry point: bad input (a flag or a file) is one line and exit code 2, never a traceback."""
     from typer.exceptions import TyperException
 
-    from harness.progress import EstimateOnly
+    from harness.engine.progress import EstimateOnly
 
     errors = Console(stderr=True, soft_wrap=True, highlight=False)
     try:

@@ -1,10 +1,10 @@
-"""Data sources that lay a data set out in the Carvana layout (see ``harness.hookspecs.bench_datasets``)."""
+"""Data sources that lay a data set out in the Carvana layout (see ``harness.recipe.hookspecs.bench_datasets``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from harness.synthetic import cached_synthetic_carvana
+from harness.data.synthetic import cached_synthetic_carvana
 
 
 def synthetic(

@@ -45,7 +45,7 @@ def bench(capsys, monkeypatch):
 
 @pytest.fixture(scope="session")
 def plugins():
-    from harness.plugins import load_plugins
+    from harness.recipe.plugins import load_plugins
 
     return load_plugins()
 
@@ -53,7 +53,7 @@ def plugins():
 @pytest.fixture(scope="session")
 def synthetic_set(tmp_path_factory) -> Path:
     """A small synthetic set (4 labelled cars, 1 test car, 64x40), written once per session."""
-    from harness.synthetic import write_synthetic_carvana
+    from harness.data.synthetic import write_synthetic_carvana
 
     root = tmp_path_factory.mktemp("synthetic") / "carvana"
     return write_synthetic_carvana(root, cars=4, test_cars=1, size=(64, 40), seed=0)
@@ -123,9 +123,9 @@ def tiny_runs(synthetic_set, tmp_path_factory, tiny_recipe) -> dict[str, Path]:
     """
     from rich.console import Console
 
-    from harness.plugins import load_plugins
-    from harness.recipe import load_recipe
-    from harness.run import RunRequest, run
+    from harness.engine.run import RunRequest, run
+    from harness.recipe.plugins import load_plugins
+    from harness.recipe.schema import load_recipe
 
     plugins = load_plugins()
     folder = tmp_path_factory.mktemp("tiny_runs")
@@ -143,7 +143,7 @@ def pytest_report_header(config):
     """The CPU the suite runs on: its time, and which precisions are fast, depend on it."""
     import torch
 
-    from harness.compute_choice import native_bf16_cpu
+    from harness.engine.compute_choice import native_bf16_cpu
 
     bf16 = "with native bf16" if native_bf16_cpu() else "without native bf16 (bf16 is emulated)"
     return f"CPU capability: {torch.backends.cpu.get_cpu_capability()}, {bf16}, {torch.get_num_threads()} threads"

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.ablation import variants, write_section
 from harness.errors import BenchError
-from harness.recipe import load_recipe
+from harness.evaluate.ablation import variants, write_section
+from harness.recipe.schema import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,7 +72,7 @@ def test_bench_ablate_runs_the_variants_and_writes_the_report(bench, synthetic_s
 
 
 def test_the_page_names_the_built_in_set_relative_to_the_cache(tmp_path, monkeypatch):
-    from harness.ablation import _shown
+    from harness.evaluate.ablation import _shown
 
     monkeypatch.setenv("SEGBENCH_CACHE", str(tmp_path / "cache"))
     assert _shown(str(tmp_path / "cache/synthetic/v1/c16")) == "$SEGBENCH_CACHE/synthetic/v1/c16"

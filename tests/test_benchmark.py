@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from harness.benchmark import CARVANA_TEST_IMAGES, CARVANA_TRAIN_IMAGES, carvana_cost, gflops_per_image, measure_variant
-from harness.device import Compute
+from harness.engine.device import Compute
+from harness.engine.timing import CARVANA_TEST_IMAGES, CARVANA_TRAIN_IMAGES, carvana_cost, gflops_per_image, measure_variant
 from plugins.losses import bce_dice
 
 TTA = '[predict]\ntta = "hflip"'

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness import rle
-from harness.carvana import (
+from harness.data import rle
+from harness.data.carvana import (
     CarvanaSet,
     car_id,
     car_ids,

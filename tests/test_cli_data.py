@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.splits import read_splits
+from harness.data.splits import read_splits
 
 
 def assert_one_line_error(result, *needles):

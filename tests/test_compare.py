@@ -1,7 +1,7 @@
 """``bench compare``: the numbers it prints are recomputed here from per_image.csv, independently.
 
-The recomputation uses plain loops and the csv module, not harness.stats, and follows the resampling
-protocol documented in harness/stats.py (seeded draws over sorted car ids), so the intervals must
+The recomputation uses plain loops and the csv module, not harness.evaluate.stats, and follows the resampling
+protocol documented in harness/evaluate/stats.py (seeded draws over sorted car ids), so the intervals must
 match to rounding, not just roughly.
 """
 
@@ -212,7 +212,7 @@ def _history(*epochs_by_fold: list[float]) -> pd.DataFrame:
 
 
 def test_still_rising_judges_the_folds_mean_at_the_last_epoch():
-    from harness.results import still_rising
+    from harness.evaluate.results import still_rising
 
     assert still_rising(_history([0.5, 0.6, 0.7], [0.5, 0.6, 0.7])) is True
     assert still_rising(_history([0.5, 0.7, 0.7005], [0.5, 0.7, 0.7])) is False  # within the tolerance
@@ -246,8 +246,8 @@ def _timed(*folds: list[tuple[float, float]]) -> pd.DataFrame:
 
 
 def test_runs_are_scored_at_the_shortest_runs_time_budget():
-    from harness.compare import equal_time
-    from harness.results import dice_within
+    from harness.evaluate.compare import equal_time
+    from harness.evaluate.results import dice_within
 
     long = _timed([(10, 0.5), (20, 0.9), (30, 0.8)], [(12, 0.6), (24, 0.7), (36, 0.95)])
     short = _timed([(9, 0.7), (21, 0.8)], [(11, 0.75), (19, 0.85)])

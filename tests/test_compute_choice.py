@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from harness import compute_choice
-from harness.compute_choice import NATIVE_BF16_ENV, StepTimer, Variant, Workload, candidates, choose
+from harness.engine import compute_choice
+from harness.engine.compute_choice import NATIVE_BF16_ENV, StepTimer, Variant, Workload, candidates, choose
 
 CPU = torch.device("cpu")
 
@@ -100,8 +100,8 @@ def test_a_bad_override_is_one_line(monkeypatch):
 
 def _timing_workload(recipe_path, plugins):
     """The workload ``bench run`` times for a tiny recipe on the tiny set (64x40 padded to 64x64)."""
-    from harness.recipe import load_recipe
-    from harness.run import timing_workload
+    from harness.engine.run import timing_workload
+    from harness.recipe.schema import load_recipe
 
     recipe = load_recipe(recipe_path, plugins)
     return timing_workload(recipe, plugins, 64, 64, recipe.train.batch_size)

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import oof_search, rle
-from harness.carvana import open_carvana, read_image, read_mask
-from harness.probabilities import ProbabilityMaps, binarise, quantise
-from harness.submission import read_submission, write_submission
+from harness.data import rle
+from harness.data.carvana import open_carvana, read_image, read_mask
+from harness.ensemble import oof_search
+from harness.ensemble.submission import read_submission, write_submission
+from harness.runs.probabilities import ProbabilityMaps, binarise, quantise
 
 
 def fake_run(folder: Path, data_root: Path, noise: float, seed: int, splits_hash: str = "same") -> Path:
@@ -134,7 +135,7 @@ def test_greedy_step_stops_when_nothing_improves() -> None:
 
 
 def test_dice_curve_matches_the_metric_at_every_cutoff() -> None:
-    from harness.metrics import dice
+    from harness.engine.metrics import dice
 
     rng = np.random.default_rng(0)
     quantised = rng.integers(0, 256, (20, 30), dtype=np.uint8)

@@ -11,8 +11,8 @@ import torch
 import torchvision
 from huggingface_hub import constants as hf_constants
 
-from harness import weights
 from harness.errors import BenchError
+from harness.recipe import weights
 from plugins.nets.smp_models import linknet, smp_model
 from plugins.nets.ternausnet import unet11, wide_unet11
 from plugins.nets.unet import unet

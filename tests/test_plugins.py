@@ -6,9 +6,9 @@ import textwrap
 
 import pytest
 
-from harness.components import settable_params
 from harness.errors import BenchError
-from harness.plugins import KIND_HOOKS, load_plugins
+from harness.recipe.components import settable_params
+from harness.recipe.plugins import KIND_HOOKS, load_plugins
 
 RECIPE_PLUGINS = {"vladimir", "alexander", "artsiom"}
 

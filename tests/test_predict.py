@@ -7,13 +7,13 @@ import pytest
 import torch
 from numpy.testing import assert_allclose
 
-from harness.data import Normalise, PredictionSamples
-from harness.device import Compute
+from harness.data.geometry import Fit
+from harness.data.loading import Normalise, PredictionSamples
+from harness.data.tiling import Tiling, predict_tiled, tile_starts
+from harness.engine.device import Compute
+from harness.engine.predict import TTA, combine, predict_loader, variant_logits
 from harness.errors import BenchError
-from harness.geometry import Fit
-from harness.predict import TTA, combine, predict_loader, variant_logits
-from harness.recipe import load_recipe
-from harness.tiling import Tiling, predict_tiled, tile_starts
+from harness.recipe.schema import load_recipe
 
 CPU = Compute(torch.device("cpu"), "fp32", channels_last=False)
 
@@ -143,7 +143,7 @@ tile_overlap = 0
 
 
 def test_bench_run_with_tiles_writes_maps_at_the_images_own_size(bench, synthetic_set, tmp_path):
-    from harness.probabilities import ProbabilityMaps
+    from harness.runs.probabilities import ProbabilityMaps
 
     (tmp_path / "tiled.toml").write_text(TILED_RUN.format(root=synthetic_set))
     result = bench("run", tmp_path / "tiled.toml", "--results", tmp_path, "--name", "tiled", "--device", "cpu")

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.carvana import open_carvana
-from harness.probabilities import ProbabilityMaps
-from harness.pseudo import PseudoLabelled, select_confident, uncertain_share
-from harness.recipe import PseudoLabelSpec
-from harness.splits import read_splits
+from harness.data.carvana import open_carvana
+from harness.data.splits import read_splits
+from harness.engine.pseudo import PseudoLabelled, select_confident, uncertain_share
+from harness.recipe.schema import PseudoLabelSpec
+from harness.runs.probabilities import ProbabilityMaps
 
 SCRATCH_UNET = 'name = "unet"\nbase_filters = 8\ndepth = 3\nup_convs = 1'
 PSEUDO = """
@@ -61,9 +61,9 @@ def test_selection_rule_is_applied_exactly(tmp_path, max_images, expected):
 def pseudo_run(synthetic_set, tmp_path_factory, tiny_recipe):
     from rich.console import Console
 
-    from harness.plugins import load_plugins
-    from harness.recipe import load_recipe
-    from harness.run import RunRequest, run
+    from harness.engine.run import RunRequest, run
+    from harness.recipe.plugins import load_plugins
+    from harness.recipe.schema import load_recipe
 
     folder = tmp_path_factory.mktemp("pseudo")
     tiny_recipe(folder / "pseudo.toml", synthetic_set, name="pseudo", model=SCRATCH_UNET, epochs=1, extra=PSEUDO)
@@ -122,8 +122,8 @@ def test_finished_pseudo_run_is_complete_and_unfinished_stage_needs_resume(bench
 def test_no_confident_image_skips_the_stage_and_records_the_empty_choice(pseudo_run, tmp_path, plugins):
     from rich.console import Console
 
-    from harness.recipe import load_recipe
-    from harness.run import RunRequest, run
+    from harness.engine.run import RunRequest, run
+    from harness.recipe.schema import load_recipe
 
     strict = load_recipe(pseudo_run / "recipe.toml", plugins, overrides=[
         "pseudo_label.uncertain=[0.0, 1.0]", "pseudo_label.max_uncertain_share=0.0"])
@@ -141,7 +141,7 @@ def test_no_confident_image_skips_the_stage_and_records_the_empty_choice(pseudo_
 
 
 def test_pseudo_labelling_without_test_images_is_one_line(bench, tmp_path, tiny_recipe):
-    from harness.synthetic import write_synthetic_carvana
+    from harness.data.synthetic import write_synthetic_carvana
 
     root = write_synthetic_carvana(tmp_path / "no_test", cars=2, test_cars=0, size=(64, 40), seed=1)
     tiny_recipe(tmp_path / "r.toml", root, name="pseudo", model=SCRATCH_UNET, epochs=1, extra=PSEUDO)

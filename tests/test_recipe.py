@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import BenchError
-from harness.recipe import load_recipe
+from harness.recipe.schema import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.report import overlay, pareto_front
+from harness.evaluate.report import overlay, pareto_front
 
 FIGURES = ("leaderboard", "learning-curves", "dice-vs-throughput", "per-fold", "worst-images")
 CHROMIUM = shutil.which("chromium")
@@ -30,8 +30,8 @@ PROBE = """<script>window.addEventListener("load", () => {
 
 @pytest.fixture(scope="module")
 def page(tiny_runs, tmp_path_factory) -> Path:
-    from harness.report import write_report
-    from harness.results import scan
+    from harness.evaluate.report import write_report
+    from harness.evaluate.results import scan
 
     out = tmp_path_factory.mktemp("report") / "report.html"
     index = scan([str(tiny_runs[name]) for name in ("linknet", "unet", "fpn")], Path("results"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness import rle
+from harness.data import rle
 
 HEIGHT, WIDTH = 1280, 1918
 

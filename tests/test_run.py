@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.probabilities import ProbabilityMaps
-from harness.splits import read_splits
+from harness.data.splits import read_splits
+from harness.runs.probabilities import ProbabilityMaps
 
 RUN_EXTRAS = """
 [schedule]  # not constant from the first epoch on, so a resume that lost the base lr would show
@@ -164,7 +164,7 @@ def test_nan_loss_stops_the_fold_with_the_reason_recorded(bench, synthetic_set, 
 
 
 def test_images_not_a_multiple_of_32_train_and_predict_at_their_own_size(bench, tmp_path, run_recipe):
-    from harness.synthetic import write_synthetic_carvana
+    from harness.data.synthetic import write_synthetic_carvana
 
     root = write_synthetic_carvana(tmp_path / "odd", cars=2, test_cars=1, size=(110, 75), seed=3)
     result = bench("run", run_recipe(tmp_path, root, epochs=1), "--results", tmp_path / "results",
@@ -195,7 +195,7 @@ def test_workers_do_not_change_the_result(bench, finished_run, tmp_path):
 def test_a_budget_in_steps_costs_the_same_on_small_and_large_data(bench, tmp_path, tiny_recipe, cars):
     """The same optimizer steps, and the same validation every epoch (a sample of 8 held-out images);
     the whole held-out fold is still predicted and scored once, for the out-of-fold result."""
-    from harness.synthetic import write_synthetic_carvana
+    from harness.data.synthetic import write_synthetic_carvana
 
     root = write_synthetic_carvana(tmp_path / "set", cars=cars, test_cars=0, size=(64, 40), seed=0)
     recipe = tiny_recipe(tmp_path / "r.toml", root, epochs=2, batch_size=4)
@@ -218,7 +218,7 @@ def test_a_budget_in_steps_costs_the_same_on_small_and_large_data(bench, tmp_pat
 
 
 def test_a_short_side_trains_small_and_predicts_at_full_size(bench, tmp_path, tiny_recipe):
-    from harness.synthetic import write_synthetic_carvana
+    from harness.data.synthetic import write_synthetic_carvana
 
     root = write_synthetic_carvana(tmp_path / "set", cars=2, test_cars=1, size=(150, 100), seed=1)
     recipe = tiny_recipe(tmp_path / "r.toml", root, epochs=1, extra='[input]\nfit = "resize"\nsize = 64')

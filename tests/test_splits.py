@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.carvana import CarvanaSet
+from harness.data.carvana import CarvanaSet
+from harness.data.splits import Splits, area_bins, make_splits, read_splits, write_splits
 from harness.errors import BenchError
-from harness.splits import Splits, area_bins, make_splits, read_splits, write_splits
 
 METHODS = ["rank_by_area", "stratified_by_area"]
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness import rle
+from harness.data import rle
+from harness.data.synthetic import cached_synthetic_carvana, write_synthetic_carvana
 from harness.errors import BenchError
-from harness.synthetic import cached_synthetic_carvana, write_synthetic_carvana
 
 SIZE = (120, 80)  # W, H; neither is a multiple of 32
 CARS, TEST_CARS = 2, 1
@@ -133,7 +133,7 @@ def test_cache_generates_once_and_reuses(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_cache_race_loser_uses_the_winners_folder(tmp_path: Path, monkeypatch) -> None:
-    import harness.synthetic as synthetic
+    import harness.data.synthetic as synthetic
 
     generate = synthetic._generate
     out = tmp_path / "synthetic" / "v1" / "c1-t0-64x48-s0"

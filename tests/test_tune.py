@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from harness.study import counted_trials
+from harness.tune.study import counted_trials
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ pruner = {{ name = "wilcoxon", p_threshold = 0.5 }}
 @pytest.fixture(scope="module")
 def tune_set(tmp_path_factory) -> Path:
     """8 cars, so each of 2 folds validates 4: enough pairs for a Wilcoxon test to prune."""
-    from harness.synthetic import write_synthetic_carvana
+    from harness.data.synthetic import write_synthetic_carvana
 
     return write_synthetic_carvana(tmp_path_factory.mktemp("tune") / "carvana", cars=8, test_cars=1,
                                    size=(64, 40), seed=0)
@@ -216,9 +216,9 @@ sampler = "nsga2"
 
 def test_a_worker_started_again_on_a_resumed_study_proposes_new_parameters(synthetic_set, tiny_recipe, plugins,
                                                                            tmp_path):
-    from harness import study as studies
-    from harness.recipe import load_recipe
-    from harness.search_space import SearchSpace
+    from harness.recipe.schema import load_recipe
+    from harness.tune import study as studies
+    from harness.tune.search_space import SearchSpace
 
     extra = '[tune]\ntrials = 3\nsampler = "random"\n[tune.space]\n"optimizer.lr" = { type = "float", low = 1e-4, high = 1e-2 }'
     recipe = load_recipe(tiny_recipe(tmp_path / "tiny.toml", synthetic_set, extra=extra), plugins)
@@ -237,8 +237,8 @@ def test_a_worker_started_again_on_a_resumed_study_proposes_new_parameters(synth
 
 
 def test_list_choices_are_stored_as_json_and_come_back_as_lists(synthetic_set, tiny_recipe, plugins, tmp_path):
-    from harness.recipe import load_recipe
-    from harness.search_space import SearchSpace
+    from harness.recipe.schema import load_recipe
+    from harness.tune.search_space import SearchSpace
 
     extra = '[tune]\ntrials = 2\n[tune.space]\n"input.size" = { type = "categorical", choices = ["original", [64, 64]] }'
     recipe = load_recipe(tiny_recipe(tmp_path / "tiny.toml", synthetic_set, extra=extra), plugins)
@@ -301,7 +301,7 @@ def test_a_storage_that_fails_to_write_is_one_line_with_the_database_s_reason(tm
     import sqlite3
 
     from harness.errors import BenchError
-    from harness.study import StudyPlace, storage_errors
+    from harness.tune.study import StudyPlace, storage_errors
 
     place = StudyPlace("tiny", tmp_path / "study")
     with pytest.raises(BenchError) as raised, storage_errors(place):

@@ -1,4 +1,4 @@
-"""harness.weights: "none", local files in the usual layouts, "imagenet" cached or failing fast."""
+"""harness.recipe.weights: "none", local files in the usual layouts, "imagenet" cached or failing fast."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import torchvision
 from huggingface_hub import constants as hf_constants
 from safetensors.torch import save_file
 
-from harness import weights
 from harness.errors import BenchError
-from harness.weights import HubFile, UrlFile, load_encoder_weights
+from harness.recipe import weights
+from harness.recipe.weights import HubFile, UrlFile, load_encoder_weights
 
 
 def resnet_encoder() -> torch.nn.Module:

@@ -5,6 +5,6 @@
 * ``smp_models``: ``linknet`` (alexander) and ``smp_model``, any smp architecture and encoder.
 
 Every factory takes keyword parameters only and resolves ``encoder_weights`` with
-``harness.weights``. Submodules are imported by whoever needs them, not here, so that importing one
+``harness.recipe.weights``. Submodules are imported by whoever needs them, not here, so that importing one
 network does not pay for the others (smp pulls in timm and huggingface_hub).
 """

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from harness.ensemble import Ensemble, write_test_submission
-from harness.ensemble_runs import Run
-from harness.probabilities import ProbabilityMaps, quantise
+from harness.ensemble.ensemble import Ensemble, write_test_submission
+from harness.runs.ensemble_runs import Run
+from harness.runs.probabilities import ProbabilityMaps, quantise
 from plugins import merge
 
 HEIGHT, WIDTH = 1280, 1918
@@ -76,7 +76,7 @@ def test_memory_is_flat(stores, tmp_path) -> None:
 
 
 def test_merge_and_encode(benchmark, stores) -> None:
-    from harness import rle
+    from harness.data import rle
 
     ensemble = _ensemble(stores[50])
     image_id = ensemble.runs[0].test.ids[0]

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.carvana import open_carvana
-from harness.data import Images, TrainingSamples
-from harness.geometry import Fit
-from harness.metrics import dice
-from harness.recipe import load_recipe
-from harness.run import compose_transforms
+from harness.data.carvana import open_carvana
+from harness.data.geometry import Fit
+from harness.data.loading import Images, TrainingSamples
+from harness.engine.metrics import dice
+from harness.engine.run import compose_transforms
+from harness.recipe.schema import load_recipe
 
 WIDTH, HEIGHT = 1918, 1280
 ALEXANDER = Path(__file__).resolve().parents[2] / "recipes" / "alexander.toml"
@@ -23,7 +23,7 @@ ALEXANDER = Path(__file__).resolve().parents[2] / "recipes" / "alexander.toml"
 
 @pytest.fixture(scope="module")
 def carvana_size_set(tmp_path_factory):
-    from harness.synthetic import write_synthetic_carvana
+    from harness.data.synthetic import write_synthetic_carvana
 
     return write_synthetic_carvana(tmp_path_factory.mktemp("full") / "set", cars=1, test_cars=0,
                                    size=(WIDTH, HEIGHT), seed=0, workers=1)

@@ -1,4 +1,4 @@
-"""Harness overhead: the engine's training epoch against a bare PyTorch loop (see harness.overhead).
+"""Harness overhead: the engine's training epoch against a bare PyTorch loop (see harness.speed.overhead).
 
 Alexander's LinkNet-ResNet34 at 160x96, batch 8, fp32 on a CPU (fp32 because bf16 is emulated,
 and 10x slower, on a CPU without native bf16). ``make bench`` times both; the ratio of their means
@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.device import Compute
-from harness.overhead import bare_epoch, harness_epoch, random_samples
+from harness.engine.device import Compute
+from harness.speed.overhead import bare_epoch, harness_epoch, random_samples
 from plugins.losses import bce_dice
 from plugins.nets.smp_models import linknet
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.results import scan
+from harness.evaluate.results import scan
 
 RUNS = 1000
 UNFINISHED_EVERY = 10  # one run in ten has no summary.json yet

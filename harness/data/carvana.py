@@ -1,0 +1,279 @@
+"""Read a data folder in the Kaggle Carvana layout, as is, without loading it into memory.
+
+Layout::
+
+    root/train/<carid>_<NN>.jpg             training images (RGB)
+    root/train_masks/<carid>_<NN>_mask.gif  palette masks, values 0/1
+    root/train_masks.csv                    ``img,rle_mask``; used only when train_masks/ is absent
+    root/test/<carid>_<NN>.jpg              unlabelled images (optional)
+    root/metadata.csv                       one row per car (optional)
+
+``open_carvana`` checks the whole training set up front (names, a mask for every image, image and
+mask sizes from the file headers, every RLE row), so a broken folder fails in a second with one line
+naming the file, not hours later in the middle of fold 3. Pixels are decoded only on demand.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from harness.data import rle
+from harness.errors import BenchError
+
+MaskSource = Literal["gif", "csv"]
+Split = Literal["train", "test"]
+
+_IMAGE_ID = re.compile(r"^(?P<car>.+)_(?P<view>\d{2})$")
+_CSV_COLUMNS = ("img", "rle_mask")
+# OpenCV decodes JPEG faster than Pillow (about 7 ms against 10 ms at 1918x1280) and, from 4.11,
+# can hand back RGB directly, which saves a full-image colour swap.
+_CV2_RGB_FLAG = getattr(cv2, "IMREAD_COLOR_RGB", None)
+
+
+@dataclass(frozen=True)
+class CarvanaSet:
+    """A checked Carvana-layout folder: ids and where their masks come from, never pixels.
+
+    ``sizes`` holds (height, width) per training id, read from the headers at open time, because
+    an RLE string can only be decoded with its image's size. ``rle_masks`` is empty unless the
+    masks come from ``train_masks.csv``.
+    """
+
+    root: Path
+    train: tuple[str, ...]
+    test: tuple[str, ...]
+    mask_source: MaskSource
+    sizes: dict[str, tuple[int, int]] = field(default_factory=dict, compare=False, repr=False)
+    rle_masks: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    metadata: Path | None = None
+
+    def __repr__(self) -> str:
+        # The default repr would print 100,064 test ids.
+        return (
+            f"CarvanaSet(root={str(self.root)!r}, train={len(self.train)} images, "
+            f"test={len(self.test)} images, mask_source={self.mask_source!r})"
+        )
+
+
+def car_id(image_id: str) -> str:
+    """The car an image shows: everything before the last underscore (``<carid>_<NN>``)."""
+    match = _IMAGE_ID.match(image_id)
+    if match is None:
+        raise BenchError(f"image id {image_id!r} does not match <carid>_<NN> (e.g. 00087a6bd4dc_01)")
+    return match.group("car")
+
+
+def car_ids(dataset: CarvanaSet) -> list[str]:
+    """Sorted distinct car ids of the training set; folds are made over these, never over images."""
+    return sorted({car_id(image_id) for image_id in dataset.train})
+
+
+def open_carvana(root: Path | str) -> CarvanaSet:
+    """Scan and check a Carvana-layout folder; raise ``BenchError`` naming the first bad file."""
+    root = Path(root)
+    if not root.is_dir():
+        raise BenchError(f"data folder {root} does not exist or is not a folder")
+    train_dir = root / "train"
+    if not train_dir.is_dir():
+        raise BenchError(f"data folder {root} has no train/ folder (expected train/<carid>_<NN>.jpg)")
+    train = _scan_ids(train_dir)
+    if not train:
+        raise BenchError(f"{train_dir} holds no training images (expected <carid>_<NN>.jpg files)")
+    test_dir = root / "test"
+    test = _scan_ids(test_dir) if test_dir.is_dir() else ()
+    sizes = {image_id: _header_size(train_dir / f"{image_id}.jpg") for image_id in train}
+    mask_source, rle_masks = _open_masks(root, sizes)
+    metadata = root / "metadata.csv"
+    return CarvanaSet(
+        root=root,
+        train=train,
+        test=test,
+        mask_source=mask_source,
+        sizes=sizes,
+        rle_masks=rle_masks,
+        metadata=metadata if metadata.is_file() else None,
+    )
+
+
+def read_image(dataset: CarvanaSet, image_id: str, split: Split = "train") -> np.ndarray:
+    """Decode one image as a uint8 HxWx3 RGB array."""
+    path = _image_path(dataset, image_id, split)
+    if _CV2_RGB_FLAG is not None:
+        image = cv2.imread(str(path), _CV2_RGB_FLAG)
+    else:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        image = None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if image is None:
+        raise BenchError(f"cannot decode image {path} (missing, truncated or not an image file)")
+    return image
+
+
+def read_mask(dataset: CarvanaSet, image_id: str) -> np.ndarray:
+    """Decode one training mask as a uint8 HxW array of 0/1 (any non-zero pixel counts as car)."""
+    if dataset.mask_source == "csv":
+        return rle.decode(_rle_of(dataset, image_id), dataset.sizes[image_id])
+    path = _gif_path(dataset.root / "train_masks", image_id)
+    try:
+        with Image.open(path) as mask:
+            # Palette ("P") indices are the labels; anything else is reduced to one channel first.
+            pixels = np.asarray(mask if mask.mode in ("P", "L", "1") else mask.convert("L"))
+    except (OSError, UnidentifiedImageError, ValueError) as error:
+        raise BenchError(f"cannot decode mask {path}: {error}") from error
+    return (pixels != 0).view(np.uint8)
+
+
+def mask_area(dataset: CarvanaSet, image_id: str) -> int:
+    """Number of car pixels in one training mask; from the csv this sums run lengths, no decoding."""
+    if dataset.mask_source == "csv":
+        return int(_run_lengths(_rle_of(dataset, image_id)).sum())
+    return int(np.count_nonzero(read_mask(dataset, image_id)))
+
+
+def car_mask_areas(dataset: CarvanaSet) -> dict[str, int]:
+    """Total mask area per car over all its views, one mask in memory at a time.
+
+    This is what area-balanced folds are made from.
+    """
+    areas: dict[str, int] = {}
+    for image_id in dataset.train:
+        car = car_id(image_id)
+        areas[car] = areas.get(car, 0) + mask_area(dataset, image_id)
+    return areas
+
+
+def _scan_ids(folder: Path) -> tuple[str, ...]:
+    """Sorted ids of the ``.jpg`` files in a folder; a badly named jpg is an error, not skipped."""
+    ids = sorted(path.stem for path in folder.iterdir() if path.suffix == ".jpg")
+    for image_id in ids:
+        if _IMAGE_ID.match(image_id) is None:
+            raise BenchError(
+                f"image {folder / (image_id + '.jpg')} is not named <carid>_<NN>.jpg "
+                "(e.g. 00087a6bd4dc_01.jpg)"
+            )
+    return tuple(ids)
+
+
+def _header_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the file header only: about 30 us a file, so 5088 images take ~0.2 s."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except FileNotFoundError as error:
+        raise BenchError(f"file {path} does not exist") from error
+    except (OSError, UnidentifiedImageError, ValueError) as error:
+        raise BenchError(f"cannot read image {path}: not a readable image file ({error})") from error
+    return height, width
+
+
+def _open_masks(root: Path, sizes: dict[str, tuple[int, int]]) -> tuple[MaskSource, dict[str, str]]:
+    """The gif folder wins when both exist: it is what the competition shipped as ground truth."""
+    if (root / "train_masks").is_dir():
+        _check_gif_masks(root / "train_masks", sizes)
+        return "gif", {}
+    csv_path = root / "train_masks.csv"
+    if csv_path.is_file():
+        return "csv", _load_rle_csv(csv_path, sizes)
+    raise BenchError(f"data folder {root} has neither a train_masks/ folder nor train_masks.csv")
+
+
+def _gif_path(mask_dir: Path, image_id: str) -> Path:
+    return mask_dir / f"{image_id}_mask.gif"
+
+
+def _check_gif_masks(mask_dir: Path, sizes: dict[str, tuple[int, int]]) -> None:
+    """Every training image needs a readable mask of exactly its size."""
+    image_dir = mask_dir.parent / "train"
+    for image_id, image_size in sizes.items():
+        path = _gif_path(mask_dir, image_id)
+        if not path.is_file():
+            raise BenchError(f"image {image_dir / (image_id + '.jpg')} has no mask: {path} is missing")
+        mask_size = _header_size(path)
+        if mask_size != image_size:
+            raise BenchError(
+                f"mask {path} is {_wxh(mask_size)} but its image {image_id}.jpg is {_wxh(image_size)}"
+            )
+
+
+def _load_rle_csv(path: Path, sizes: dict[str, tuple[int, int]]) -> dict[str, str]:
+    """The RLE string of every training image, each checked against its image's size.
+
+    Strings, not decoded masks: 5088 strings are tens of megabytes, 5088 masks would be 12 GB.
+    """
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise BenchError(f"cannot parse {path} as csv: {error}".replace("\n", " ")) from error
+    missing = [column for column in _CSV_COLUMNS if column not in table.columns]
+    if missing:
+        raise BenchError(
+            f"{path} lacks column(s) {', '.join(missing)}; expected header 'img,rle_mask', "
+            f"found {','.join(map(str, table.columns))!r}"
+        )
+    masks = _rows_by_id(path, zip(table["img"], table["rle_mask"]))
+    for image_id, image_size in sizes.items():
+        if image_id not in masks:
+            raise BenchError(f"image {image_id}.jpg has no mask: no row img={image_id}.jpg in {path}")
+        _check_rle(path, image_id, masks[image_id], image_size)
+    return masks
+
+
+def _rows_by_id(path: Path, rows: Iterable[tuple[str, str]]) -> dict[str, str]:
+    masks: dict[str, str] = {}
+    for img, rle_mask in rows:
+        image_id = img.removesuffix(".jpg")
+        if image_id in masks:
+            raise BenchError(f"{path} has two rows for img={img}")
+        masks[image_id] = rle_mask
+    return masks
+
+
+def _check_rle(path: Path, image_id: str, text: str, size: tuple[int, int]) -> None:
+    """Validate runs the way ``rle.decode`` does, without allocating the full-size mask."""
+    height, width = size
+    try:
+        numbers = _rle_numbers(text)
+        if numbers.size % 2:
+            raise ValueError("odd number of values (expected start/length pairs)")
+        starts, lengths = numbers[0::2] - 1, numbers[1::2]
+        if numbers.size and (starts.min() < 0 or lengths.min() < 1
+                             or (starts + lengths).max() > height * width):
+            raise ValueError(f"a run lies outside the {width}x{height} image")
+        if np.any(starts[1:] < (starts + lengths)[:-1]):
+            raise ValueError("runs are not sorted and non-overlapping")
+    except ValueError as error:
+        raise BenchError(f"malformed rle_mask in {path} for img={image_id}.jpg: {error}") from error
+
+
+def _rle_numbers(text: str) -> np.ndarray:
+    return np.array(text.split(), dtype=np.int64) if text.strip() else np.empty(0, dtype=np.int64)
+
+
+def _run_lengths(text: str) -> np.ndarray:
+    return _rle_numbers(text)[1::2]
+
+
+def _rle_of(dataset: CarvanaSet, image_id: str) -> str:
+    try:
+        return dataset.rle_masks[image_id]
+    except KeyError:
+        raise BenchError(f"no training mask for image id {image_id!r} in {dataset.root}") from None
+
+
+def _image_path(dataset: CarvanaSet, image_id: str, split: Split) -> Path:
+    if split not in ("train", "test"):
+        raise BenchError(f"unknown split {split!r}; expected 'train' or 'test'")
+    return dataset.root / split / f"{image_id}.jpg"
+
+
+def _wxh(size: tuple[int, int]) -> str:
+    height, width = size
+    return f"{width}x{height}"

@@ -1,0 +1,191 @@
+"""From a Carvana folder to batches: decoding, the decoded-image cache, augmentation, fitting.
+
+Three decisions shape this module:
+
+* **Decode once.** Decoding a 1918x1280 JPEG costs about 7 ms; when the decoded, preprocessed set
+  fits the cache budget it is decoded once per run into one array, which DataLoader workers share
+  copy-on-write (no pickling, no copy per worker). Otherwise each sample is decoded on demand.
+* **Deterministic augmentation.** A sample is addressed by ``(draw, index)``, ``draw`` being the
+  pass over the data (the epoch, unless epochs have a fixed length), and its augmentation is
+  seeded from ``(seed, draw, index)``, so what a model sees does not depend on the number of
+  workers or on which worker ran first, and a resumed run repeats the interrupted one exactly.
+* **uint8 to the device.** Samples stay uint8 (4x less to copy); the engine converts and normalises
+  on the device, where it is nearly free.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator, Sequence
+
+import albumentations as A
+import numpy as np
+import torch
+from PIL import Image
+
+from harness.data.carvana import CarvanaSet, read_image, read_mask
+from harness.data.geometry import Fit
+from harness.errors import BenchError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def sample_seed(*parts: int) -> int:
+    """A 32-bit seed from integers; stable across processes and Python versions (unlike hash())."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little")
+
+
+class Images:
+    """Decoded, preprocessed training images and masks of a set of ids, cached when they fit."""
+
+    def __init__(
+        self, dataset: CarvanaSet, ids: Sequence[str], preprocess: A.Compose | None, cache_bytes: int
+    ):
+        self.dataset, self.ids, self.preprocess = dataset, list(ids), preprocess
+        self._images: list[np.ndarray] | None = None
+        self._masks: list[np.ndarray] | None = None
+        needed = sum(h * w * 4 for h, w in (dataset.sizes[i] for i in self.ids))  # RGB + mask
+        if needed <= cache_bytes:
+            with ThreadPoolExecutor(max_workers=4) as pool:  # cv2 and PIL decode outside the GIL
+                pairs = list(pool.map(self._decode, self.ids))
+            self._images = [image for image, _ in pairs]
+            self._masks = [mask for _, mask in pairs]
+
+    @property
+    def cached(self) -> bool:
+        return self._images is not None
+
+    def _decode(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        image, mask = read_image(self.dataset, image_id), read_mask(self.dataset, image_id)
+        if self.preprocess is not None:
+            image = self.preprocess(image=image)["image"]
+        return image, mask
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._images is not None:
+            return self._images[index], self._masks[index]
+        return self._decode(self.ids[index])
+
+
+class TrainingSamples(torch.utils.data.Dataset):
+    """Augmented, fitted (image, mask) pairs addressed by ``(draw, i)`` (``EpochSampler``); see the module docstring."""
+
+    def __init__(self, images: Images, indices: Sequence[int], augment: A.Compose | None, fit: Fit, seed: int):
+        self.images, self.indices, self.augment, self.fit, self.seed = images, list(indices), augment, fit, seed
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        draw, position = key
+        index = self.indices[position]
+        image, mask = self.images[index]
+        if self.augment is not None:
+            self.augment.set_random_seed(sample_seed(self.seed, draw, index))
+            out = self.augment(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        image, mask = self.fit.array(image), self.fit.array(mask, is_mask=True)
+        return to_chw(image), torch.from_numpy(np.ascontiguousarray(mask))[None]
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Yields ``(draw, i)`` keys: position ``i`` of the shuffled pass ``draw`` over the samples.
+
+    By default an epoch is one pass and ``draw`` is the epoch. With ``samples_per_epoch`` an epoch
+    is that many samples taken from an endless stream of passes, each shuffled afresh, so a budget
+    in optimizer steps costs the same on 50 images as on 5,000. Keys depend only on (seed, epoch),
+    which keeps a resumed run identical; the draw travels inside the key, so loader workers that
+    persist across epochs, and the augmentation seeded from it, see the right one.
+    """
+
+    def __init__(self, size: int, seed: int, shuffle: bool, samples_per_epoch: int | None = None):
+        self.size, self.seed, self.shuffle, self.epoch = size, seed, shuffle, 0
+        self.samples_per_epoch = samples_per_epoch
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch or self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.samples_per_epoch is None:
+            return iter([(self.epoch, position) for position in self._order(self.epoch)])
+        start = self.epoch * self.samples_per_epoch
+        draws = range(start // self.size, (start + self.samples_per_epoch - 1) // self.size + 1)
+        stream = [(draw, position) for draw in draws for position in self._order(draw)]
+        offset = start - draws[0] * self.size
+        return iter(stream[offset : offset + self.samples_per_epoch])
+
+    def _order(self, draw: int) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.size))
+        generator = torch.Generator().manual_seed(sample_seed(self.seed, draw))
+        return torch.randperm(self.size, generator=generator).tolist()
+
+
+class CachedImage:
+    """``read(i)`` for prediction over part of an ``Images`` (picklable, for DataLoader workers)."""
+
+    def __init__(self, images: Images, indices: Sequence[int]):
+        self.images, self.indices = images, list(indices)
+
+    def __call__(self, position: int) -> np.ndarray:
+        return self.images[self.indices[position]][0]
+
+
+class TestImage:
+    """``read(i)`` for prediction over the unlabelled test images, decoded on demand."""
+
+    def __init__(self, dataset: CarvanaSet, preprocess: A.Compose | None):
+        self.dataset, self.preprocess = dataset, preprocess
+
+    def __call__(self, position: int) -> np.ndarray:
+        image = read_image(self.dataset, self.dataset.test[position], split="test")
+        return image if self.preprocess is None else self.preprocess(image=image)["image"]
+
+
+class PredictionSamples(torch.utils.data.Dataset):
+    """Fitted images for prediction with their position; the original size is looked up by it."""
+
+    def __init__(self, read: Callable[[int], np.ndarray], size: int, fit: Fit):
+        self.read, self.size, self.fit = read, size, fit
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, int]:
+        return to_chw(self.fit.array(self.read(position))), position
+
+
+def to_chw(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
+def shapes_of_test_images(dataset: CarvanaSet) -> dict[str, tuple[int, int]]:
+    """(height, width) of every test image, from the file headers (cheap: no decoding)."""
+    shapes = {}
+    for image_id in dataset.test:
+        path = dataset.root / "test" / f"{image_id}.jpg"
+        try:
+            with Image.open(path) as image:
+                shapes[image_id] = (image.height, image.width)
+        except OSError as error:
+            raise BenchError(f"{path}: cannot read the image ({error})") from None
+    return shapes
+
+
+class Normalise(torch.nn.Module):
+    """uint8 NCHW on the device -> float, scaled and normalised as the recipe says."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if how == "imagenet" else ((0.0,) * 3, (1.0,) * 3)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() - self.mean) / self.std

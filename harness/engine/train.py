@@ -1,0 +1,282 @@
+"""Training one fold: the loop, validation with out-of-fold maps, checkpoints, the NaN guard.
+
+Resume works at epoch granularity: after every epoch ``last.pt`` holds everything the next epoch
+needs (weights, optimizer, scaler, callbacks, history, best so far), written atomically. Because
+data order, augmentation and the global RNG are all seeded from ``(seed, fold, epoch)``, an epoch
+replayed after a crash is the epoch that would have run anyway. Once ``fold.json`` marks the fold
+finished, nothing resumes it any more, so ``last.pt`` is deleted: with the optimizer's moments it is
+three times the size of ``best.pt``, and a tuning study of many runs would otherwise fill the disk.
+
+Each epoch's validation writes its maps into the run's out-of-fold store, so when the last epoch is
+the best one (the usual case) the store is already right; otherwise the best weights predict the
+validation images once more at the end of the fold. A budgeted run (``train.validate_images``)
+validates a fixed sample of the held-out images after each epoch, to choose the best epoch at a cost
+that does not grow with the data, and predicts the whole held-out fold once, at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+
+from harness.data.geometry import Fit
+from harness.data.loading import Normalise, sample_seed
+from harness.data.tiling import Tiling
+from harness.engine.device import Compute
+from harness.engine.metrics import dice
+from harness.engine.predict import predict_loader
+from harness.errors import BenchError
+from harness.io import atomic_write, atomic_write_json
+from harness.runs.probabilities import ProbabilityMaps, binarise
+
+
+class TrainingStopped(BenchError):
+    """The loss became NaN or infinite; the reason is recorded in the fold's failure.json."""
+
+
+class Reporter(Protocol):
+    """What the training loop tells the user; ``harness.engine.progress`` implements it."""
+
+    def fold_started(self, fold: int, epochs: int, steps_per_epoch: int, first_epoch: int) -> None: ...
+    def step_done(self, loss: float) -> None: ...
+    def epoch_done(self, fold: int, record: dict[str, float]) -> None: ...
+
+
+@dataclass
+class Validation:
+    """Held-out images to predict and score: the whole fold, or the sample validated every epoch."""
+
+    loader: torch.utils.data.DataLoader
+    ids: Sequence[str]
+    shapes: Sequence[tuple[int, int]]
+    mask: Callable[[int], np.ndarray]  # the ground truth of the loader's index-th image
+
+
+@dataclass
+class FoldSetup:
+    """Everything one fold needs, built by ``harness.engine.run``."""
+
+    fold: int
+    seed: int
+    epochs: int
+    accumulate: int
+    grad_clip: float | None
+    threshold: float
+    tta: str
+    average: str
+    compute: Compute
+    fit: Fit
+    normalise: Normalise
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    multiplier: Callable[[float], float]
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    callbacks: list[Any]
+    train_loader: torch.utils.data.DataLoader
+    validation: Validation | None  # the whole held-out fold; None when the run only estimates its duration
+    oof: ProbabilityMaps | None  # None with it: an estimate stops before validating
+    folder: Path
+    compile: bool = False
+    tiling: Tiling | None = None
+    epoch_validation: Validation | None = None  # a sample validated after each epoch; None: the whole fold
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # the next epoch to run
+    step: int = 0
+    best_dice: float = -1.0
+    best_epoch: int = -1
+    oof_epoch: int = -1  # the epoch whose predictions of the whole fold the out-of-fold store holds
+    oof_dice: float = -1.0  # their mean Dice
+    train_seconds: float = 0.0
+    train_images: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def train_fold(setup: FoldSetup, reporter: Reporter) -> dict[str, Any]:
+    """Train (or finish training) one fold; return its summary, also written to ``fold.json``."""
+    compute, model = setup.compute, setup.model
+    model.to(compute.device, memory_format=compute.memory_format)
+    setup.normalise.to(compute.device)
+    scaler = torch.amp.GradScaler(compute.device.type, enabled=compute.precision == "fp16")
+    # Before _resume: a saved optimizer carries the last *scheduled* lr, not the recipe's base lr.
+    base_lrs = [group["lr"] for group in setup.optimizer.param_groups]
+    state = _resume(setup, scaler)
+    trained = torch.compile(model) if setup.compile else model
+    reporter.fold_started(setup.fold, setup.epochs, len(setup.train_loader), state.epoch)
+
+    for epoch in range(state.epoch, setup.epochs):
+        started = time.perf_counter()
+        losses = train_epoch(setup, state, epoch, trained, scaler, base_lrs, reporter)
+        model.eval()
+        record = {"epoch": epoch, "lr": base_lrs[0] * setup.multiplier(epoch), "train_loss": float(np.mean(losses))}
+        record.update(_validate(model, setup, setup.epoch_validation or setup.validation))
+        record["seconds"] = round(time.perf_counter() - started, 3)
+        # where the curve stands in the budget: optimizer steps and training seconds so far
+        record.update(step=state.step, train_seconds=round(state.train_seconds, 3))
+        state.history.append(record)
+        if setup.epoch_validation is None:
+            state.oof_epoch, state.oof_dice = epoch, record["val_dice"]
+        if record["val_dice"] > state.best_dice:
+            state.best_dice, state.best_epoch = record["val_dice"], epoch
+            _save(setup.folder / "best.pt", {"model": model.state_dict(), "epoch": epoch})
+        state.epoch = epoch + 1
+        _checkpoint(setup, scaler, state)
+        reporter.epoch_done(setup.fold, record)
+
+    if state.oof_epoch != state.best_epoch:
+        model.load_state_dict(torch.load(setup.folder / "best.pt", weights_only=True)["model"])
+        model.eval()
+        state.oof_dice = _validate(model, setup, setup.validation)["val_dice"]
+        state.oof_epoch = state.best_epoch
+    return _finish(setup, state)
+
+
+def train_epoch(setup: FoldSetup, state: TrainState, epoch: int, trained: torch.nn.Module, scaler,
+                base_lrs: list[float], reporter: Reporter) -> list[float]:
+    """One pass over the training loader; returns the per-step losses.
+
+    This is the hot loop: per step it sets the learning rate, moves and normalises the batch, runs
+    forward and backward, and steps the optimizer; nothing else (``bench benchmark`` compares it with
+    a bare PyTorch loop).
+    """
+    compute, model = setup.compute, setup.model
+    steps_per_epoch = len(setup.train_loader)
+    setup.train_loader.sampler.epoch = epoch
+    torch.manual_seed(sample_seed(setup.seed, setup.fold, epoch))
+    started, losses = time.perf_counter(), []
+    model.train()
+    for index, (images, masks) in enumerate(setup.train_loader):
+        lr_factor = setup.multiplier(epoch + index / steps_per_epoch)
+        for group, base in zip(setup.optimizer.param_groups, base_lrs):
+            group["lr"] = base * lr_factor
+        images = setup.normalise(images.to(compute.device, non_blocking=True))
+        images = images.contiguous(memory_format=compute.memory_format)
+        masks = masks.to(compute.device, non_blocking=True).float()
+        loss = _backward(trained, setup, scaler, images, masks, setup.accumulate)
+        losses.append(loss)
+        state.train_images += len(images)
+        if not math.isfinite(loss):
+            _stop(setup, epoch, index, loss)
+        if (index + 1) % setup.accumulate == 0 or index + 1 == steps_per_epoch:
+            _optimizer_step(model, setup, scaler)
+            state.step += 1
+            for callback in setup.callbacks:
+                replay = getattr(callback, "after_train_step", lambda *_: None)((images, masks), loss, state.step)
+                if replay is not None:
+                    _backward(trained, setup, scaler, *replay, accumulate=1)
+                    _optimizer_step(model, setup, scaler)
+        reporter.step_done(loss)
+    state.train_seconds += time.perf_counter() - started
+    return losses
+
+
+def _backward(model, setup: FoldSetup, scaler, images, masks, accumulate: int) -> float:
+    with setup.compute.autocast():
+        logits = model(images)
+    loss = setup.loss(logits.float(), masks)
+    scaler.scale(loss / accumulate).backward()
+    return loss.item()
+
+
+def _optimizer_step(model: torch.nn.Module, setup: FoldSetup, scaler) -> None:
+    if setup.grad_clip is not None:
+        scaler.unscale_(setup.optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), setup.grad_clip)
+    scaler.step(setup.optimizer)
+    scaler.update()
+    setup.optimizer.zero_grad(set_to_none=True)
+
+
+def _validate(model: torch.nn.Module, setup: FoldSetup, validation: Validation) -> dict[str, float]:
+    """Predict held-out images into the out-of-fold store; per-image Dice on the stored maps."""
+    started, scores = time.perf_counter(), {}
+    outputs = predict_loader([model], validation.loader, validation.shapes, setup.fit, setup.normalise,
+                             setup.tta, setup.average, setup.compute, setup.tiling)
+    for index, probability in outputs:
+        image_id = validation.ids[index]
+        setup.oof[image_id] = probability.numpy()
+        predicted = binarise(setup.oof.quantised(image_id), setup.threshold)
+        scores[image_id] = dice(predicted, validation.mask(index))
+    setup.oof.flush()
+    seconds = time.perf_counter() - started
+    _write_per_image(setup.folder / "per_image_last.csv", scores)
+    return {
+        "val_dice": float(np.mean(list(scores.values()))),
+        "val_images": len(scores),
+        "val_images_per_s": round(len(scores) / max(seconds, 1e-9), 2),
+    }
+
+
+def _write_per_image(path: Path, scores: dict[str, float]) -> None:
+    lines = ["image,dice"] + [f"{image_id},{score:.6f}" for image_id, score in scores.items()]
+    atomic_write(path, lambda handle: handle.write(("\n".join(lines) + "\n").encode()))
+
+
+def _save(path: Path, payload: dict[str, Any]) -> None:
+    atomic_write(path, lambda handle: torch.save(payload, handle))
+
+
+def _checkpoint(setup: FoldSetup, scaler, state: TrainState) -> None:
+    _save(setup.folder / "last.pt", {
+        "model": setup.model.state_dict(),
+        "optimizer": setup.optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "callbacks": [getattr(c, "state_dict", dict)() for c in setup.callbacks],
+        "state": vars(state),
+    })
+    _write_history(setup.folder / "history.csv", state.history)
+
+
+def _write_history(path: Path, history: list[dict[str, float]]) -> None:
+    columns = list(history[0]) if history else []
+    lines = [",".join(columns)] + [",".join(str(row[c]) for c in columns) for row in history]
+    atomic_write(path, lambda handle: handle.write(("\n".join(lines) + "\n").encode()))
+
+
+def _resume(setup: FoldSetup, scaler) -> TrainState:
+    path = setup.folder / "last.pt"
+    if not path.exists():
+        torch.manual_seed(sample_seed(setup.seed, setup.fold))
+        return TrainState()
+    saved = torch.load(path, weights_only=True)
+    setup.model.load_state_dict(saved["model"])
+    setup.optimizer.load_state_dict(saved["optimizer"])
+    scaler.load_state_dict(saved["scaler"])
+    for callback, callback_state in zip(setup.callbacks, saved["callbacks"]):
+        if hasattr(callback, "load_state_dict"):
+            callback.load_state_dict(callback_state)
+    return TrainState(**saved["state"])
+
+
+def _stop(setup: FoldSetup, epoch: int, index: int, loss: float) -> None:
+    reason = f"the loss became {loss} at epoch {epoch}, step {index} of fold {setup.fold}"
+    atomic_write_json(setup.folder / "failure.json", {"reason": reason, "epoch": epoch, "step": index, "loss": str(loss)})
+    raise TrainingStopped(f"{reason}; training stopped (recorded in {setup.folder / 'failure.json'}). "
+                          "Lower optimizer.lr, set train.grad_clip, or use train.precision = 'fp32'")
+
+
+def _finish(setup: FoldSetup, state: TrainState) -> dict[str, Any]:
+    per_image = (setup.folder / "per_image_last.csv").read_text()
+    atomic_write(setup.folder / "per_image.csv", lambda handle: handle.write(per_image.encode()))
+    summary = {
+        "fold": setup.fold,
+        "best_epoch": state.best_epoch,
+        "val_dice": state.oof_dice,  # the whole held-out fold, predicted by the best epoch's weights
+        "epochs": len(state.history),
+        "optimizer_steps": state.step,
+        "train_images": len(setup.train_loader.dataset),
+        "train_seconds": round(state.train_seconds, 3),
+        "train_images_per_s": round(state.train_images / max(state.train_seconds, 1e-9), 2),
+        "val_images_per_s": state.history[-1]["val_images_per_s"] if state.history else None,
+    }
+    atomic_write_json(setup.folder / "fold.json", summary)
+    (setup.folder / "last.pt").unlink(missing_ok=True)
+    return summary

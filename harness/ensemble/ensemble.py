@@ -1,0 +1,393 @@
+"""``bench ensemble``: choose members, weights, threshold and post-processing on out-of-fold data,
+then apply that ensemble to the test maps and write a Kaggle submission.
+
+Memory stays bounded whatever the number of images: every pass streams image by image, reading each
+member's uint8 map with a plain file read (``_read``) and dropping it before the next image. Only
+per-image summaries are kept (a 256-value Dice curve per candidate for the out-of-fold images), and
+only for the current pass. The out-of-fold passes are: one per greedy step (every candidate mixture's
+Dice at all thresholds at once, see ``harness.ensemble.oof_search``) and one for post-processing; the test maps
+are read once.
+
+The merged map is quantised like every stored map (``round(p * 255)``) before thresholding, so the
+out-of-fold histograms, the submission and ``binarise`` agree exactly on which pixels are car.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shlex
+import time
+import tracemalloc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from harness.data import rle
+from harness.data.carvana import CarvanaSet, car_id, open_carvana, read_mask
+from harness.ensemble import oof_search
+from harness.ensemble.submission import check_submission, write_submission
+from harness.errors import BenchError
+from harness.evaluate import stats
+from harness.io import atomic_write_json
+from harness.recipe.components import validate_params
+from harness.recipe.plugins import Plugins, UnknownComponent
+from harness.runs.ensemble_runs import Run, open_runs, resolve_runs, top_runs
+from harness.runs.probabilities import LEVELS, ProbabilityMaps, binarise, quantise
+
+Merge = Callable[[Sequence[np.ndarray], Sequence[float]], np.ndarray]
+PostProcess = Callable[[np.ndarray, np.ndarray], np.ndarray]
+MAX_POSTPROCESSORS = 4  # every ordered subset is scored in one pass: 2^4 masks per image at most
+
+
+@dataclass(frozen=True)
+class EnsembleRequest:
+    """What ``bench ensemble`` was asked for; ``None`` means "choose it on out-of-fold data"."""
+
+    runs: list[str]
+    out: Path
+    results: Path = Path("results")
+    top: int | None = None
+    weights: list[float] | None = None
+    max_members: int = 8
+    threshold: float | None = None
+    post: list[str] = field(default_factory=lambda: ["convex_hull", "keep_largest"])
+    force_post: bool = False
+    tolerance: float = 0.02
+    merger: str = "mean"
+    data: Path | None = None
+    command: str = ""
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """A chosen ensemble: everything needed to turn member maps into a submission mask."""
+
+    runs: list[Run]
+    weights: list[float]
+    merge: Merge
+    cutoff: int  # mask = round(p * 255) >= cutoff
+    post: list[tuple[str, PostProcess]]
+
+    def members(self) -> list[int]:
+        return [index for index, weight in enumerate(self.weights) if weight > 0]
+
+    def probability(self, split: str, image_id: str) -> np.ndarray:
+        members = self.members()
+        maps = [_read_float(getattr(self.runs[i], split), image_id) for i in members]
+        return self.merge(maps, [self.weights[i] for i in members])
+
+    def mask(self, split: str, image_id: str) -> np.ndarray:
+        probability = self.probability(split, image_id)
+        mask = quantise(probability) >= self.cutoff
+        for _, postprocess in self.post:
+            mask = postprocess(probability, mask)
+        return mask
+
+
+def build_ensemble(request: EnsembleRequest, plugins: Plugins, console: Console) -> dict:
+    """Choose the ensemble on out-of-fold data, write the submission and ``ensemble.json``; return the latter."""
+    runs = open_runs(resolve_runs(request.runs, request.results))
+    if request.top is not None:
+        runs = top_runs(runs, request.top)
+    _check_request(request, runs)
+    dataset = _truth_set(request.data or Path(runs[0].summary["data"]), runs[0])
+    merge = _component(plugins, "merger", request.merger)
+    posts = [(spec, _component(plugins, "postprocessor", spec)) for spec in request.post]
+    fixed_cutoff = None if request.threshold is None else _cutoff(request.threshold)
+
+    started = time.perf_counter()
+    search = _search_members(request, runs, dataset, merge, fixed_cutoff, console)
+    post_names = [name for name, _ in posts]
+    chains = _chains(post_names) if not request.force_post else [tuple(post_names[:n]) for n in range(len(posts) + 1)]
+    dice_by_chain = _post_pass(Ensemble(runs, search.weights, merge, search.cutoff, posts), dataset, chains, console)
+    if request.force_post:
+        kept, decisions = tuple(post_names), []
+    else:
+        kept, decisions = oof_search.decide_postprocessing(dice_by_chain, post_names, request.tolerance)
+    oof_seconds = time.perf_counter() - started
+
+    ensemble = Ensemble(runs, search.weights, merge, search.cutoff, [p for p in posts if p[0] in kept])
+    request.out.mkdir(parents=True, exist_ok=True)
+    submission = request.out / "submission.csv.gz"
+    test = write_test_submission(ensemble, submission, console)
+    report = _report(request, ensemble, search, dataset, dice_by_chain, kept, decisions, test, oof_seconds)
+    atomic_write_json(request.out / "ensemble.json", report)
+    return report
+
+
+@dataclass(frozen=True)
+class Search:
+    """The outcome of member selection: weights per run, the cutoff, and the single runs' curves."""
+
+    weights: list[float]
+    cutoff: int
+    single_curves: np.ndarray  # images x runs x 256: each run alone
+    steps: list[dict]
+
+
+def _search_members(request, runs, dataset, merge, fixed_cutoff, console) -> Search:
+    """Greedy forward selection with replacement, or the given weights; the threshold either way."""
+    singles = [{run: 1} for run in range(len(runs))]
+    if request.weights is not None:
+        curves = _curves(runs, dataset, merge, [dict(enumerate(request.weights))] + singles, console, "weights")
+        means = curves[:, 0].mean(axis=0)
+        cutoff = fixed_cutoff if fixed_cutoff is not None else oof_search.best_cutoff(means)
+        step = {"runs": [run.name for run, w in zip(runs, request.weights) if w > 0], "dice": float(means[cutoff])}
+        weights = [w / sum(request.weights) for w in request.weights]
+        return Search(weights, cutoff, curves[:, 1:], [step])
+    counts: dict[int, int] = {}
+    current, cutoff, single_curves, steps = None, oof_search.SEED_CUTOFF, None, []
+    for number in range(1, request.max_members + 1):
+        mixtures = oof_search.candidate_mixtures(counts, len(runs))
+        curves = _curves(runs, dataset, merge, mixtures, console, f"greedy step {number}")
+        single_curves = curves if single_curves is None else single_curves
+        step = oof_search.greedy_step(curves, current, fixed_cutoff)
+        if step is None:
+            break
+        counts[step.added] = counts.get(step.added, 0) + 1
+        current, cutoff = step.dice, step.cutoff
+        steps.append({"added": runs[step.added].name, "dice": step.dice,
+                      "threshold": oof_search.cutoff_to_threshold(step.cutoff)})
+        console.print(f"step {number}: + {runs[step.added].name} -> out-of-fold Dice {step.dice:.5f} "
+                      f"at threshold {oof_search.cutoff_to_threshold(step.cutoff):.3f}", highlight=False)
+    return Search(oof_search.weights_from_counts(counts, len(runs)), cutoff, single_curves, steps)
+
+
+def _curves(runs: list[Run], dataset: CarvanaSet, merge: Merge, mixtures: list[dict[int, float]],
+            console: Console, label: str) -> np.ndarray:
+    """Per image and mixture, Dice at every cutoff: images x mixtures x 256, one pass over the images."""
+    ids = runs[0].oof.ids
+    curves = np.empty((len(ids), len(mixtures), oof_search.LEVELS), dtype=np.float32)
+    needed = sorted({run for mixture in mixtures for run, weight in mixture.items() if weight > 0})
+    for i, image_id in enumerate(_track(ids, f"out-of-fold, {label}", console)):
+        truth = read_mask(dataset, image_id)
+        maps = {run: _read_float(runs[run].oof, image_id) for run in needed}
+        for m, mixture in enumerate(mixtures):
+            members = [run for run in sorted(mixture) if mixture[run] > 0]
+            merged = merge([maps[run] for run in members], [mixture[run] for run in members])
+            curves[i, m] = oof_search.dice_curve(quantise(merged), truth)
+    return curves
+
+
+def _chains(names: list[str]) -> list[tuple[str, ...]]:
+    """Every ordered subset of ``names`` (the order given), from none to all."""
+    return [chain for size in range(len(names) + 1) for chain in itertools.combinations(names, size)]
+
+
+def _post_pass(ensemble: Ensemble, dataset: CarvanaSet, chains: list[tuple[str, ...]],
+               console: Console) -> dict[tuple[str, ...], np.ndarray]:
+    """Per-image Dice of the chosen mixture and cutoff under every chain of post-processors."""
+    from harness.engine.metrics import dice
+
+    functions = dict(ensemble.post)
+    ids = ensemble.runs[0].oof.ids
+    scores = {chain: np.empty(len(ids)) for chain in chains}
+    for i, image_id in enumerate(_track(ids, "out-of-fold, post-processing", console)):
+        truth = read_mask(dataset, image_id)
+        probability = ensemble.probability("oof", image_id)
+        masks = {(): quantise(probability) >= ensemble.cutoff}
+        for chain in chains:  # shortest first, so every chain's prefix is already computed
+            if chain not in masks:
+                masks[chain] = functions[chain[-1]](probability, masks[chain[:-1]])
+            scores[chain][i] = dice(masks[chain], truth)
+    return scores
+
+
+@dataclass(frozen=True)
+class TestOutcome:
+    images: int
+    seconds: float
+    peak_traced_mb: float
+
+
+def write_test_submission(ensemble: Ensemble, path: Path, console: Console) -> TestOutcome:
+    """Merge, threshold, post-process and encode every test image into ``path``, streaming."""
+    ids = ensemble.runs[0].test.ids
+    rows = ((image_id, rle.encode(ensemble.mask("test", image_id))) for image_id in _track(ids, "test", console))
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        written = write_submission(path, rows)
+        seconds = time.perf_counter() - started
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    check_submission(path, ensemble.runs[0].test.shapes)
+    return TestOutcome(written, seconds, peak / 2**20)
+
+
+def _report(request, ensemble, search, dataset, dice_by_chain, kept, decisions, test, oof_seconds) -> dict:
+    """ensemble.json: members, weights, threshold, post-processing, Dice with intervals, how to redo it."""
+    runs = ensemble.runs
+    ids = runs[0].oof.ids
+    cars = [car_id(image_id) for image_id in ids]
+    final = dice_by_chain[kept]
+    at_seed = search.single_curves[:, :, oof_search.SEED_CUTOFF].astype(np.float64)
+    best = int(np.argmax(at_seed.mean(axis=0)))
+    best_own = oof_search.best_cutoff(search.single_curves[:, best].mean(axis=0))
+    table = pd.DataFrame({"image": ids, "car": cars, "dice": final})
+    best_table = table.assign(dice=at_seed[:, best])
+    interval = stats.pooled_interval(stats.car_sums(table))
+    best_interval = stats.pooled_interval(stats.car_sums(best_table))
+    difference = stats.paired_difference(table, best_table)
+    # Merging alone: the ensemble before post-processing against the best run at its own tuned
+    # threshold, so neither threshold tuning nor post-processing is credited to the merge.
+    merged = table.assign(dice=dice_by_chain[()])
+    merge_gain = stats.paired_difference(merged, best_table.assign(dice=search.single_curves[:, best, best_own]))
+    threshold = oof_search.cutoff_to_threshold(ensemble.cutoff)
+    members = [{"run": runs[i].name, "folder": str(runs[i].folder), "weight": ensemble.weights[i],
+                "run_oof_dice": runs[i].oof_dice} for i in ensemble.members()]
+    return {
+        "members": members,
+        "merger": request.merger,
+        "threshold": threshold,
+        "cutoff_u8": ensemble.cutoff,
+        "postprocessing": {
+            "tried": list(request.post),
+            "kept": list(kept),
+            "tolerance": request.tolerance,
+            "forced": request.force_post,
+            "decisions": [vars(decision) for decision in decisions],
+        },
+        "selection": {"method": "given weights" if request.weights else "greedy forward selection with replacement",
+                      "max_members": request.max_members, "steps": search.steps},
+        "oof": {
+            "images": len(ids),
+            "cars": len(set(cars)),
+            "ensemble_dice": interval.estimate,
+            "ensemble_interval": [interval.low, interval.high],
+            "ensemble_dice_before_postprocessing": float(dice_by_chain[()].mean()),
+            "best_run": runs[best].name,
+            "best_run_dice": best_interval.estimate,
+            "best_run_interval": [best_interval.low, best_interval.high],
+            "best_run_dice_at_own_threshold": float(search.single_curves[:, best, best_own].mean()),
+            "best_run_own_threshold": oof_search.cutoff_to_threshold(best_own),
+            "difference": difference.estimate,
+            "difference_interval": [difference.low, difference.high],
+            "difference_p_value": difference.p_value,
+            "interval": f"{stats.LEVEL:.0%} bootstrap over cars, {stats.RESAMPLES} resamples, seed {stats.SEED}; "
+                        "p: sign-flip permutation over cars",
+            "merge_gain": merge_gain.estimate,
+            "merge_gain_interval": [merge_gain.low, merge_gain.high],
+            "merge_gain_p_value": merge_gain.p_value,
+            "helped": bool(len(ensemble.members()) > 1 and merge_gain.low > 0),
+            "seconds": round(oof_seconds, 1),
+        },
+        "test": {"images": test.images, "seconds": round(test.seconds, 2),
+                 "images_per_s": round(test.images / max(test.seconds, 1e-9), 2),
+                 "peak_traced_mb": round(test.peak_traced_mb, 1)},
+        "splits_hash": runs[0].summary["splits_hash"],
+        "data": str(dataset.root),
+        "submission": str(request.out / "submission.csv.gz"),
+        "reproduce": {
+            "search": request.command,
+            "apply": _apply_command(request, ensemble, kept, dataset),
+            "check": f"bench ensemble --check {shlex.quote(str(request.out / 'submission.csv.gz'))} "
+                     f"--data {shlex.quote(str(dataset.root))}",
+        },
+    }
+
+
+def _apply_command(request: EnsembleRequest, ensemble: Ensemble, kept: tuple[str, ...], dataset: CarvanaSet) -> str:
+    """The command that rebuilds this exact submission without searching: members, weights, cutoff fixed."""
+    members = ensemble.members()
+    words = ["bench", "ensemble", *(str(ensemble.runs[i].folder) for i in members),
+             "--weights", ",".join(repr(ensemble.weights[i]) for i in members),
+             "--threshold", repr(oof_search.cutoff_to_threshold(ensemble.cutoff)),
+             "--merger", request.merger, "--post", ",".join(kept) or "none", "--force-post",
+             "--data", str(dataset.root), "--out", str(request.out)]
+    return shlex.join(words)
+
+
+def check(path: Path, data: Path | None, runs: list[str], results: Path) -> int:
+    """``bench ensemble --check``: validate a submission against the test images of a data folder or run."""
+    if data is not None:
+        dataset = open_carvana(data)
+        if not dataset.test:
+            raise BenchError(f"data folder {data} has no test/ images to check against")
+        expected = {image_id: _test_size(dataset, image_id) for image_id in dataset.test}
+    elif runs:
+        expected = open_runs(resolve_runs(runs, results))[0].test.shapes
+    else:
+        raise BenchError("--check needs --data ROOT or a run folder to know the test images and their sizes")
+    return check_submission(path, expected)
+
+
+def _test_size(dataset: CarvanaSet, image_id: str) -> tuple[int, int]:
+    """(height, width) of a test image from its header: no decoding, so checking 100,064 rows stays fast."""
+    from PIL import Image
+
+    with Image.open(dataset.root / "test" / f"{image_id}.jpg") as image:
+        width, height = image.size
+    return height, width
+
+
+def _check_request(request: EnsembleRequest, runs: list[Run]) -> None:
+    if request.weights is not None:
+        if len(request.weights) != len(runs):
+            raise BenchError(f"--weights: {len(request.weights)} weights for {len(runs)} runs "
+                             f"({', '.join(run.name for run in runs)})")
+        if any(w < 0 for w in request.weights) or sum(request.weights) <= 0:
+            raise BenchError(f"--weights: need non-negative weights with a positive sum, got {request.weights}")
+    if request.max_members < 1:
+        raise BenchError(f"--max-members {request.max_members}: expected at least 1")
+    if not 0.0 <= request.tolerance <= 1.0:
+        raise BenchError(f"--tolerance {request.tolerance}: expected a share of images in [0, 1]")
+    if request.threshold is not None and not 0.0 < request.threshold < 1.0:
+        raise BenchError(f"--threshold {request.threshold}: expected a probability in (0, 1)")
+    if len(request.post) > MAX_POSTPROCESSORS or len(set(request.post)) != len(request.post):
+        raise BenchError(f"--post {','.join(request.post)}: at most {MAX_POSTPROCESSORS} distinct post-processors")
+
+
+def _truth_set(root: Path, run: Run) -> CarvanaSet:
+    """The data folder with the ground truth; every out-of-fold image must be in it, at its size."""
+    dataset = open_carvana(root)
+    for image_id, shape in run.oof.shapes.items():
+        if dataset.sizes.get(image_id) != shape:
+            found = "missing" if image_id not in dataset.sizes else f"{dataset.sizes[image_id]}"
+            raise BenchError(f"data folder {root} does not match run {run.name}: training image {image_id} "
+                             f"is {found}, the run's map is {shape}; pass --data ROOT")
+    return dataset
+
+
+def _component(plugins: Plugins, kind: str, spec: str) -> Callable:
+    """Build a merger or post-processor from ``name`` or ``name:key=value:key=value``."""
+    name, *pairs = spec.split(":")
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise BenchError(f"{kind} {spec!r}: expected name:key=value, got {pair!r}")
+        params[key] = value
+    try:
+        component = plugins.get(kind, name)
+    except UnknownComponent as error:
+        raise BenchError(f"unknown {kind} {name!r}; {error.hint()}") from None
+    values, problems = validate_params(component, params)
+    if problems:
+        raise BenchError(f"{kind} {spec!r}: {problems[0].key}: {problems[0].message}")
+    return component.factory(**values)
+
+
+def _cutoff(threshold: float) -> int:
+    """The uint8 cutoff ``binarise`` uses for ``threshold`` (asked of it, so the two cannot drift apart)."""
+    cutoff = int(np.count_nonzero(~binarise(np.arange(oof_search.LEVELS, dtype=np.uint8), threshold)))
+    if cutoff in (0, oof_search.LEVELS):
+        raise BenchError(f"--threshold {threshold}: marks every pixel or none on the uint8 scale")
+    return cutoff
+
+
+def _read_float(maps: ProbabilityMaps, image_id: str) -> np.ndarray:
+    """As ``ProbabilityMaps.__getitem__``: the same float32 values, so tests can recompute exactly."""
+    return maps.read_copy(image_id).astype(np.float32) / LEVELS
+
+
+def _track(ids: list[str], label: str, console: Console) -> Iterator[str]:
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
+        yield from progress.track(ids, total=len(ids))

@@ -1,0 +1,83 @@
+"""Validating a recipe's component table against the factory's own signature, and building it.
+
+A plugin author writes a typed function, ``def bce_dice(*, per_image: bool = True) -> Loss``; the
+parameters with defaults are what a recipe may set. Turning that signature into a pydantic model
+gives every component the same validation as the recipe itself (unknown key with close matches,
+wrong type), before any training starts, without plugin authors writing schemas.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+import pydantic
+
+from harness.recipe.plugins import Component
+
+
+@dataclass(frozen=True)
+class ParamProblem:
+    """One thing wrong with a component's parameters: the key (relative to the table) and why."""
+
+    key: str
+    message: str
+
+
+@functools.cache
+def _params_model(factory: Any) -> type[pydantic.BaseModel] | None:
+    """A pydantic model of the factory's settable parameters; ``None`` if it takes ``**kwargs``."""
+    hints = _resolved_hints(factory)
+    fields: dict[str, Any] = {}
+    for param in inspect.signature(factory).parameters.values():
+        if param.kind is inspect.Parameter.VAR_KEYWORD:
+            return None
+        if param.default is inspect.Parameter.empty or param.kind is inspect.Parameter.VAR_POSITIONAL:
+            continue  # supplied by the harness at run time (model parameters, ...), not by recipes
+        fields[param.name] = (hints.get(param.name, Any), param.default)
+    config = pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    return pydantic.create_model(f"{getattr(factory, '__name__', 'factory')}_params", __config__=config, **fields)
+
+
+def _resolved_hints(factory: Any) -> dict[str, Any]:
+    """Type hints with string annotations (``from __future__ import annotations``) evaluated."""
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    try:
+        return inspect.get_annotations(target, eval_str=True)
+    except Exception:  # an annotation that cannot be evaluated is left unchecked, not fatal
+        return {}
+
+
+def settable_params(component: Component) -> dict[str, Any]:
+    """The parameters a recipe may set, with their defaults (for ``bench plugins`` and messages)."""
+    model = _params_model(component.factory)
+    return {} if model is None else {n: f.default for n, f in model.model_fields.items()}
+
+
+def validate_params(component: Component, params: dict[str, Any]) -> tuple[dict[str, Any], list[ParamProblem]]:
+    """Check ``params`` against the factory; return the coerced values and the problems found."""
+    model = _params_model(component.factory)
+    if model is None:
+        return dict(params), []
+    try:
+        validated = model.model_validate(params)
+    except pydantic.ValidationError as error:
+        return dict(params), [_problem(err, list(model.model_fields)) for err in error.errors()]
+    return {name: getattr(validated, name) for name in params}, []
+
+
+def _problem(error: Any, known: list[str]) -> ParamProblem:
+    key = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(str(error["loc"][0]), known, n=3, cutoff=0.5)
+        hint = f"did you mean {' or '.join(map(repr, close))}?" if close else f"accepted: {', '.join(known) or 'none'}"
+        return ParamProblem(key, f"unknown key ({hint})")
+    return ParamProblem(key, f"{error['msg']} (got {error.get('input')!r})")
+
+
+def build(component: Component, params: dict[str, Any], *runtime_args: Any) -> Any:
+    """Call the factory: harness-supplied arguments first, then the recipe's parameters."""
+    return component.factory(*runtime_args, **params)

@@ -1,0 +1,158 @@
+"""The contract between segbench and its plugins.
+
+A plugin is a Python module (one file in a plugins folder, or a package registered under the
+``bench`` entry-point group) that implements some of the hooks below, marked with
+``@harness.hookimpl``. Every hook returns a mapping from a component *name* to a *factory*; a recipe
+refers to components by name and its TOML table supplies the factory's keyword arguments::
+
+    [loss]
+    name = "bce_dice"      # which factory
+    per_image = true       # its keyword arguments
+
+Rules that hold for every factory:
+
+* Parameters the recipe may set are keyword parameters with a type hint and a default. segbench
+  validates the recipe's table against the signature before any work starts, so a misspelt key or a
+  wrong type is reported at load time, naming the file and the key, with the close matches.
+* Parameters the harness supplies at run time (the model parameters for an optimizer, say) come
+  first and positionally; they are listed with each hook.
+* Names are global across plugins: two plugins registering the same name for the same kind is an
+  error that names both plugins, never a silent override.
+
+Hooks are called once, when the plugin manager starts; keep them cheap (return functions or classes,
+build nothing heavy).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+import pluggy
+
+if TYPE_CHECKING:  # the contract names these types; importing torch here would slow `bench --help`
+    from pathlib import Path
+
+    import albumentations
+    import numpy
+    import torch
+
+PROJECT_NAME = "bench"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def bench_models() -> Mapping[str, Callable[..., torch.nn.Module]]:
+    """Segmentation networks, by name.
+
+    ``factory(**params) -> torch.nn.Module``. The module maps a float batch ``(N, 3, H, W)``,
+    normalised as the recipe's ``input.normalize`` says, to logits ``(N, 1, H, W)`` at the same size.
+    The harness pads or resizes inputs so that ``H`` and ``W`` are multiples of 32.
+
+    A factory that accepts ``encoder_weights: str`` should resolve it with
+    ``harness.recipe.weights`` so that ``"none"``, a local file and ``"imagenet"`` behave the same in every
+    model (and ``"imagenet"`` fails fast offline).
+    """
+
+
+@hookspec
+def bench_losses() -> Mapping[str, Callable[..., Callable[..., torch.Tensor]]]:
+    """Training losses, by name.
+
+    ``factory(**params) -> loss``, where ``loss(logits, target) -> scalar tensor``; ``logits`` and
+    ``target`` are ``(N, 1, H, W)``, ``target`` is float in {0, 1}. A loss that needs pixel weights
+    (a border weight map, say) derives them from ``target`` itself.
+    """
+
+
+@hookspec
+def bench_optimizers() -> Mapping[str, Callable[..., torch.optim.Optimizer]]:
+    """Optimizers, by name.
+
+    ``factory(params, **hyperparams) -> torch.optim.Optimizer``; ``params`` (supplied by the harness)
+    is the iterable of the model's trainable parameters. ``lr`` is the base learning rate that the
+    schedule multiplies.
+    """
+
+
+@hookspec
+def bench_schedules() -> Mapping[str, Callable[..., Callable[[float], float]]]:
+    """Learning-rate schedules, by name.
+
+    ``factory(**params) -> multiplier``, where ``multiplier(epoch) -> float`` gives the factor applied to
+    the optimizer's base ``lr``. ``epoch`` is fractional (``3.25`` is a quarter into epoch 3), and the
+    harness calls it before every optimisation step, so one contract serves per-epoch schedules
+    (use ``int(epoch)``) and per-step ones (use the fraction). Keeping schedules as multipliers means
+    tuning ``optimizer.lr`` rescales the whole schedule.
+    """
+
+
+@hookspec
+def bench_augmentations() -> Mapping[str, Callable[..., albumentations.BasicTransform]]:
+    """Training-time augmentations, by name.
+
+    ``factory(**params) -> albumentations transform``. It is applied to ``image`` (uint8 HxWx3 RGB)
+    and ``mask`` (uint8 HxW, values 0/1) together, in the order the recipe lists them, on training
+    images only. A transform that must see the mask to change the image (recolouring only the car's
+    pixels, say) is a ``DualTransform`` that reads it.
+    """
+
+
+@hookspec
+def bench_preprocessors() -> Mapping[str, Callable[..., albumentations.BasicTransform]]:
+    """Deterministic preprocessing, by name (CLAHE, say).
+
+    Same factory contract as ``bench_augmentations``, but applied to every image at training,
+    validation and test time, identically, so a model never sees a distribution at test time that it
+    did not train on.
+    """
+
+
+@hookspec
+def bench_callbacks() -> Mapping[str, Callable[..., Any]]:
+    """Training-loop callbacks (hard negative mining, ...), by name.
+
+    ``factory(**params) -> callback``. A callback is an object with any of these methods; the
+    engine calls the ones it has:
+
+    * ``after_train_step(batch, loss: float, step: int) -> batch | None``: called after every
+      optimisation step with the batch it used and its loss. Returning a batch asks the engine for one
+      extra optimisation step on it (this is how hard negative mining replays a batch). The batch
+      is ``(images, masks)`` as the model saw them; with gradient accumulation, the last micro-batch.
+      The replay step itself is not reported back.
+    * ``state_dict() -> dict`` and ``load_state_dict(state)``: what the callback must carry across an
+      interrupted and resumed run (tensors, numbers, lists and dicts only: checkpoints are loaded with
+      ``weights_only=True``).
+    """
+
+
+@hookspec
+def bench_datasets() -> Mapping[str, Callable[..., Path]]:
+    """Data sources, by name.
+
+    ``factory(**params) -> Path`` of a folder in the Carvana layout (``train/``, ``train_masks/`` or
+    ``train_masks.csv``, optional ``test/`` and ``metadata.csv``); see ``harness.data.carvana``. Anything that
+    can be laid out that way (generated, downloaded, converted) is a dataset, and one reader serves
+    them all. A factory that generates data should cache it and return quickly the second time.
+    """
+
+
+@hookspec
+def bench_mergers() -> Mapping[str, Callable[..., Callable[..., numpy.ndarray]]]:
+    """Ways to merge several models' probability maps into one, by name.
+
+    ``factory(**params) -> merge``, where ``merge(maps, weights) -> map``: ``maps`` is a sequence of
+    float32 ``(H, W)`` probability maps of one image, one per ensemble member, ``weights`` a sequence
+    of floats of the same length; the result is one float32 ``(H, W)`` probability map.
+    """
+
+
+@hookspec
+def bench_postprocessors() -> Mapping[str, Callable[..., Callable[..., numpy.ndarray]]]:
+    """Mask post-processing, by name (keep the largest component, convex hull, ...).
+
+    ``factory(**params) -> postprocess``, where ``postprocess(probability, mask) -> mask``:
+    ``probability`` is the float32 ``(H, W)`` map, ``mask`` the bool ``(H, W)`` mask thresholded from it;
+    the result is a bool ``(H, W)`` mask.
+    """

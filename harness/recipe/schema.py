@@ -1,0 +1,380 @@
+"""Recipes: a TOML file, resolved with profiles and ``--set`` overrides, validated into one object.
+
+Resolution order: the file's own values, then each ``--profile`` in the order given (a profile is a
+``[profiles.NAME]`` table of the same shape as the recipe, deep-merged: tables merge, everything else
+replaces), then each ``--set key=value``. Validation happens once, on the result, and every problem
+is reported as one line that names where the offending key came from (the file, a profile, or the
+``--set`` flag), the key, and the close matches. Component tables (``[model]``, ``[loss]``, ...) are
+checked against the registered factory's signature (see ``harness.recipe.components``).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pydantic
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field
+
+from harness.data.tiling import Tiling, tiling_problem
+from harness.errors import BenchError
+from harness.recipe import components
+from harness.recipe.plugins import Plugins, UnknownComponent
+from harness.recipe.tune_spec import TuneSpec
+
+Key = tuple[str | int, ...]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ComponentSpec(BaseModel):
+    """``name`` picks a registered component; every other key is a parameter of its factory."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class SourceSpec(ComponentSpec):
+    name: str = "synthetic"
+
+
+class DataSpec(_Strict):
+    root: str | None = Field(
+        None, description="A folder in the Carvana layout, read as-is; unset: made by `source`."
+    )
+    source: SourceSpec = SourceSpec()
+
+
+class FoldsSpec(_Strict):
+    k: Annotated[int, Field(ge=2)] = 5
+    method: Literal["rank_by_area", "stratified_by_area"] = "rank_by_area"
+    seed: int = 0
+
+
+Size = tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]]
+
+
+class InputSpec(_Strict):
+    size: Size | Annotated[int, Field(ge=32)] | Literal["original"] = Field(
+        "original", description="[width, height] fed to the model; one number: each image resized so its short "
+                                "side is about that (torchvision's Resize(int)), both sides rounded to a multiple "
+                                "of 32, whatever the data's resolution; or the image's own size."
+    )
+    fit: Literal["pad", "resize"] = "pad"
+    pad_mode: Literal["reflect", "constant"] = "constant"
+    normalize: Literal["imagenet", "none"] = "imagenet"
+
+    @pydantic.model_validator(mode="after")
+    def _check_short_side(self) -> InputSpec:
+        if isinstance(self.size, int) and self.fit != "resize":
+            raise ValueError(f"input.size = {self.size} (a short side) needs fit = 'resize'")
+        return self
+
+
+class TrainSpec(_Strict):
+    epochs: Annotated[int, Field(ge=1)]
+    steps_per_epoch: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Optimizer steps per epoch, drawn from reshuffled passes over the training images; "
+                          "unset: one pass. With it, a run's cost is epochs x steps_per_epoch x batch_size "
+                          "images per fold, whatever the size of the data."
+    )
+    batch_size: Annotated[int, Field(ge=1)]
+    validate_images: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Held-out images validated after every epoch to choose the best one: a fixed sample "
+                          "of each fold, drawn with the recipe's seed; the whole fold is predicted once, with the "
+                          "best weights, for the out-of-fold maps. Unset: the whole fold every epoch."
+    )
+    accumulate: Annotated[int, Field(ge=1)] = 1
+    grad_clip: Annotated[float, Field(gt=0)] | None = None
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool | Literal["auto"] = "auto"
+    compile: bool = False
+    workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
+
+
+class PredictSpec(_Strict):
+    """Inference uses the training geometry (``input``); TTA and averaging are chosen here."""
+
+    tta: Literal["none", "hflip", "vflip", "hvflip", "d4"] = "none"
+    average: Literal["logits", "probabilities"] = "logits"
+    threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    tile: Size | None = Field(
+        None, description="[width, height] of tiles predicted separately and blended; unset: no tiling."
+    )
+    tile_overlap: Annotated[int, Field(ge=0)] = 64
+
+    @pydantic.model_validator(mode="after")
+    def _check_tiling(self) -> PredictSpec:
+        if self.tile is not None:
+            problem = tiling_problem(self.tile, self.tile_overlap)
+            if problem:
+                raise ValueError(problem)
+        return self
+
+    @property
+    def tiling(self) -> Tiling | None:
+        return None if self.tile is None else Tiling(self.tile, self.tile_overlap)
+
+
+class PseudoLabelSpec(_Strict):
+    """vladimir's second stage: add confidently predicted unlabelled test images to training."""
+
+    enabled: bool = True  # a profile cannot delete a table, so it switches the stage off instead
+    uncertain: tuple[float, float] = (0.05, 0.95)
+    max_uncertain_share: Annotated[float, Field(ge=0, le=1)] = 0.005
+    max_images: Annotated[int, Field(ge=1)] | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _check_band(self) -> PseudoLabelSpec:
+        low, high = self.uncertain
+        if not 0 <= low < high <= 1:
+            raise ValueError(f"pseudo_label.uncertain {list(self.uncertain)}: expected [low, high] with 0 <= low < high <= 1")
+        return self
+
+
+class Recipe(_Strict):
+    name: str
+    description: str = ""
+    seed: int = 0
+    data: DataSpec = DataSpec()
+    folds: FoldsSpec = FoldsSpec()
+    input: InputSpec = InputSpec()
+    model: ComponentSpec
+    loss: ComponentSpec
+    optimizer: ComponentSpec
+    schedule: ComponentSpec = ComponentSpec(name="constant")
+    augment: list[ComponentSpec] = []
+    preprocess: list[ComponentSpec] = []
+    callbacks: list[ComponentSpec] = []
+    train: TrainSpec
+    predict: PredictSpec = PredictSpec()
+    pseudo_label: PseudoLabelSpec | None = None
+    tune: TuneSpec | None = Field(None, description="How `bench tune` searches this recipe; ignored by `bench run`.")
+
+    @pydantic.model_validator(mode="after")
+    def _drop_disabled_stage(self) -> Recipe:
+        """``pseudo_label.enabled = false`` resolves to no second stage (and no table in the run's recipe)."""
+        if self.pseudo_label is not None and not self.pseudo_label.enabled:
+            self.pseudo_label = None
+        return self
+
+    def to_toml(self) -> str:
+        data = self.model_dump(mode="json", exclude_none=True)
+        if self.predict.tile is None:  # meaningless untiled; left out so untiled recipes keep their hash
+            del data["predict"]["tile_overlap"]
+        return tomli_w.dumps(data)
+
+
+# Kinds whose factories are cheap and take no run-time arguments: loading a recipe builds them once,
+# so a value the factory rejects (an empty LR cycle, say) is reported at load time too.
+DRY_BUILT_KINDS = frozenset({"loss", "schedule", "augmentation", "preprocessor", "callback"})
+
+# Recipe key -> component kind, for the tables whose `name` is looked up in the plugin registry.
+COMPONENT_KEYS: dict[str, str] = {
+    "data.source": "dataset",
+    "model": "model",
+    "loss": "loss",
+    "optimizer": "optimizer",
+    "schedule": "schedule",
+    "augment": "augmentation",
+    "preprocess": "preprocessor",
+    "callbacks": "callback",
+}
+
+
+def load_recipe(
+    path: Path, plugins: Plugins, profiles: list[str] = (), overrides: list[str] = ()
+) -> Recipe:
+    """Read, resolve and validate a recipe file; any problem is a one-line ``BenchError``."""
+    raw = _read_toml(Path(path))
+    available = raw.pop("profiles", {})
+    origins = _Origins(str(path))
+    if not isinstance(available, dict) or not all(isinstance(p, dict) for p in available.values()):
+        raise BenchError(f"{path}: 'profiles' must hold tables, e.g. [profiles.quick]")
+    for profile in profiles:
+        if profile not in available:
+            raise BenchError(f"{path}: no profile {profile!r}{_suggest(profile, list(available), 'profiles')}")
+        raw = _merge(raw, available[profile], origins, f"profile {profile!r} of {path}")
+    for override in overrides:
+        key, value = _parse_override(override)
+        set_key(raw, key, value, f"--set {'.'.join(map(str, key))}", path)
+        origins.mark(key, f"--set {override}")
+    recipe = _validate(raw, origins)
+    return _check_components(recipe, plugins, origins)
+
+
+def recipe_from_dict(raw: dict[str, Any], plugins: Plugins, origin: str) -> Recipe:
+    """Validate a recipe built in code (an ablation variant, say) as strictly as one read from a file."""
+    origins = _Origins(origin)
+    return _check_components(_validate(copy.deepcopy(raw), origins), plugins, origins)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise BenchError(f"{path}: recipe file not found")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise BenchError(f"{path}: not valid TOML: {error}") from None
+
+
+class _Origins:
+    """Where each key's value came from, so a message can point at the file, profile or flag."""
+
+    def __init__(self, default: str):
+        self.default, self.by_key = default, {}
+
+    def mark(self, key: Key, origin: str) -> None:
+        self.by_key[tuple(key)] = origin
+
+    def of(self, key: Key) -> str:
+        for end in range(len(key), 0, -1):  # the most specific key that has an origin
+            if tuple(key[:end]) in self.by_key:
+                return self.by_key[tuple(key[:end])]
+        return self.default
+
+
+def _merge(base: dict, update: dict, origins: _Origins, origin: str, prefix: Key = ()) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value, origins, origin, prefix + (key,))
+        else:
+            merged[key] = copy.deepcopy(value)
+            origins.mark(prefix + (key,), origin)
+    return merged
+
+
+def _parse_override(text: str) -> tuple[Key, Any]:
+    """``a.b.0.c=VALUE``; VALUE is read as a TOML value (``3``, ``true``, ``[1, 2]``), else as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise BenchError(f"--set {text}: expected KEY=VALUE, e.g. --set train.epochs=3")
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    return parse_key(key), parsed
+
+
+def parse_key(dotted: str) -> Key:
+    """``augment.0.p`` -> ``("augment", 0, "p")``: list items are addressed by number."""
+    return tuple(int(p) if p.isdigit() else p for p in dotted.strip().split("."))
+
+
+def set_key(raw: dict, key: Key, value: Any, flag: str, path: Path | str) -> None:
+    """Put ``value`` at ``key``, creating tables on the way; a problem names ``flag`` (who asked)."""
+    node: Any = raw
+    for depth, part in enumerate(key):
+        here = ".".join(map(str, key[:depth])) or "the recipe"
+        if isinstance(node, list):
+            if not isinstance(part, int) or part >= len(node):
+                raise BenchError(f"{flag}: {here} is a list of {len(node)} in {path}; address an item by number, e.g. {here}.0")
+        elif not isinstance(node, dict):
+            raise BenchError(f"{flag}: {here} is a value, not a table")
+        elif isinstance(part, int):
+            raise BenchError(f"{flag}: {here} is a table, not a list")
+        if depth == len(key) - 1:
+            node[part] = value
+        else:
+            node = node[part] if isinstance(node, list) else node.setdefault(part, {})
+
+
+def _validate(raw: dict, origins: _Origins) -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except pydantic.ValidationError as error:
+        # A misspelt key also leaves its real key missing; the typo is the message worth reading.
+        problems = sorted(error.errors(), key=lambda problem: problem["type"] != "extra_forbidden")
+        first = problems[0]
+        key = tuple(first["loc"])
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise BenchError(f"{origins.of(key)}: {_describe(first, key)}{more}") from None
+
+
+def _describe(problem: dict, key: Key) -> str:
+    dotted = ".".join(map(str, key))
+    if problem["type"] == "extra_forbidden":
+        return f"unknown key {dotted!r}{_suggest(str(key[-1]), _fields_at(key[:-1]), '.'.join(map(str, key[:-1])))}"
+    if problem["type"] == "missing":
+        return f"missing key {dotted!r}"
+    return f"key {dotted!r}: {problem['msg']} (got {problem.get('input')!r})"
+
+
+def _fields_at(parent: Key) -> list[str]:
+    """Field names of the schema table at ``parent`` (list indices skipped), for close matches."""
+    model: Any = Recipe
+    for part in parent:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field else None
+        model = next((t for t in _model_types(annotation)), None)
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def _model_types(annotation: Any):
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+    for arg in getattr(annotation, "__args__", ()):
+        yield from _model_types(arg)
+
+
+def _suggest(word: str, known: list[str], where: str) -> str:
+    close = difflib.get_close_matches(word, known, n=3, cutoff=0.5)
+    if close:
+        return f" (did you mean {' or '.join(map(repr, close))}?)"
+    return f" (known in {where or 'the recipe'}: {', '.join(known)})" if known else ""
+
+
+def _check_components(recipe: Recipe, plugins: Plugins, origins: _Origins) -> Recipe:
+    """Look every component up and validate its parameters; returns the recipe with coerced params."""
+    updates: dict[str, Any] = {}
+    for dotted, kind in COMPONENT_KEYS.items():
+        value = _get(recipe, dotted)
+        specs = value if isinstance(value, list) else [value]
+        checked = []
+        for index, spec in enumerate(specs):
+            key = tuple(dotted.split(".")) + ((index,) if isinstance(value, list) else ())
+            where = ".".join(map(str, key))
+            try:
+                component = plugins.get(kind, spec.name)
+            except UnknownComponent as unknown:
+                raise BenchError(
+                    f"{origins.of(key + ('name',))}: unknown {kind} {spec.name!r} at key '{where}.name' ({unknown.hint()})"
+                ) from None
+            params, problems = components.validate_params(component, spec.params)
+            if problems:
+                problem = problems[0]
+                full = key + tuple(problem.key.split("."))
+                raise BenchError(
+                    f"{origins.of(full)}: key '{'.'.join(map(str, full))}' of {kind} {spec.name!r}: {problem.message}"
+                )
+            if kind in DRY_BUILT_KINDS:
+                try:
+                    components.build(component, params)
+                except (ValueError, TypeError) as error:
+                    raise BenchError(f"{origins.of(key)}: key '{where}' ({kind} {spec.name!r}): {error}") from None
+            checked.append(type(spec)(name=spec.name, **params))
+        updates[dotted] = checked if isinstance(value, list) else checked[0]
+    data = recipe.data.model_copy(update={"source": updates.pop("data.source")})
+    return recipe.model_copy(update={"data": data, **updates})
+
+
+def _get(recipe: Recipe, dotted: str) -> Any:
+    value: Any = recipe
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
