@@ -109,17 +109,16 @@ def run_command(
     estimate: Annotated[bool, typer.Option("--estimate", help="Measure a few steps, print the estimated duration, stop.")] = False,
 ) -> None:
     """Train every fold of a recipe, predict out-of-fold and test images, into a run folder."""
-    import json
-
     from harness.engine.run import RunRequest, run
     from harness.recipe.schema import load_recipe
+    from harness.runs.folder import RunFolder
 
     plugins = _plugins(ctx)
     resolved = load_recipe(recipe, plugins, profile or [], set_ or [])
     request = RunRequest(resolved, results, name, resume, device, estimate)
     folder = run(request, plugins, console)
     if not estimate:
-        summary = json.loads((folder / "summary.json").read_text())
+        summary = RunFolder(folder).read_summary()
         console.print(f"{resolved.name}: out-of-fold Dice {summary['oof_dice']:.4f} "
                       f"(folds {summary['fold_dice_mean']:.4f} ± {summary['fold_dice_std']:.4f}) in {folder}",
                       highlight=False)
@@ -409,8 +408,6 @@ def main() -> None:
     """Entry point: bad input (a flag or a file) is one line and exit code 2, never a traceback."""
     from typer.exceptions import TyperException
 
-    from harness.engine.progress import EstimateOnly
-
     errors = Console(stderr=True, soft_wrap=True, highlight=False)
     try:
         code = app(standalone_mode=False, prog_name="bench")
@@ -424,9 +421,6 @@ def main() -> None:
             command = context.command_path if context is not None else "bench"
             errors.print(f"[red]error:[/] {escape(command)}: {escape(error.format_message())} (see {command} --help)")
             code = 2
-    except EstimateOnly as done:
-        errors.print(escape(str(done)))
-        code = 0
     except BenchError as error:
         errors.print(f"[red]error:[/] {escape(str(error))}")
         code = 2

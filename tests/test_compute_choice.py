@@ -100,11 +100,11 @@ def test_a_bad_override_is_one_line(monkeypatch):
 
 def _timing_workload(recipe_path, plugins):
     """The workload ``bench run`` times for a tiny recipe on the tiny set (64x40 padded to 64x64)."""
-    from harness.engine.run import timing_workload
+    from harness.engine.assembly import Assembly
     from harness.recipe.schema import load_recipe
 
     recipe = load_recipe(recipe_path, plugins)
-    return timing_workload(recipe, plugins, 64, 64, recipe.train.batch_size)
+    return Assembly(recipe, plugins).timing_workload(64, 64, recipe.train.batch_size)
 
 
 def test_bench_run_records_the_decision_and_obeys_a_fixed_recipe(bench, plugins, synthetic_set, tiny_recipe, tmp_path,

@@ -3,27 +3,23 @@
 The estimate comes from the run's own first steps (after one warm-up step, which pays for memory
 allocation and kernel selection), so it costs nothing extra and includes the real data loading. It
 is printed once, a few steps into the first fold: a faithful Carvana recipe on a CPU would take
-weeks, and the user should learn that in seconds, not days. With ``--estimate`` the run stops there.
+weeks, and the user should learn that in seconds, not days. The run's monitor hears of it too; with
+``--estimate``, that monitor stops the run there.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
                            TimeRemainingColumn)
 from rich.text import Text
 
-from harness.errors import BenchError
-
 WARMUP_STEPS = 1
 MEASURED_STEPS = 3
-
-
-class EstimateOnly(BenchError):
-    """Raised after the estimate when the user asked for the estimate only (not an error)."""
 
 
 @dataclass
@@ -77,8 +73,8 @@ class SpeedColumn(ProgressColumn):
 class ConsoleReporter:
     """A rich progress bar on a terminal, one line per epoch otherwise (logs, CI)."""
 
-    def __init__(self, console: Console, work: Workload, estimate_only: bool = False):
-        self.console, self.work, self.estimate_only = console, work, estimate_only
+    def __init__(self, console: Console, work: Workload, on_estimate: Callable[[float], None] | None = None):
+        self.console, self.work, self.on_estimate = console, work, on_estimate
         self.live = console.is_terminal
         self.progress: Progress | None = None
         self.task = None
@@ -109,6 +105,9 @@ class ConsoleReporter:
         if self.progress is not None:
             self.progress.update(self.task, advance=1, status=f"loss {loss:.4f}{self.last_val}")
 
+    def warn(self, message: str) -> None:
+        self.console.print(f"[yellow]warning:[/] {message}", highlight=False)
+
     def epoch_done(self, fold: int, record: dict[str, float]) -> None:
         line = (f"fold {fold + 1}/{self.work.k} epoch {record['epoch'] + 1}/{self.work.epochs}: "
                 f"loss {record['train_loss']:.4f}, val Dice {record['val_dice']:.4f}, {record['seconds']:.0f} s")
@@ -124,9 +123,8 @@ class ConsoleReporter:
             f"{work.steps_per_epoch} steps at {step_seconds:.2f} s/step, plus validation and "
             f"{work.test_images} test images", highlight=False,
         )
-        if self.estimate_only:
-            self.close()
-            raise EstimateOnly("stopped after the estimate (--estimate)")
+        if self.on_estimate is not None:
+            self.on_estimate(total)
 
     def close(self) -> None:
         if self.progress is not None:

@@ -1,11 +1,13 @@
 """Training one fold: the loop, validation with out-of-fold maps, checkpoints, the NaN guard.
 
-Resume works at epoch granularity: after every epoch ``last.pt`` holds everything the next epoch
-needs (weights, optimizer, scaler, callbacks, history, best so far), written atomically. Because
-data order, augmentation and the global RNG are all seeded from ``(seed, fold, epoch)``, an epoch
-replayed after a crash is the epoch that would have run anyway. Once ``fold.json`` marks the fold
-finished, nothing resumes it any more, so ``last.pt`` is deleted: with the optimizer's moments it is
-three times the size of ``best.pt``, and a tuning study of many runs would otherwise fill the disk.
+Resume works at epoch granularity: after every epoch the fold's resume checkpoint holds everything
+the next epoch needs (weights, optimizer, scaler, callbacks, history, best so far), written
+atomically. Because data order, augmentation and the global RNG are all seeded from ``(seed, fold,
+epoch)``, an epoch replayed after a crash is the epoch that would have run anyway. A resume checkpoint
+that cannot be read back (cut short outside our atomic writes) restarts the fold from its start, with a
+warning. Once the fold's marker says it is finished, nothing resumes it any more, so the resume
+checkpoint is deleted: with the optimizer's moments it is three times the size of the best weights,
+and a tuning study of many runs would otherwise fill the disk.
 
 Each epoch's validation writes its maps into the run's out-of-fold store, so when the last epoch is
 the best one (the usual case) the store is already right; otherwise the best weights predict the
@@ -33,6 +35,7 @@ from harness.engine.metrics import dice
 from harness.engine.predict import predict_loader
 from harness.errors import BenchError
 from harness.io import atomic_write, atomic_write_json
+from harness.runs.folder import FoldFolder, UnreadableCheckpoint
 from harness.runs.probabilities import ProbabilityMaps, binarise
 
 
@@ -45,6 +48,7 @@ class Reporter(Protocol):
 
     def fold_started(self, fold: int, epochs: int, steps_per_epoch: int, first_epoch: int) -> None: ...
     def step_done(self, loss: float) -> None: ...
+    def warn(self, message: str) -> None: ...
     def epoch_done(self, fold: int, record: dict[str, float]) -> None: ...
 
 
@@ -81,7 +85,7 @@ class FoldSetup:
     train_loader: torch.utils.data.DataLoader
     validation: Validation | None  # the whole held-out fold; None when the run only estimates its duration
     oof: ProbabilityMaps | None  # None with it: an estimate stops before validating
-    folder: Path
+    folder: FoldFolder
     compile: bool = False
     tiling: Tiling | None = None
     epoch_validation: Validation | None = None  # a sample validated after each epoch; None: the whole fold
@@ -108,7 +112,7 @@ def train_fold(setup: FoldSetup, reporter: Reporter) -> dict[str, Any]:
     scaler = torch.amp.GradScaler(compute.device.type, enabled=compute.precision == "fp16")
     # Before _resume: a saved optimizer carries the last *scheduled* lr, not the recipe's base lr.
     base_lrs = [group["lr"] for group in setup.optimizer.param_groups]
-    state = _resume(setup, scaler)
+    state = _resume(setup, scaler, reporter)
     trained = torch.compile(model) if setup.compile else model
     reporter.fold_started(setup.fold, setup.epochs, len(setup.train_loader), state.epoch)
 
@@ -126,13 +130,13 @@ def train_fold(setup: FoldSetup, reporter: Reporter) -> dict[str, Any]:
             state.oof_epoch, state.oof_dice = epoch, record["val_dice"]
         if record["val_dice"] > state.best_dice:
             state.best_dice, state.best_epoch = record["val_dice"], epoch
-            _save(setup.folder / "best.pt", {"model": model.state_dict(), "epoch": epoch})
+            _save(setup.folder.best, {"model": model.state_dict(), "epoch": epoch})
         state.epoch = epoch + 1
         _checkpoint(setup, scaler, state)
         reporter.epoch_done(setup.fold, record)
 
     if state.oof_epoch != state.best_epoch:
-        model.load_state_dict(torch.load(setup.folder / "best.pt", weights_only=True)["model"])
+        model.load_state_dict(setup.folder.read_checkpoint(setup.folder.best)["model"])
         model.eval()
         state.oof_dice = _validate(model, setup, setup.validation)["val_dice"]
         state.oof_epoch = state.best_epoch
@@ -207,7 +211,7 @@ def _validate(model: torch.nn.Module, setup: FoldSetup, validation: Validation) 
         scores[image_id] = dice(predicted, validation.mask(index))
     setup.oof.flush()
     seconds = time.perf_counter() - started
-    _write_per_image(setup.folder / "per_image_last.csv", scores)
+    _write_per_image(setup.folder.per_image_last, scores)
     return {
         "val_dice": float(np.mean(list(scores.values()))),
         "val_images": len(scores),
@@ -225,14 +229,14 @@ def _save(path: Path, payload: dict[str, Any]) -> None:
 
 
 def _checkpoint(setup: FoldSetup, scaler, state: TrainState) -> None:
-    _save(setup.folder / "last.pt", {
+    _save(setup.folder.last, {
         "model": setup.model.state_dict(),
         "optimizer": setup.optimizer.state_dict(),
         "scaler": scaler.state_dict(),
         "callbacks": [getattr(c, "state_dict", dict)() for c in setup.callbacks],
         "state": vars(state),
     })
-    _write_history(setup.folder / "history.csv", state.history)
+    _write_history(setup.folder.history, state.history)
 
 
 def _write_history(path: Path, history: list[dict[str, float]]) -> None:
@@ -241,12 +245,17 @@ def _write_history(path: Path, history: list[dict[str, float]]) -> None:
     atomic_write(path, lambda handle: handle.write(("\n".join(lines) + "\n").encode()))
 
 
-def _resume(setup: FoldSetup, scaler) -> TrainState:
-    path = setup.folder / "last.pt"
-    if not path.exists():
+def _resume(setup: FoldSetup, scaler, reporter: Reporter) -> TrainState:
+    path = setup.folder.last
+    saved = None
+    if path.exists():
+        try:
+            saved = setup.folder.read_checkpoint(path)
+        except UnreadableCheckpoint as error:
+            reporter.warn(f"{error.path} cannot be read back; fold {setup.fold} starts again from its first epoch")
+    if saved is None:
         torch.manual_seed(sample_seed(setup.seed, setup.fold))
         return TrainState()
-    saved = torch.load(path, weights_only=True)
     setup.model.load_state_dict(saved["model"])
     setup.optimizer.load_state_dict(saved["optimizer"])
     scaler.load_state_dict(saved["scaler"])
@@ -258,14 +267,14 @@ def _resume(setup: FoldSetup, scaler) -> TrainState:
 
 def _stop(setup: FoldSetup, epoch: int, index: int, loss: float) -> None:
     reason = f"the loss became {loss} at epoch {epoch}, step {index} of fold {setup.fold}"
-    atomic_write_json(setup.folder / "failure.json", {"reason": reason, "epoch": epoch, "step": index, "loss": str(loss)})
-    raise TrainingStopped(f"{reason}; training stopped (recorded in {setup.folder / 'failure.json'}). "
+    atomic_write_json(setup.folder.failure, {"reason": reason, "epoch": epoch, "step": index, "loss": str(loss)})
+    raise TrainingStopped(f"{reason}; training stopped (recorded in {setup.folder.failure}). "
                           "Lower optimizer.lr, set train.grad_clip, or use train.precision = 'fp32'")
 
 
 def _finish(setup: FoldSetup, state: TrainState) -> dict[str, Any]:
-    per_image = (setup.folder / "per_image_last.csv").read_text()
-    atomic_write(setup.folder / "per_image.csv", lambda handle: handle.write(per_image.encode()))
+    per_image = setup.folder.per_image_last.read_text()
+    atomic_write(setup.folder.per_image, lambda handle: handle.write(per_image.encode()))
     summary = {
         "fold": setup.fold,
         "best_epoch": state.best_epoch,
@@ -277,6 +286,6 @@ def _finish(setup: FoldSetup, state: TrainState) -> dict[str, Any]:
         "train_images_per_s": round(state.train_images / max(state.train_seconds, 1e-9), 2),
         "val_images_per_s": state.history[-1]["val_images_per_s"] if state.history else None,
     }
-    atomic_write_json(setup.folder / "fold.json", summary)
-    (setup.folder / "last.pt").unlink(missing_ok=True)
+    atomic_write_json(setup.folder.marker, summary)
+    setup.folder.last.unlink(missing_ok=True)
     return summary

@@ -34,9 +34,10 @@ from harness.ensemble.submission import check_submission, write_submission
 from harness.errors import BenchError
 from harness.evaluate import stats
 from harness.io import atomic_write_json
-from harness.recipe.components import validate_params
+from harness.recipe.components import build, validate_params
 from harness.recipe.plugins import Plugins, UnknownComponent
-from harness.runs.ensemble_runs import Run, open_runs, resolve_runs, top_runs
+from harness.ensemble.members import open_runs, top_runs
+from harness.runs.folder import Run, resolve_runs
 from harness.runs.probabilities import LEVELS, ProbabilityMaps, binarise, quantise
 
 Merge = Callable[[Sequence[np.ndarray], Sequence[float]], np.ndarray]
@@ -240,7 +241,7 @@ def _report(request, ensemble, search, dataset, dice_by_chain, kept, decisions, 
     merged = table.assign(dice=dice_by_chain[()])
     merge_gain = stats.paired_difference(merged, best_table.assign(dice=search.single_curves[:, best, best_own]))
     threshold = oof_search.cutoff_to_threshold(ensemble.cutoff)
-    members = [{"run": runs[i].name, "folder": str(runs[i].folder), "weight": ensemble.weights[i],
+    members = [{"run": runs[i].name, "folder": str(runs[i].path), "weight": ensemble.weights[i],
                 "run_oof_dice": runs[i].oof_dice} for i in ensemble.members()]
     return {
         "members": members,
@@ -296,7 +297,7 @@ def _report(request, ensemble, search, dataset, dice_by_chain, kept, decisions, 
 def _apply_command(request: EnsembleRequest, ensemble: Ensemble, kept: tuple[str, ...], dataset: CarvanaSet) -> str:
     """The command that rebuilds this exact submission without searching: members, weights, cutoff fixed."""
     members = ensemble.members()
-    words = ["bench", "ensemble", *(str(ensemble.runs[i].folder) for i in members),
+    words = ["bench", "ensemble", *(str(ensemble.runs[i].path) for i in members),
              "--weights", ",".join(repr(ensemble.weights[i]) for i in members),
              "--threshold", repr(oof_search.cutoff_to_threshold(ensemble.cutoff)),
              "--merger", request.merger, "--post", ",".join(kept) or "none", "--force-post",
@@ -371,7 +372,7 @@ def _component(plugins: Plugins, kind: str, spec: str) -> Callable:
     values, problems = validate_params(component, params)
     if problems:
         raise BenchError(f"{kind} {spec!r}: {problems[0].key}: {problems[0].message}")
-    return component.factory(**values)
+    return build(component, values, where=f"{kind} {spec!r}")
 
 
 def _cutoff(threshold: float) -> int:

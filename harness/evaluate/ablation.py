@@ -15,19 +15,19 @@ only its own section.
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from rich.console import Console
 
-from harness.engine.run import PSEUDO_STAGE, RunRequest, pseudo_stage_trained, run
+from harness.engine.run import RunRequest, run
 from harness.errors import BenchError
-from harness.evaluate.results import Run, read_per_image
+from harness.evaluate.results import read_per_image
 from harness.evaluate.stats import car_sums, paired_difference, pooled_interval
 from harness.io import atomic_write_text
 from harness.recipe.plugins import Plugins
+from harness.runs.folder import Run, RunFolder
 from harness.recipe.schema import Recipe, recipe_from_dict
 
 Raw = dict[str, Any]
@@ -130,9 +130,9 @@ def run_variants(found: list[Variant], results: Path, resume: bool, device: str 
     scored = []
     for variant in found:
         folder = run(RunRequest(variant.recipe, results, resume=resume, device=device), plugins, console)
-        stage = folder / PSEUDO_STAGE if pseudo_stage_trained(folder) else folder
-        scored.append(Run(stage, json.loads((stage / "summary.json").read_text())))
-    hashes = {r.summary["splits_hash"] for r in scored}
+        stage = RunFolder(folder).scored()
+        scored.append(Run(stage, stage.read_summary()))
+    hashes = {r.summary.splits_hash for r in scored}
     if len(hashes) != 1:
         raise BenchError("the variants were trained on different folds; an ablation needs them all on one split")
     return scored

@@ -248,7 +248,7 @@ def _matches(run: Run, text: str) -> bool:
         raise BenchError(f"--filter {text!r}: expected FIELD OP VALUE with OP one of = != > >= < <= ~ "
                          "(e.g. recipe=vladimir, oof_dice>=0.99, device~cuda*)")
     name, op, value = match["field"], match["op"], match["value"]
-    fields = {**run.summary, "run": run.name}
+    fields = {**run.summary.fields, "run": run.name}
     if name not in fields:
         known = sorted(k for k, v in fields.items() if not isinstance(v, (list, dict)))
         raise BenchError(f"--filter {text!r}: no field {name!r} in {run.path}/summary.json; fields: {', '.join(known)}")

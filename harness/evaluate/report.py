@@ -33,7 +33,7 @@ from harness.evaluate import compare
 from harness.evaluate import stats
 from harness.evaluate.results import STILL_RISING, Run, read_history, read_per_image, still_rising
 from harness.io import atomic_write_text
-from harness.runs.probabilities import ProbabilityMaps, binarise
+from harness.runs.probabilities import binarise
 
 # Overlay colours (RGB): agreement, false positive, false negative.
 _TRUE_POSITIVE = np.array([40, 200, 90])
@@ -216,7 +216,7 @@ def worst_images(runs: list[Run], per_image: dict[str, pd.DataFrame], count: int
     figure = Figure(figsize=(3.1 * count, 2.35 * len(runs) + 0.5), dpi=_DPI, layout="constrained")
     grid = figure.subplots(len(runs), count, squeeze=False)
     for row, run in zip(grid, runs):
-        maps = ProbabilityMaps.open(run.path / "oof_maps")
+        maps = run.oof
         worst = per_image[run.name].nsmallest(count, "dice", keep="first")
         for axes, (_, image) in zip(row, worst.iterrows()):
             prediction = binarise(maps.quantised(image["image"]))

@@ -11,9 +11,7 @@ they scored the same images in the same folds, because out-of-fold Dice depends 
 
 from __future__ import annotations
 
-import glob
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,44 +19,7 @@ from typing import Any
 import pandas as pd
 
 from harness.errors import BenchError
-
-# A folder is a run folder when bench run has written one of these into it (recipe.toml comes first).
-_RUN_MARKERS = ("summary.json", "recipe.toml")
-
-
-@dataclass(frozen=True)
-class Run:
-    """A complete run: its folder and its ``summary.json``."""
-
-    path: Path
-    summary: dict[str, Any]
-
-    @property
-    def name(self) -> str:
-        """The folder's name; a stage inside a run (``RUN/pseudo``) is named by both, so the pseudo
-        stages of two runs stay apart in one leaderboard."""
-        if self.summary.get("stage"):
-            return f"{self.path.parent.name}/{self.path.name}"
-        return self.path.name
-
-    @property
-    def recipe(self) -> str:
-        return str(self.summary.get("recipe", "?"))
-
-    @property
-    def group(self) -> tuple[str, str]:
-        """(data root, splits hash): runs in one group scored the same images in the same folds."""
-        return str(self.summary.get("data", "?")), str(self.summary.get("splits_hash", "?"))
-
-
-@dataclass(frozen=True)
-class UnfinishedRun:
-    """A run folder without a readable ``summary.json``: listed, never ranked."""
-
-    path: Path
-    folds_done: int
-    reason: str
-
+from harness.runs.folder import Run, UnfinishedRun, open_run, resolve_runs
 
 @dataclass(frozen=True)
 class ResultsIndex:
@@ -67,14 +28,11 @@ class ResultsIndex:
 
 
 def scan(targets: list[str], default: Path) -> ResultsIndex:
-    """Index the runs named by ``targets`` (run folders, folders of runs, or globs of either).
-
-    With no targets, every run folder directly inside ``default`` (normally ``results/``).
-    """
-    folders = _run_folders(targets or [str(default)])
+    """Index the runs named by ``targets`` (``harness.runs.folder.RUNS_HELP``); with no targets, every
+    run folder directly inside ``default`` (normally ``results/``)."""
     complete, unfinished = [], []
-    for folder in folders:
-        entry = _read(folder)
+    for folder in resolve_runs(targets, default):
+        entry = open_run(folder)
         (complete if isinstance(entry, Run) else unfinished).append(entry)
     return ResultsIndex(complete, unfinished)
 
@@ -90,7 +48,7 @@ def group_runs(runs: list[Run]) -> dict[tuple[str, str], list[Run]]:
 def read_software(run: Run) -> str:
     """torch (and CUDA) versions the run used, from its environment.json."""
     try:
-        environment = json.loads((run.path / "environment.json").read_text())
+        environment = json.loads(run.folder.environment.read_text())
     except (OSError, ValueError):
         return "?"
     torch = environment.get("packages", {}).get("torch") or "?"
@@ -116,7 +74,7 @@ def latest_benchmark(run: Run) -> dict[str, Any] | None:
 
 def read_per_image(run: Run) -> pd.DataFrame:
     """``image,car,fold,dice`` of every training image of a complete run."""
-    path = run.path / "per_image.csv"
+    path = run.folder.per_image
     try:
         table = pd.read_csv(path, dtype={"image": str, "car": str, "fold": int, "dice": float})
     except (OSError, ValueError) as error:
@@ -130,8 +88,8 @@ def read_per_image(run: Run) -> pd.DataFrame:
 def read_history(run: Run) -> pd.DataFrame:
     """Every fold's ``history.csv`` stacked, with a ``fold`` column (empty when none was written)."""
     frames = []
-    for fold, _ in enumerate(run.summary.get("folds", [])):
-        path = run.path / f"fold-{fold}" / "history.csv"
+    for fold, _ in enumerate(run.summary.folds):
+        path = run.folder.fold(fold).history
         if path.exists():
             frames.append(pd.read_csv(path).assign(fold=fold))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -169,46 +127,3 @@ def dice_within(history: pd.DataFrame, seconds: float) -> float | None:
     best = [fold.loc[fold["train_seconds"] <= seconds * (1 + 1e-9), "val_dice"].max()
             for _, fold in history.groupby("fold")]
     return None if any(pd.isna(b) for b in best) else float(sum(best) / len(best))
-
-
-def _run_folders(targets: list[str]) -> list[Path]:
-    """Expand targets into distinct run folders, sorted by path for a stable order."""
-    found: dict[str, Path] = {}
-    for target in targets:
-        matches = sorted(glob.glob(target)) if glob.has_magic(target) else [target]
-        if not matches or not any(os.path.isdir(m) for m in matches):
-            raise BenchError(f"{target}: no such run folder or folder of runs")
-        for match in matches:
-            for folder in _expand(Path(match)):
-                found.setdefault(str(folder.resolve()), folder)
-    return sorted(found.values(), key=str)
-
-
-def _expand(path: Path) -> list[Path]:
-    """A run folder is itself; any other folder stands for the run folders directly inside it."""
-    if not path.is_dir():
-        return []
-    if _is_run(path):
-        return [path]
-    with os.scandir(path) as entries:
-        return [Path(e.path) for e in entries if e.is_dir() and not e.name.startswith(".") and _is_run(Path(e.path))]
-
-
-def _is_run(path: Path) -> bool:
-    return any((path / marker).is_file() for marker in _RUN_MARKERS)
-
-
-def _read(folder: Path) -> Run | UnfinishedRun:
-    try:
-        summary = json.loads((folder / "summary.json").read_bytes())
-    except FileNotFoundError:
-        return UnfinishedRun(folder, _folds_done(folder), "no summary.json")
-    except (OSError, ValueError) as error:
-        return UnfinishedRun(folder, _folds_done(folder), f"unreadable summary.json ({error})")
-    if not isinstance(summary, dict) or "oof_dice" not in summary:
-        return UnfinishedRun(folder, _folds_done(folder), "summary.json has no oof_dice")
-    return Run(folder, summary)
-
-
-def _folds_done(folder: Path) -> int:
-    return sum(1 for _ in folder.glob("fold-*/fold.json"))

@@ -16,6 +16,7 @@ from typing import Any
 
 import pydantic
 
+from harness.errors import BenchError
 from harness.recipe.plugins import Component
 
 
@@ -78,6 +79,27 @@ def _problem(error: Any, known: list[str]) -> ParamProblem:
     return ParamProblem(key, f"{error['msg']} (got {error.get('input')!r})")
 
 
-def build(component: Component, params: dict[str, Any], *runtime_args: Any) -> Any:
-    """Call the factory: harness-supplied arguments first, then the recipe's parameters."""
-    return component.factory(*runtime_args, **params)
+def build(component: Component, params: dict[str, Any], *runtime_args: Any, where: str) -> Any:
+    """Call the factory: harness-supplied arguments first, then the recipe's parameters.
+
+    The factory is plugin code and the libraries it calls: whatever it raises (torch's own argument
+    checks, a plugin's bug) becomes one line that starts with ``where`` (the recipe key, or the
+    command-line option, that chose the component) and names the component, its plugin and the
+    message. Our own ``BenchError`` passes through unchanged: it is one line already.
+    """
+    try:
+        return component.factory(*runtime_args, **params)
+    except BenchError:
+        raise
+    except Exception as error:
+        raise BenchError(f"{where} ({component.kind} {component.name!r}): {describe_exception(error)} "
+                         f"(raised building it; plugin {component.plugin!r})") from None
+
+
+def describe_exception(error: BaseException) -> str:
+    """One line for an exception from code that is not ours: a value error's own words, else its type too."""
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else ""
+    if isinstance(error, (ValueError, TypeError)) and text:
+        return text
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -26,24 +26,13 @@ import pluggy
 
 from harness.errors import BenchError
 from harness.recipe import hookspecs
+from harness.recipe.kinds import KINDS
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
 PLUGINS_DIR_ENV = "SEGBENCH_PLUGINS_DIR"
 STRICT_ENV = "SEGBENCH_STRICT_PLUGINS"
 
-# Component kind (as recipes and messages name it) -> the hook that registers it.
-KIND_HOOKS: dict[str, str] = {
-    "model": "bench_models",
-    "loss": "bench_losses",
-    "optimizer": "bench_optimizers",
-    "schedule": "bench_schedules",
-    "augmentation": "bench_augmentations",
-    "preprocessor": "bench_preprocessors",
-    "callback": "bench_callbacks",
-    "dataset": "bench_datasets",
-    "merger": "bench_mergers",
-    "postprocessor": "bench_postprocessors",
-}
+KIND_HOOKS: dict[str, str] = {kind.name: kind.hook for kind in KINDS}  # kind -> the hook that registers it
 
 
 @dataclass(frozen=True)

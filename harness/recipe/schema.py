@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from harness.data.tiling import Tiling, tiling_problem
 from harness.errors import BenchError
 from harness.recipe import components
+from harness.recipe.kinds import BY_NAME, RECIPE_KEYS
 from harness.recipe.plugins import Plugins, UnknownComponent
 from harness.recipe.tune_spec import TuneSpec
 
@@ -175,23 +176,6 @@ class Recipe(_Strict):
         return tomli_w.dumps(data)
 
 
-# Kinds whose factories are cheap and take no run-time arguments: loading a recipe builds them once,
-# so a value the factory rejects (an empty LR cycle, say) is reported at load time too.
-DRY_BUILT_KINDS = frozenset({"loss", "schedule", "augmentation", "preprocessor", "callback"})
-
-# Recipe key -> component kind, for the tables whose `name` is looked up in the plugin registry.
-COMPONENT_KEYS: dict[str, str] = {
-    "data.source": "dataset",
-    "model": "model",
-    "loss": "loss",
-    "optimizer": "optimizer",
-    "schedule": "schedule",
-    "augment": "augmentation",
-    "preprocess": "preprocessor",
-    "callbacks": "callback",
-}
-
-
 def load_recipe(
     path: Path, plugins: Plugins, profiles: list[str] = (), overrides: list[str] = ()
 ) -> Recipe:
@@ -342,7 +326,7 @@ def _suggest(word: str, known: list[str], where: str) -> str:
 def _check_components(recipe: Recipe, plugins: Plugins, origins: _Origins) -> Recipe:
     """Look every component up and validate its parameters; returns the recipe with coerced params."""
     updates: dict[str, Any] = {}
-    for dotted, kind in COMPONENT_KEYS.items():
+    for dotted, kind in RECIPE_KEYS.items():
         value = _get(recipe, dotted)
         specs = value if isinstance(value, list) else [value]
         checked = []
@@ -362,11 +346,8 @@ def _check_components(recipe: Recipe, plugins: Plugins, origins: _Origins) -> Re
                 raise BenchError(
                     f"{origins.of(full)}: key '{'.'.join(map(str, full))}' of {kind} {spec.name!r}: {problem.message}"
                 )
-            if kind in DRY_BUILT_KINDS:
-                try:
-                    components.build(component, params)
-                except (ValueError, TypeError) as error:
-                    raise BenchError(f"{origins.of(key)}: key '{where}' ({kind} {spec.name!r}): {error}") from None
+            if BY_NAME[kind].built_at_load:  # cheap: a value the factory rejects is reported now
+                components.build(component, params, where=f"{origins.of(key)}: key '{where}'")
             checked.append(type(spec)(name=spec.name, **params))
         updates[dotted] = checked if isinstance(value, list) else checked[0]
     data = recipe.data.model_copy(update={"source": updates.pop("data.source")})

@@ -21,8 +21,7 @@ from harness.data.loading import EpochSampler, Images, TrainingSamples
 from harness.engine import compute_choice
 from harness.engine.device import Compute, check_precision, resolve_device
 from harness.engine.environment import describe_environment
-from harness.engine.run import (CACHE_BYTES, choose_compute, compose_transforms, data_root, input_fit, loader_workers,
-                                recipe_fit, timing_workload)
+from harness.engine.assembly import CACHE_BYTES, Assembly, recipe_fit
 from harness.engine.timing import (CARVANA_PIXELS, carvana_cost, gflops_per_image, matmul_gflops, measure_variant,
                                    train_gflops_per_image)
 from harness.errors import BenchError
@@ -67,13 +66,14 @@ def benchmark_recipe(recipe: Recipe, plugins: Plugins, console, *, device: str |
     names = variant_names(variants, where)
     for name in names:  # a bad --variants is one line before anything is measured
         parse_variant(name, where)
-    dataset = open_carvana(data_root(recipe, plugins))
-    fit = input_fit(recipe, dataset)
+    parts = Assembly(recipe, plugins)
+    dataset = open_carvana(parts.data_root())
+    fit = parts.fit_for(dataset)
     image_height, image_width = next(iter(dataset.sizes.values()))
     height, width = (size[1], size[0]) if size else fit.input_shape(image_height, image_width)
     batch = batch_size or recipe.train.batch_size
-    workload = timing_workload(recipe, plugins, height, width, batch)
-    base, decision = choose_compute(recipe, where, workload, console)
+    workload = parts.timing_workload(height, width, batch)
+    base, decision = parts.choose_compute(where, workload, console)
     auto = compute_choice.choose(where, "auto", "auto", workload).chosen.name  # usually cached by the line above
     auto += "+compile" if recipe.train.compile else ""
     model, loss = workload.build_model(), workload.loss
@@ -90,10 +90,10 @@ def benchmark_recipe(recipe: Recipe, plugins: Plugins, console, *, device: str |
         timing.auto = name == auto
         timings.append(timing)
     reference = timings[0]
-    auto_workers = loader_workers(recipe, base)
+    auto_workers = parts.loader_workers(base)
     loader = None
     if "loader" not in skip:
-        loader = loader_sweep(recipe, plugins, dataset, fit, batch, loader_batches, worker_counts)
+        loader = loader_sweep(parts, dataset, fit, batch, loader_batches, worker_counts)
         loader["recipe_workers"] = auto_workers
         loader["verdict"] = loader_verdict(loader["images_per_s"], reference.train_images_per_s, auto_workers)
     return {
@@ -141,17 +141,15 @@ def carvana_input_pixels(recipe: Recipe) -> int:
     return width * height
 
 
-def loader_sweep(recipe: Recipe, plugins: Plugins, dataset, fit, batch: int, batches: int,
+def loader_sweep(parts: Assembly, dataset, fit, batch: int, batches: int,
                  worker_counts: list[int]) -> dict[str, Any]:
     """Decode + preprocess + augment + fit throughput of the recipe's loader, per worker count.
 
     Measured without the decoded-image cache (every sample decoded), which is the pipeline's real
     work; whether a run would cache the set is reported beside it.
     """
-    preprocess = compose_transforms(recipe, plugins, "preprocess", "preprocessor")
-    augment = compose_transforms(recipe, plugins, "augment", "augmentation")
-    images = Images(dataset, dataset.train, preprocess, cache_bytes=0)
-    samples = TrainingSamples(images, range(len(images)), augment, fit, seed=recipe.seed)
+    images = Images(dataset, dataset.train, parts.transforms("preprocess"), cache_bytes=0)
+    samples = TrainingSamples(images, range(len(images)), parts.transforms("augment"), fit, seed=parts.recipe.seed)
     images_per_s = {}
     for workers in worker_counts:
         loader = torch.utils.data.DataLoader(samples, batch_size=batch, num_workers=workers,

@@ -16,6 +16,7 @@ import optuna
 import pandas as pd
 
 from harness.data.carvana import car_id
+from harness.runs.folder import FoldFolder, RunFolder
 
 
 class PruningMonitor:
@@ -41,21 +42,24 @@ class PruningMonitor:
         if not last and self.trial.should_prune():
             raise optuna.TrialPruned(f"at fold {fold + 1}, epoch {int(record['epoch']) + 1}")
 
-    def fold_done(self, fold: int, folder: Path) -> None:
+    def estimated(self, seconds: float) -> None:
+        pass
+
+    def fold_done(self, fold: int, folder: FoldFolder) -> None:
         self._report_fold(fold, folder)
         if self.reports == "fold" and fold < self.folds - 1 and self.trial.should_prune():
             raise optuna.TrialPruned(f"after fold {fold + 1}")
 
     def finish(self, run_folder: Path) -> None:
         """Report folds the run did not show (a finished run found again): the best trial needs all."""
-        for fold_folder in sorted(run_folder.glob("fold-*")):
-            self._report_fold(int(fold_folder.name.split("-")[1]), fold_folder)
+        for fold in RunFolder(run_folder).folds():
+            self._report_fold(fold.index, fold)
 
-    def _report_fold(self, fold: int, folder: Path) -> None:
+    def _report_fold(self, fold: int, folder: FoldFolder) -> None:
         if self.reports != "fold" or fold in self.reported_folds:
             return
         self.reported_folds.add(fold)
-        scores = pd.read_csv(folder / "per_image.csv", dtype={"image": str})
+        scores = pd.read_csv(folder.per_image, dtype={"image": str})
         cars = scores.assign(car=scores["image"].map(car_id)).groupby("car")["dice"].mean()
         for car, score in cars.items():
             self.trial.report(float(score), _car_step(car))

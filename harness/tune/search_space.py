@@ -16,7 +16,8 @@ from typing import Any
 from harness.errors import BenchError
 from harness.recipe import components
 from harness.recipe.plugins import Plugins
-from harness.recipe.schema import COMPONENT_KEYS, Key, Recipe, parse_key, recipe_from_dict, set_key
+from harness.recipe.kinds import RECIPE_KEYS
+from harness.recipe.schema import Key, Recipe, parse_key, recipe_from_dict, set_key
 from harness.recipe.tune_spec import TuneSpec, decode_params
 
 Raw = dict[str, Any]
@@ -82,7 +83,7 @@ class SearchSpace:
         return node
 
     def _component_default(self, parent: Key, table: Any, param: Any) -> Any:
-        kind = COMPONENT_KEYS.get(".".join(str(p) for p in parent if not isinstance(p, int)))
+        kind = RECIPE_KEYS.get(".".join(str(p) for p in parent if not isinstance(p, int)))
         if kind is None or not isinstance(table, dict) or "name" not in table:
             return None
         return components.settable_params(self.plugins.get(kind, table["name"])).get(param)

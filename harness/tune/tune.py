@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import pandas as pd
 from filelock import FileLock
 from optuna.storages._heartbeat import BaseHeartbeat  # not re-exported by optuna.storages
 from optuna.trial import TrialState
@@ -37,6 +36,7 @@ from harness.errors import BenchError, DiskFull
 from harness.io import atomic_write_text, readable_size
 from harness.recipe.plugins import load_plugins
 from harness.recipe.schema import load_recipe
+from harness.runs.folder import RunFolder
 from harness.tune import study as studies
 from harness.tune.pruning import PruningMonitor
 from harness.tune.search_space import SearchSpace
@@ -220,8 +220,8 @@ class Worker:
         except optuna.TrialPruned as pruned:
             # nothing resumes a pruned trial's fold (the same parameters again would start it afresh),
             # and its resume state is three times the size of its weights
-            for resume_state in (self.job.place.folder / trial.user_attrs["run"]).glob("fold-*/last.pt"):
-                resume_state.unlink()
+            for fold in RunFolder(self.job.place.folder / trial.user_attrs["run"]).folds():
+                fold.last.unlink(missing_ok=True)
             trial.set_user_attr("pruned", str(pruned))
             self.study.tell(trial, state=TrialState.PRUNED)
             self._say(trial, f"pruned {pruned} (Dice so far {trial.user_attrs.get('partial_dice', float('nan')):.4f})")
@@ -257,8 +257,7 @@ class Worker:
         with FileLock(self.job.place.folder / ".locks" / f"{folder_name}.lock"):
             folder = run(request, self.space.plugins, self.console)
         monitor.finish(folder)
-        summary_path = folder / "pseudo" / "summary.json"  # a two-stage recipe is judged by its last stage
-        summary = pd.read_json(summary_path if summary_path.exists() else folder / "summary.json", typ="series")
+        summary = RunFolder(folder).scored().read_summary()  # a two-stage recipe is judged by its last stage
         return [float(summary[name]) for name in self.space.spec.objectives]
 
     def _say(self, trial: optuna.Trial, outcome: str) -> None:

@@ -14,7 +14,7 @@ from harness.data.carvana import open_carvana
 from harness.data.geometry import Fit
 from harness.data.loading import Images, TrainingSamples
 from harness.engine.metrics import dice
-from harness.engine.run import compose_transforms
+from harness.engine.assembly import Assembly
 from harness.recipe.schema import load_recipe
 
 WIDTH, HEIGHT = 1918, 1280
@@ -32,7 +32,7 @@ def carvana_size_set(tmp_path_factory):
 @pytest.fixture(scope="module")
 def alexander_augment(plugins):
     recipe = load_recipe(ALEXANDER, plugins)
-    return compose_transforms(recipe, plugins, "augment", "augmentation")
+    return Assembly(recipe, plugins).transforms("augment")
 
 
 def test_dice_full_size(benchmark):

@@ -1,0 +1,141 @@
+"""Assembling a recipe into the things that train: its data, input fit, transforms, loaders, model,
+loss, optimizer, schedule, callbacks, and the compute it runs on.
+
+``bench run``, ``bench benchmark`` and the ensemble's predictions all build a recipe the same way,
+from here. Every component is built through ``harness.recipe.components.build`` under the recipe key
+that chose it, so a factory that raises (a plugin's bug, or a value that only torch rejects) is one
+line naming that key, the component and its plugin.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import albumentations as A
+import torch
+from rich.console import Console
+
+from harness.data.carvana import CarvanaSet
+from harness.data.geometry import Fit
+from harness.engine import compute_choice
+from harness.engine.device import Compute
+from harness.errors import BenchError
+from harness.recipe import components
+from harness.recipe.plugins import Plugins
+from harness.recipe.schema import ComponentSpec, Recipe
+
+CACHE_BYTES = 4 << 30  # decoded training images kept in memory when they fit (Carvana needs 37 GB)
+
+
+@dataclass(frozen=True)
+class Assembly:
+    """A resolved recipe and the plugins that supply its components."""
+
+    recipe: Recipe
+    plugins: Plugins
+
+    def build(self, kind: str, key: str, spec: ComponentSpec, *runtime_args: Any,
+              params: dict[str, Any] | None = None) -> Any:
+        """The component of ``kind`` that the recipe's ``key`` names (``params`` replace its own)."""
+        component = self.plugins.get(kind, spec.name)
+        return components.build(component, spec.params if params is None else params, *runtime_args,
+                                where=f"{self.recipe.name}: key '{key}'")
+
+    def model(self, pretrained: bool = True) -> torch.nn.Module:
+        """The network; without pretrained weights when only its shape and speed matter."""
+        params = dict(self.recipe.model.params)
+        if not pretrained and "encoder_weights" in params:
+            params["encoder_weights"] = "none"
+        return self.build("model", "model", self.recipe.model, params=params)
+
+    def optimizer(self, parameters) -> torch.optim.Optimizer:
+        return self.build("optimizer", "optimizer", self.recipe.optimizer, parameters)
+
+    def loss(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        return self.build("loss", "loss", self.recipe.loss)
+
+    def schedule(self) -> Callable[[float], float]:
+        return self.build("schedule", "schedule", self.recipe.schedule)
+
+    def callbacks(self) -> list[Any]:
+        return [self.build("callback", f"callbacks.{i}", spec) for i, spec in enumerate(self.recipe.callbacks)]
+
+    def transforms(self, key: str) -> A.Compose | None:
+        """``preprocess`` or ``augment``: the recipe's transforms in order, or None when it lists none."""
+        kind = {"preprocess": "preprocessor", "augment": "augmentation"}[key]
+        specs = getattr(self.recipe, key)
+        if not specs:
+            return None
+        return A.Compose([self.build(kind, f"{key}.{i}", spec) for i, spec in enumerate(specs)])
+
+    def data_root(self) -> Path:
+        if self.recipe.data.root:
+            return Path(self.recipe.data.root)
+        return self.build("dataset", "data.source", self.recipe.data.source)
+
+    def fit_for(self, dataset: CarvanaSet) -> Fit:
+        """The recipe's fit, checked against every image size of the data."""
+        fit = recipe_fit(self.recipe)
+        for height, width in set(dataset.sizes.values()):
+            problem = fit.check(height, width)
+            if problem:
+                raise BenchError(f"{problem} (data: {dataset.root})")
+        return fit
+
+    def loader_workers(self, compute: Compute) -> int:
+        """``auto``: no workers on a CPU (the model needs every core), up to 8 feeding a GPU."""
+        if self.recipe.train.workers != "auto":
+            return self.recipe.train.workers
+        return 0 if compute.device.type == "cpu" else min(8, os.cpu_count() or 1)
+
+    def timing_workload(self, height: int, width: int, batch_size: int) -> compute_choice.Workload:
+        """The recipe's training step as ``harness.engine.compute_choice`` times it: its model without
+        pretrained weights (speed does not depend on their values), loss and optimizer, at its input
+        size and batch."""
+        recipe = self.recipe
+        model_params = dict(recipe.model.params)
+        if "encoder_weights" in model_params:
+            model_params["encoder_weights"] = "none"
+        return compute_choice.Workload(
+            build_model=lambda: self.model(pretrained=False),
+            make_optimizer=self.optimizer,
+            loss=self.loss(),
+            batch_size=batch_size, height=height, width=width,
+            identity={"model": [recipe.model.name, model_params], "loss": [recipe.loss.name, recipe.loss.params],
+                      "optimizer": [recipe.optimizer.name, recipe.optimizer.params]},
+        )
+
+    def choose_compute(self, device: torch.device, workload: compute_choice.Workload,
+                       console: Console) -> tuple[Compute, compute_choice.Decision | None]:
+        """The recipe's precision and memory format on this device: as fixed, or the fastest measured.
+
+        Printed before anything trains (the decision with its timings, or a warning for a fixed choice
+        known to be far slower), and the decision is what ``environment.json`` records.
+        """
+        precision, channels_last = self.recipe.train.precision, self.recipe.train.channels_last
+        if precision != "auto" and channels_last != "auto":
+            warning = compute_choice.explicit_warning(device, precision, channels_last, workload)
+            if warning:
+                console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+            return Compute(device, precision, channels_last), None
+        decision = compute_choice.choose(device, precision, channels_last, workload)
+        console.print(f"compute: {decision.describe()}", highlight=False)
+        return Compute(device, decision.chosen.precision, decision.chosen.channels_last), decision
+
+
+def recipe_fit(recipe: Recipe) -> Fit:
+    """``input.size``: a fixed [width, height], a short side (one number), or ``original``."""
+    size, spec = recipe.input.size, recipe.input
+    if isinstance(size, int):
+        return Fit(spec.fit, None, spec.pad_mode, short_side=size)
+    return Fit(spec.fit, None if size == "original" else tuple(size), spec.pad_mode)
+
+
+def loader(samples, compute: Compute, workers: int, batch_size: int, sampler=None) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(
+        samples, batch_size=batch_size, sampler=sampler, num_workers=workers,
+        pin_memory=compute.device.type == "cuda", persistent_workers=workers > 0,
+    )

@@ -1,0 +1,62 @@
+"""The runs an ensemble is made of, and refusing any set that cannot be merged honestly.
+
+Runs are named as ``harness.runs.folder.resolve_runs`` resolves them. They can be merged only
+when they are complete (``summary.json``), were scored on the same folds (same splits hash: out-of-fold
+maps of different folds would let one run's training images leak into the other's validation), and
+hold maps of exactly the same images at the same sizes, both out-of-fold and test.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.errors import BenchError
+from harness.runs.folder import Run, RunFolder
+
+
+def open_runs(folders: list[Path]) -> list[Run]:
+    """Open every run and check that they can be merged; the first problem is one ``BenchError``."""
+    if not folders:
+        raise BenchError("no runs to ensemble")
+    runs = [_open_run(folder) for folder in folders]
+    first = runs[0]
+    for run in runs[1:]:
+        if run.summary.splits_hash != first.summary.splits_hash:
+            raise BenchError(
+                f"runs do not share splits: {run.name} (splits {run.summary.splits_hash[:12]}) vs "
+                f"{first.name} (splits {first.summary.splits_hash[:12]}); "
+                "out-of-fold maps of different folds cannot be merged"
+            )
+        for kind in ("oof", "test"):
+            _check_same_images(kind, first, run)
+    return runs
+
+
+def top_runs(runs: list[Run], k: int) -> list[Run]:
+    """The ``k`` runs with the highest out-of-fold Dice (ties keep the given order)."""
+    if k < 1:
+        raise BenchError(f"--top {k}: expected a positive number of runs")
+    return sorted(runs, key=lambda run: -run.oof_dice)[:k]
+
+
+def _open_run(path: Path) -> Run:
+    folder = RunFolder(path)
+    run = Run(folder, folder.read_summary())
+    run.oof, run.test  # opened now, so a missing or damaged store stops the ensemble before any work
+    return run
+
+
+def _check_same_images(kind: str, first: Run, run: Run) -> None:
+    a, b = getattr(first, kind), getattr(run, kind)
+    if a.shapes == b.shapes:
+        return
+    only_a = [image_id for image_id in a.ids if image_id not in b]
+    only_b = [image_id for image_id in b.ids if image_id not in a]
+    label = "out-of-fold" if kind == "oof" else "test"
+    if only_a or only_b:
+        example = f"{only_a[0]} only in {first.name}" if only_a else f"{only_b[0]} only in {run.name}"
+        raise BenchError(f"runs {first.name} and {run.name} cover different {label} images "
+                         f"({len(only_a)} + {len(only_b)} differ, e.g. {example})")
+    differ = next(image_id for image_id in a.ids if a.shapes[image_id] != b.shapes[image_id])
+    raise BenchError(f"runs {first.name} and {run.name} hold {label} maps of different sizes for {differ}: "
+                     f"{a.shapes[differ]} vs {b.shapes[differ]}")

@@ -1,0 +1,297 @@
+"""The run folder: the one place that knows its layout (``results/README.md`` documents it).
+
+``bench run`` writes a run folder, and ``bench compare``, ``report``, ``ensemble``, ``ablate`` and
+``tune`` read it. Every path into it, the test of whether a run or a fold is finished, the summary's
+required fields, which stage of a run is scored, and the opening of its probability stores are
+here, so a change of layout is a change of this module alone.
+
+A folder is complete when ``summary.json`` exists: it is written last. Every stage before it leaves
+a marker of its own (``fold-K/fold.json``, ``test.json``); a pseudo-label stage is a run folder of
+its own inside its run (``RUN/pseudo``), summarised like one.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from harness.errors import BenchError
+from harness.runs.probabilities import ProbabilityMaps
+
+PSEUDO_STAGE = "pseudo"
+SUMMARY_FIELDS = ("data", "splits_hash", "oof_dice")  # what every reader relies on
+RUNS_HELP = ("Run folders, folders of runs, run names under --results, or globs of any of these "
+             "(default: every run in --results).")
+
+
+@dataclass(frozen=True)
+class FoldFolder:
+    """``fold-K/``: one fold's checkpoints, curve, scores and completion mark."""
+
+    path: Path
+
+    @property
+    def index(self) -> int:
+        return int(self.path.name.removeprefix("fold-"))
+
+    @property
+    def best(self) -> Path:
+        return self.path / "best.pt"
+
+    @property
+    def last(self) -> Path:
+        return self.path / "last.pt"
+
+    @property
+    def history(self) -> Path:
+        return self.path / "history.csv"
+
+    @property
+    def per_image(self) -> Path:
+        return self.path / "per_image.csv"
+
+    @property
+    def per_image_last(self) -> Path:
+        """The scores of the latest validation; copied to ``per_image.csv`` when the fold finishes."""
+        return self.path / "per_image_last.csv"
+
+    @property
+    def failure(self) -> Path:
+        return self.path / "failure.json"
+
+    @property
+    def marker(self) -> Path:
+        """``fold.json``: written last in the fold, so its presence means the fold is finished."""
+        return self.path / "fold.json"
+
+    def done(self) -> bool:
+        return self.marker.exists()
+
+    def read(self) -> dict[str, Any]:
+        return read_json(self.marker)
+
+    def read_checkpoint(self, path: Path) -> dict[str, Any]:
+        """A checkpoint of this fold, or one line naming it when it cannot be read back (cut short by a
+        full disk or a crash outside our atomic writes)."""
+        import torch
+
+        try:
+            return torch.load(path, weights_only=True, map_location="cpu")
+        except Exception as error:  # torch raises RuntimeError, EOFError, pickle errors...
+            raise UnreadableCheckpoint(path, error) from None
+
+
+class UnreadableCheckpoint(BenchError):
+    def __init__(self, path: Path, error: Exception):
+        self.path = path
+        super().__init__(f"{path}: cannot be read back ({type(error).__name__}: {_first_line(error)}); "
+                         f"the file is damaged. Delete {path.parent} and rerun with --resume to train that fold again")
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """A run folder, or a stage of one (``RUN/pseudo``), which has the same layout."""
+
+    path: Path
+
+    @property
+    def name(self) -> str:
+        """The folder's name; a stage is named by both (``RUN/pseudo``), so the stages of two runs stay
+        apart in a leaderboard and in an ensemble."""
+        if self.path.name == PSEUDO_STAGE and (self.path.parent / "recipe.toml").exists():
+            return f"{self.path.parent.name}/{self.path.name}"
+        return self.path.name
+
+    recipe_toml = property(lambda self: self.path / "recipe.toml")
+    splits = property(lambda self: self.path / "splits.json")
+    environment = property(lambda self: self.path / "environment.json")
+    per_image = property(lambda self: self.path / "per_image.csv")
+    test_marker = property(lambda self: self.path / "test.json")
+    summary_path = property(lambda self: self.path / "summary.json")
+    selection = property(lambda self: self.path / "selection.json")  # in a pseudo stage: the images it added
+    oof_maps = property(lambda self: self.path / "oof_maps")
+    test_maps = property(lambda self: self.path / "test_maps")
+
+    def fold(self, k: int) -> FoldFolder:
+        return FoldFolder(self.path / f"fold-{k}")
+
+    def folds(self) -> list[FoldFolder]:
+        """The fold folders present, in fold order."""
+        found = [FoldFolder(p) for p in self.path.glob("fold-*") if p.name.removeprefix("fold-").isdigit()]
+        return sorted(found, key=lambda fold: fold.index)
+
+    def folds_done(self) -> int:
+        return sum(1 for fold in self.folds() if fold.done())
+
+    @property
+    def pseudo(self) -> RunFolder:
+        return RunFolder(self.path / PSEUDO_STAGE)
+
+    def complete(self) -> bool:
+        return self.summary_path.exists()
+
+    def scored(self) -> RunFolder:
+        """The stage a run is judged by: its pseudo-label stage when one was trained, else itself."""
+        return self.pseudo if self.pseudo.complete() else self
+
+    def read_summary(self) -> Summary:
+        """The typed summary; one line naming the file when it is missing, unreadable or not ours."""
+        if not self.summary_path.is_file():
+            raise BenchError(f"run {self.path} is unfinished (no summary.json); finish it with bench run --resume")
+        fields = read_json(self.summary_path)
+        missing = [key for key in SUMMARY_FIELDS if key not in fields]
+        if missing:
+            raise BenchError(f"{self.summary_path}: no {missing[0]!r}; is this a segbench run folder?")
+        return Summary(fields)
+
+    def open_maps(self, which: str, mode: str = "r") -> ProbabilityMaps:
+        """``oof`` or ``test`` probabilities; one line naming the store when it is absent or damaged."""
+        path = self.oof_maps if which == "oof" else self.test_maps
+        if not (path.with_suffix(".json").is_file() and path.with_suffix(".u8").is_file()):
+            raise BenchError(f"run {self.path} has no {path.name}.json/.u8")
+        try:
+            return ProbabilityMaps.open(path, mode=mode)
+        except BenchError:
+            raise
+        except Exception as error:
+            raise BenchError(f"{path}.json/.u8: cannot be read back ({_first_line(error)}); "
+                             "rerun the run into a new folder") from None
+
+
+@dataclass(frozen=True)
+class Summary:
+    """``summary.json``, with the fields every reader relies on as attributes; ``fields`` has them all
+    (``bench compare --filter`` and its columns read any of them)."""
+
+    fields: dict[str, Any]
+
+    recipe = property(lambda self: str(self.fields.get("recipe", "?")))
+    data = property(lambda self: str(self.fields["data"]))
+    splits_hash = property(lambda self: str(self.fields["splits_hash"]))
+    oof_dice = property(lambda self: float(self.fields["oof_dice"]))
+    folds = property(lambda self: list(self.fields.get("folds", [])))
+    device = property(lambda self: self.fields.get("device"))
+    stage = property(lambda self: self.fields.get("stage"))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.fields.get(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.fields[key]
+
+
+@dataclass(frozen=True)
+class Run:
+    """A complete run (or stage): its folder and its summary; its stores are opened when first used."""
+
+    folder: RunFolder
+    summary: Summary
+
+    @property
+    def path(self) -> Path:
+        return self.folder.path
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    @property
+    def recipe(self) -> str:
+        return self.summary.recipe
+
+    @property
+    def oof_dice(self) -> float:
+        return self.summary.oof_dice
+
+    @property
+    def group(self) -> tuple[str, str]:
+        """(data root, splits hash): runs in one group scored the same images in the same folds."""
+        return self.summary.data, self.summary.splits_hash
+
+    @cached_property
+    def oof(self) -> ProbabilityMaps:
+        return self.folder.open_maps("oof")
+
+    @cached_property
+    def test(self) -> ProbabilityMaps:
+        return self.folder.open_maps("test")
+
+
+@dataclass(frozen=True)
+class UnfinishedRun:
+    """A run folder without a usable ``summary.json``: listed, never ranked."""
+
+    path: Path
+    folds_done: int
+    reason: str
+
+
+def open_run(path: Path) -> Run | UnfinishedRun:
+    """A complete run, or why it is not one (never raises for a folder that looks like a run)."""
+    folder = RunFolder(path)
+    try:
+        return Run(folder, folder.read_summary())
+    except BenchError as error:
+        reason = "no summary.json" if not folder.summary_path.exists() else str(error).split(": ", 1)[-1]
+        return UnfinishedRun(path, folder.folds_done(), reason)
+
+
+def resolve_runs(targets: list[str], results: Path) -> list[Path]:
+    """Run folders named by ``targets`` (see ``RUNS_HELP``), in the order given, each once; with no
+    targets, every run folder directly inside ``results``.
+
+    A run folder stands for itself and any other folder for the run folders directly inside it; a
+    name that is not a folder is looked up under ``results``.
+    """
+    found: dict[str, Path] = {}
+    for target in targets or [str(results)]:
+        if glob.has_magic(target):
+            matches = sorted(glob.glob(target)) or sorted(glob.glob(str(results / target)))
+        else:
+            matches = [target] if os.path.isdir(target) else [str(results / target)]
+        folders = [Path(m) for m in matches if os.path.isdir(m)]
+        if not folders:
+            raise BenchError(f"{target}: no such run folder or folder of runs (not found under {results} either)")
+        runs = [run for folder in folders for run in _expand(folder)]
+        if not runs and targets:
+            raise BenchError(f"{target}: no run in it (a run folder holds recipe.toml from its start; "
+                             "an unfinished one is finished by bench run --resume)")
+        for run in runs:
+            found.setdefault(str(run.resolve()), run)
+    return list(found.values())
+
+
+def is_run_folder(path: Path) -> bool:
+    """``bench run`` has written into it (``recipe.toml`` comes first, ``summary.json`` last)."""
+    return (path / "summary.json").is_file() or (path / "recipe.toml").is_file()
+
+
+def _expand(path: Path) -> list[Path]:
+    if is_run_folder(path):
+        return [path]
+    with os.scandir(path) as entries:
+        inside = [Path(e.path) for e in entries if e.is_dir() and not e.name.startswith(".")]
+    return sorted((p for p in inside if is_run_folder(p)), key=str)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A json object of the run folder, or one line naming the file."""
+    try:
+        value = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise BenchError(f"{path}: missing") from None
+    except (OSError, ValueError) as error:
+        raise BenchError(f"{path}: cannot read ({_first_line(error)})") from None
+    if not isinstance(value, dict):
+        raise BenchError(f"{path}: expected a json object")
+    return value
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
