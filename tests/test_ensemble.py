@@ -126,7 +126,7 @@ def test_greedy_selection_with_replacement_weighs_the_best_run_most(bench, noisy
 
 
 def test_greedy_step_stops_when_nothing_improves() -> None:
-    curves = np.zeros((4, 2, oof_search.LEVELS))
+    curves = np.zeros((4, 2, oof_search.LEVEL_COUNT))
     curves[:, 0, 128], curves[:, 1, 100] = 0.9, 0.8
     step = oof_search.greedy_step(curves, None, None)
     assert (step.added, step.cutoff) == (0, 128) and step.dice == pytest.approx(0.9)

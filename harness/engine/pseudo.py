@@ -23,7 +23,7 @@ import numpy as np
 
 from harness.data.carvana import CarvanaSet, read_image
 from harness.recipe.schema import PseudoLabelSpec
-from harness.runs.probabilities import LEVELS, ProbabilityMaps, binarise
+from harness.runs.probabilities import TOP_LEVEL, ProbabilityMaps, binarise
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class Selection:
 
 def uncertain_share(quantised: np.ndarray, low: float, high: float) -> float:
     """Share of pixels whose stored probability ``u / 255`` lies strictly between ``low`` and ``high``."""
-    p = quantised.astype(np.float64) / LEVELS
+    p = quantised.astype(np.float64) / TOP_LEVEL
     return float(np.count_nonzero((p > low) & (p < high)) / p.size)
 
 

@@ -1,20 +1,17 @@
-"""``bench benchmark``: how fast a recipe trains and predicts here, and what its full run would cost.
+"""Timing a model: the primitives behind ``bench benchmark`` (``harness.speed``) and the compute
+choice (``harness.engine.compute_choice``), and what a full Carvana run would cost at a measured speed.
 
 Measured the way timm's benchmark.py does it: random inputs of the recipe's size already in memory,
 warm-up steps first (allocation, kernel selection, compilation), the device synchronised around
 every timed step, several steps so the spread can be reported as p50/p95. Peak memory is CUDA's
 max allocated on a GPU and the process's peak resident set on a CPU (reset before each variant).
-
-What the model cannot tell is measured apart: the data pipeline (decode, augment, fit) with the
-recipe's own loader at several worker counts, and the engine's training loop against a bare PyTorch
-loop on the same data (the harness overhead).
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -253,7 +250,3 @@ def carvana_cost(train_images_per_s: float, infer_tta_images_per_s: float, measu
         assumption=f"measured at {measured_pixels} px per image, scaled x{scale:.1f} to the {carvana_pixels} px "
                    "a Carvana image is at this recipe's input",
     )
-
-
-def as_dict(value: Any) -> dict[str, Any]:
-    return asdict(value)

@@ -38,7 +38,7 @@ from harness.recipe.components import build, validate_params
 from harness.recipe.plugins import Plugins, UnknownComponent
 from harness.ensemble.members import open_runs, top_runs
 from harness.runs.folder import Run, resolve_runs
-from harness.runs.probabilities import LEVELS, ProbabilityMaps, binarise, quantise
+from harness.runs.probabilities import TOP_LEVEL, ProbabilityMaps, binarise, quantise
 
 Merge = Callable[[Sequence[np.ndarray], Sequence[float]], np.ndarray]
 PostProcess = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -163,7 +163,7 @@ def _curves(runs: list[Run], dataset: CarvanaSet, merge: Merge, mixtures: list[d
             console: Console, label: str) -> np.ndarray:
     """Per image and mixture, Dice at every cutoff: images x mixtures x 256, one pass over the images."""
     ids = runs[0].oof.ids
-    curves = np.empty((len(ids), len(mixtures), oof_search.LEVELS), dtype=np.float32)
+    curves = np.empty((len(ids), len(mixtures), oof_search.LEVEL_COUNT), dtype=np.float32)
     needed = sorted({run for mixture in mixtures for run, weight in mixture.items() if weight > 0})
     for i, image_id in enumerate(_track(ids, f"out-of-fold, {label}", console)):
         truth = read_mask(dataset, image_id)
@@ -377,15 +377,15 @@ def _component(plugins: Plugins, kind: str, spec: str) -> Callable:
 
 def _cutoff(threshold: float) -> int:
     """The uint8 cutoff ``binarise`` uses for ``threshold`` (asked of it, so the two cannot drift apart)."""
-    cutoff = int(np.count_nonzero(~binarise(np.arange(oof_search.LEVELS, dtype=np.uint8), threshold)))
-    if cutoff in (0, oof_search.LEVELS):
+    cutoff = int(np.count_nonzero(~binarise(np.arange(oof_search.LEVEL_COUNT, dtype=np.uint8), threshold)))
+    if cutoff in (0, oof_search.LEVEL_COUNT):
         raise BenchError(f"--threshold {threshold}: marks every pixel or none on the uint8 scale")
     return cutoff
 
 
 def _read_float(maps: ProbabilityMaps, image_id: str) -> np.ndarray:
     """As ``ProbabilityMaps.__getitem__``: the same float32 values, so tests can recompute exactly."""
-    return maps.read_copy(image_id).astype(np.float32) / LEVELS
+    return maps.read_copy(image_id).astype(np.float32) / TOP_LEVEL
 
 
 def _track(ids: list[str], label: str, console: Console) -> Iterator[str]:

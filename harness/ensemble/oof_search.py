@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-LEVELS = 256
+LEVEL_COUNT = 256  # the uint8 levels of a stored probability (0..255), one bin each
 SEED_CUTOFF = 128  # p >= 0.5 on the uint8 scale (harness.runs.probabilities.binarise)
 _WORSE = 1e-9  # a per-image Dice drop below this is float noise, not an image made worse
 
@@ -28,9 +28,9 @@ _WORSE = 1e-9  # a per-image Dice drop below this is float noise, not an image m
 def dice_curve(quantised: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Dice of ``quantised >= c`` against ``truth`` for every cutoff ``c`` in 0..255 (float64, 256)."""
     keys = quantised.ravel().astype(np.int32)
-    keys += truth.ravel().astype(bool) * LEVELS  # truth pixels count in the upper half
-    counts = np.bincount(keys, minlength=2 * LEVELS)
-    negatives, positives = counts[:LEVELS], counts[LEVELS:]
+    keys += truth.ravel().astype(bool) * LEVEL_COUNT  # truth pixels count in the upper half
+    counts = np.bincount(keys, minlength=2 * LEVEL_COUNT)
+    negatives, positives = counts[:LEVEL_COUNT], counts[LEVEL_COUNT:]
     true_pos = np.cumsum(positives[::-1])[::-1]  # pixels >= c that are car
     false_pos = np.cumsum(negatives[::-1])[::-1]
     total = true_pos + false_pos + positives.sum()
@@ -39,12 +39,12 @@ def dice_curve(quantised: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 def cutoff_to_threshold(cutoff: int) -> float:
     """The probability threshold that ``binarise`` turns back into ``cutoff`` (0.5 for 128)."""
-    return (cutoff - 0.5) / (LEVELS - 1)
+    return (cutoff - 0.5) / (LEVEL_COUNT - 1)
 
 
 def best_cutoff(mean_curve: np.ndarray) -> int:
     """The cutoff with the highest pooled Dice; ties go to the one nearest the seed's 0.5."""
-    candidates = np.arange(1, LEVELS)  # cutoff 0 marks every pixel: never a real choice
+    candidates = np.arange(1, LEVEL_COUNT)  # cutoff 0 marks every pixel: never a real choice
     scores = mean_curve[candidates]
     tied = candidates[scores >= scores.max() - 1e-12]
     return int(tied[np.argmin(np.abs(tied - SEED_CUTOFF))])

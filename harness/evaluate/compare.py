@@ -106,7 +106,7 @@ def boards(groups: list[list[Run]], options: Options) -> list[Board]:
         if options.view == "fold":
             board = by_fold(runs, per_image, list(board["run"]))
         elif options.view == "image":
-            board = worst_images(per_image, list(board["run"]), options.worst, dict(zip(board["run"], board["recipe"])))
+            board = worst_images_table(per_image, list(board["run"]), options.worst, dict(zip(board["run"], board["recipe"])))
         data, splits_hash = runs[0].group
         result.append(Board(data, splits_hash, board.reset_index(drop=True)))
     return result
@@ -165,7 +165,7 @@ def by_fold(runs: list[Run], per_image: dict[str, pd.DataFrame], order: list[str
     return pd.DataFrame(rows)
 
 
-def worst_images(per_image: dict[str, pd.DataFrame], order: list[str], count: int,
+def worst_images_table(per_image: dict[str, pd.DataFrame], order: list[str], count: int,
                  recipes: dict[str, str]) -> pd.DataFrame:
     """The ``count`` lowest-Dice images of every run: where a recipe fails, to look at with ``bench report``."""
     frames = [per_image[name].nsmallest(count, "dice", keep="first").assign(recipe=recipes[name], run=name)

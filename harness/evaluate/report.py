@@ -210,7 +210,7 @@ def overlay(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> np.
     return result.clip(0, 255).astype(np.uint8)
 
 
-def worst_images(runs: list[Run], per_image: dict[str, pd.DataFrame], count: int) -> Figure:
+def worst_images_figure(runs: list[Run], per_image: dict[str, pd.DataFrame], count: int) -> Figure:
     """A grid: one row per run, its ``count`` lowest-Dice images with ground truth and prediction overlaid."""
     dataset = open_carvana(runs[0].group[0])
     figure = Figure(figsize=(3.1 * count, 2.35 * len(runs) + 0.5), dpi=_DPI, layout="constrained")
@@ -236,7 +236,7 @@ def worst_images(runs: list[Run], per_image: dict[str, pd.DataFrame], count: int
 def _worst_images_html(runs: list[Run], per_image: dict[str, pd.DataFrame], count: int) -> str:
     """The overlay grid, or a note when the data the runs were trained on is not on this machine."""
     try:
-        return _img(worst_images(runs, per_image, count), "worst-predicted images with masks overlaid")
+        return _img(worst_images_figure(runs, per_image, count), "worst-predicted images with masks overlaid")
     except BenchError as error:
         return f'<p class="note">No overlays: {html.escape(str(error))}</p>'
 

@@ -26,11 +26,11 @@ import numpy as np
 from harness.errors import BenchError
 from harness.io import atomic_write_json, cannot_write
 
-LEVELS = 255
+TOP_LEVEL = 255  # probabilities are stored as round(p * TOP_LEVEL), uint8 levels 0..255
 
 
 def quantise(probability: np.ndarray) -> np.ndarray:
-    return np.rint(np.clip(probability, 0.0, 1.0) * LEVELS).astype(np.uint8)
+    return np.rint(np.clip(probability, 0.0, 1.0) * TOP_LEVEL).astype(np.uint8)
 
 
 def binarise(quantised: np.ndarray, threshold: float = 0.5) -> np.ndarray:
@@ -39,7 +39,7 @@ def binarise(quantised: np.ndarray, threshold: float = 0.5) -> np.ndarray:
 
     The ``1e-9`` absorbs float error, so a threshold written as ``(c - 0.5) / 255`` selects ``c`` again.
     """
-    return quantised >= int(np.ceil(threshold * LEVELS + 0.5 - 1e-9))
+    return quantised >= int(np.ceil(threshold * TOP_LEVEL + 0.5 - 1e-9))
 
 
 class ProbabilityMaps:
@@ -111,7 +111,7 @@ class ProbabilityMaps:
 
     def __getitem__(self, image_id: str) -> np.ndarray:
         """The probability map as float32 in [0, 1]."""
-        return self._view(image_id).astype(np.float32) / LEVELS
+        return self._view(image_id).astype(np.float32) / TOP_LEVEL
 
     def __setitem__(self, image_id: str, probability: np.ndarray) -> None:
         if probability.shape != self.shapes[image_id]:

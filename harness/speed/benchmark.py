@@ -1,8 +1,9 @@
-"""A recipe's benchmark, assembled: model variants, data pipeline, harness overhead, Carvana cost.
+"""``bench benchmark``: how fast a recipe trains and predicts here, and what its full run would cost.
 
-The pieces live in ``harness.engine.timing`` (timing a model) and ``harness.speed.overhead`` (engine against a
-bare loop); this module builds them from a recipe and writes one JSON file per benchmark under
-``results/benchmarks/``, with the environment it was measured in.
+Model variants are timed with ``harness.engine.timing``; what the model cannot tell is measured apart:
+the data pipeline (decode, augment, fit) with the recipe's own loader at several worker counts, and
+the engine's training loop against a bare PyTorch loop on the same data (``harness.speed.overhead``).
+One JSON file per benchmark goes under ``results/benchmarks/``, with the environment it was measured in.
 """
 
 from __future__ import annotations
