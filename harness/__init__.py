@@ -1,6 +1,6 @@
-"""segbench's engine: data layer, plugin manager, recipes and the ``bench`` command.
+"""segbench's harness, in wings that follow the path of the data (``docs/architecture.md``).
 
-Plugin authors need only ``hookimpl`` from here; everything else is the harness's own business.
+Plugin authors import from ``harness.api`` only; everything else is the harness's own business.
 """
 
 import os
@@ -9,7 +9,4 @@ import os
 # has no network, so the ping only costs time. Set before anything imports albumentations.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from harness.recipe.hookspecs import hookimpl  # noqa: E402
-
 __version__ = "0.1.0"
-__all__ = ["hookimpl", "__version__"]

@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from harness.errors import BenchError
+from harness.runs.folder import RUNS_HELP, SUMMARY_FILE
 
 app = typer.Typer(
     help="Benchmark binary segmentation recipes: run, compare, tune and ensemble them.",
@@ -126,12 +127,12 @@ def run_command(
 
 RunsArgument = Annotated[
     Optional[list[str]],
-    typer.Argument(help="Run folders, folders of runs, or globs (default: every run in --results).", show_default=False),
+    typer.Argument(help=RUNS_HELP, show_default=False),
 ]
-ResultsOption = Annotated[Path, typer.Option(help="Where run folders are found when no RUNS are given.")]
+ResultsOption = Annotated[Path, typer.Option(help="Where run names are looked up, and every run is found when no RUNS are given.")]
 FilterOption = Annotated[
     Optional[list[str]],
-    typer.Option("--filter", help="FIELD OP VALUE on summary.json, OP one of = != > >= < <= ~ (glob); repeatable."),
+    typer.Option("--filter", help=f"FIELD OP VALUE on {SUMMARY_FILE}, OP one of = != > >= < <= ~ (glob); repeatable."),
 ]
 
 
@@ -185,10 +186,9 @@ def report_command(
 @app.command("ensemble")
 def ensemble_command(
     ctx: typer.Context,
-    runs: Annotated[Optional[list[str]], typer.Argument(
-        help="Run folders, run names under --results, or globs.", show_default=False)] = None,
+    runs: RunsArgument = None,
     out: Annotated[Path, typer.Option(help="Folder for submission.csv.gz and ensemble.json.")] = Path("results/ensemble"),
-    results: Annotated[Path, typer.Option(help="Where run names are looked up.")] = Path("results"),
+    results: ResultsOption = Path("results"),
     top: Annotated[Optional[int], typer.Option(help="Keep only the K runs with the best out-of-fold Dice.")] = None,
     weights: Annotated[Optional[str], typer.Option(help="w1,w2,...: merge all runs with these weights (no selection).")] = None,
     max_members: Annotated[int, typer.Option(help="Greedy selection steps at most (a run may be picked again).")] = 8,
@@ -197,7 +197,7 @@ def ensemble_command(
     force_post: Annotated[bool, typer.Option("--force-post", help="Apply --post as given, without the out-of-fold guard.")] = False,
     tolerance: Annotated[float, typer.Option(help="Share of images a kept post-processor may make worse.")] = 0.02,
     merger: Annotated[str, typer.Option(help="How maps are merged (a registered merger).")] = "mean",
-    data: Annotated[Optional[Path], typer.Option(help="Data folder (default: the one in the runs' summary.json).")] = None,
+    data: Annotated[Optional[Path], typer.Option(help=f"Data folder (default: the one in the runs' {SUMMARY_FILE}).")] = None,
     check: Annotated[Optional[Path], typer.Option("--check", help="Validate this submission instead (needs --data or a run).")] = None,
 ) -> None:
     """Choose and weigh the best runs on out-of-fold data and write a Kaggle submission (or --check one)."""
@@ -209,10 +209,8 @@ def ensemble_command(
         rows = ensemble.check(check, data, runs or [], results)
         console.print(f"{check}: valid, {rows} test images, each once", highlight=False)
         return
-    if not runs:
-        raise BenchError("bench ensemble: name the runs to merge (folders, names or globs), or --check a file")
     request = ensemble.EnsembleRequest(
-        runs=runs, out=out, results=results, top=top, weights=_parse_weights(weights), max_members=max_members,
+        runs=runs or [], out=out, results=results, top=top, weights=_parse_weights(weights), max_members=max_members,
         threshold=threshold, post=[] if post.strip() == "none" else [p for p in post.split(",") if p],
         force_post=force_post, tolerance=tolerance, merger=merger, data=data,
         command=shlex.join(["bench", *sys.argv[1:]]),

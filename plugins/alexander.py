@@ -1,6 +1,6 @@
 """alexander's recipe: LinkNet-ResNet34, BCE + (1 - Dice), hard negative mining, CLAHE."""
 
-from harness import hookimpl
+from harness.api import hookimpl
 from plugins import augmentations, losses, mining
 from plugins.nets import smp_models
 

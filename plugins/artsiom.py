@@ -1,6 +1,6 @@
 """artsiom's recipe: a wide VGG11-UNet and a UNet from scratch, border-weighted BCE + Dice."""
 
-from harness import hookimpl
+from harness.api import hookimpl
 from plugins import losses
 from plugins.nets import ternausnet, unet
 

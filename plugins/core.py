@@ -1,6 +1,6 @@
 """The shared plugin: optimizers, schedules, common augmentations, the synthetic data set, smp models."""
 
-from harness import hookimpl
+from harness.api import hookimpl
 from plugins import augmentations, datasets, losses, optimizers, schedules
 from plugins.nets import smp_models
 

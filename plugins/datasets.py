@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.data.synthetic import cached_synthetic_carvana
+from harness.api import cached_synthetic_carvana
 
 
 def synthetic(

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from harness.api import Loss
 
 _REDUCE_DIMS = (1, 2, 3)  # channel, height, width of an (N, 1, H, W) tensor
 

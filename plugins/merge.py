@@ -14,8 +14,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from harness import hookimpl
-from harness.errors import BenchError
+from harness.api import BenchError, hookimpl
 
 __version__ = "0.1.0"
 

@@ -1,6 +1,6 @@
 """vladimir's recipe (TernausNet): UNet11, BCE - log(Dice), colour changes of the car's pixels only."""
 
-from harness import hookimpl
+from harness.api import hookimpl
 from plugins import augmentations, losses
 from plugins.nets import ternausnet
 

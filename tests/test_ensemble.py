@@ -164,7 +164,7 @@ def test_guard_rejects_postprocessing_that_hurts_a_few_images() -> None:
 
 
 HURTING_PLUGIN = '''
-from harness import hookimpl
+from harness.api import hookimpl
 
 
 def _erase_top(probability, mask):

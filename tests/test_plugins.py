@@ -13,7 +13,7 @@ from harness.recipe.plugins import KIND_HOOKS, load_plugins
 RECIPE_PLUGINS = {"vladimir", "alexander", "artsiom"}
 
 FOCAL = '''
-from harness import hookimpl
+from harness.api import hookimpl
 __version__ = "1.2.3"
 
 def focal(*, gamma: float = 2.0):

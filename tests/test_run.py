@@ -121,7 +121,7 @@ def test_sigkill_mid_fold_then_resume_equals_an_uninterrupted_run(synthetic_set,
 
 
 NAN_PLUGIN = '''
-from harness import hookimpl
+from harness.api import hookimpl
 
 def explodes(*, after: int = 2):
     calls = []

@@ -20,7 +20,7 @@ import time
 import tracemalloc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -35,13 +35,12 @@ from harness.errors import BenchError
 from harness.evaluate import stats
 from harness.io import atomic_write_json
 from harness.recipe.components import build, validate_params
+from harness.recipe.hookspecs import Merge, PostProcess
 from harness.recipe.plugins import Plugins, UnknownComponent
 from harness.ensemble.members import open_runs, top_runs
-from harness.runs.folder import Run, resolve_runs
+from harness.runs.folder import Run, RunFolder, resolve_runs
 from harness.runs.probabilities import TOP_LEVEL, ProbabilityMaps, binarise, quantise
 
-Merge = Callable[[Sequence[np.ndarray], Sequence[float]], np.ndarray]
-PostProcess = Callable[[np.ndarray, np.ndarray], np.ndarray]
 MAX_POSTPROCESSORS = 4  # every ordered subset is scored in one pass: 2^4 masks per image at most
 
 
@@ -92,7 +91,10 @@ class Ensemble:
 
 def build_ensemble(request: EnsembleRequest, plugins: Plugins, console: Console) -> dict:
     """Choose the ensemble on out-of-fold data, write the submission and ``ensemble.json``; return the latter."""
-    runs = open_runs(resolve_runs(request.runs, request.results))
+    folders = resolve_runs(request.runs, request.results)
+    if not request.runs:  # every run in --results: the finished ones (a named unfinished run is refused)
+        folders = [folder for folder in folders if RunFolder(folder).complete()]
+    runs = open_runs(folders)
     if request.top is not None:
         runs = top_runs(runs, request.top)
     _check_request(request, runs)

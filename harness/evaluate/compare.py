@@ -251,7 +251,7 @@ def _matches(run: Run, text: str) -> bool:
     fields = {**run.summary.fields, "run": run.name}
     if name not in fields:
         known = sorted(k for k, v in fields.items() if not isinstance(v, (list, dict)))
-        raise BenchError(f"--filter {text!r}: no field {name!r} in {run.path}/summary.json; fields: {', '.join(known)}")
+        raise BenchError(f"--filter {text!r}: no field {name!r} in {run.folder.summary_path}; fields: {', '.join(known)}")
     actual = fields[name]
     if op != "~" and isinstance(actual, (int, float)) and not isinstance(actual, bool):
         try:

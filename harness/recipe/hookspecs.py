@@ -20,12 +20,14 @@ Rules that hold for every factory:
   error that names both plugins, never a silent override.
 
 Hooks are called once, when the plugin manager starts; keep them cheap (return functions or classes,
-build nothing heavy).
+build nothing heavy). They are grouped below by the part of the harness that consumes them, and each
+names a built-in plugin to copy. The one table of kinds (recipe key, run-time arguments, when a
+component is built) is ``harness.recipe.kinds``; plugin authors import from ``harness.api``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import pluggy
 
@@ -41,6 +43,18 @@ PROJECT_NAME = "bench"
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
+# The callables that factories return, as the harness calls them (shapes in each hook's docstring).
+Loss = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]  # (logits, target) -> scalar
+Schedule = Callable[[float], float]  # fractional epoch -> multiplier of the optimizer's base lr
+Merge = Callable[[Sequence["numpy.ndarray"], Sequence[float]], "numpy.ndarray"]  # (maps, weights) -> map
+PostProcess = Callable[["numpy.ndarray", "numpy.ndarray"], "numpy.ndarray"]  # (probability, mask) -> mask
+
+
+# --------------------------------------------------------------------------------------------------
+# Training: what `bench run` builds from a recipe's [model], [loss], [optimizer], [schedule] and
+# [[callbacks]] tables (harness.engine).
+# --------------------------------------------------------------------------------------------------
+
 
 @hookspec
 def bench_models() -> Mapping[str, Callable[..., torch.nn.Module]]:
@@ -53,16 +67,20 @@ def bench_models() -> Mapping[str, Callable[..., torch.nn.Module]]:
     A factory that accepts ``encoder_weights: str`` should resolve it with
     ``harness.recipe.weights`` so that ``"none"``, a local file and ``"imagenet"`` behave the same in every
     model (and ``"imagenet"`` fails fast offline).
+
+    Example: plugins/nets/smp_models.py (``smp``), registered by plugins/core.py.
     """
 
 
 @hookspec
-def bench_losses() -> Mapping[str, Callable[..., Callable[..., torch.Tensor]]]:
+def bench_losses() -> Mapping[str, Callable[..., Loss]]:
     """Training losses, by name.
 
     ``factory(**params) -> loss``, where ``loss(logits, target) -> scalar tensor``; ``logits`` and
     ``target`` are ``(N, 1, H, W)``, ``target`` is float in {0, 1}. A loss that needs pixel weights
     (a border weight map, say) derives them from ``target`` itself.
+
+    Example: plugins/losses.py (``bce_dice``), registered by plugins/alexander.py.
     """
 
 
@@ -73,11 +91,13 @@ def bench_optimizers() -> Mapping[str, Callable[..., torch.optim.Optimizer]]:
     ``factory(params, **hyperparams) -> torch.optim.Optimizer``; ``params`` (supplied by the harness)
     is the iterable of the model's trainable parameters. ``lr`` is the base learning rate that the
     schedule multiplies.
+
+    Example: plugins/optimizers.py (``adam``), registered by plugins/core.py.
     """
 
 
 @hookspec
-def bench_schedules() -> Mapping[str, Callable[..., Callable[[float], float]]]:
+def bench_schedules() -> Mapping[str, Callable[..., Schedule]]:
     """Learning-rate schedules, by name.
 
     ``factory(**params) -> multiplier``, where ``multiplier(epoch) -> float`` gives the factor applied to
@@ -85,27 +105,8 @@ def bench_schedules() -> Mapping[str, Callable[..., Callable[[float], float]]]:
     harness calls it before every optimisation step, so one contract serves per-epoch schedules
     (use ``int(epoch)``) and per-step ones (use the fraction). Keeping schedules as multipliers means
     tuning ``optimizer.lr`` rescales the whole schedule.
-    """
 
-
-@hookspec
-def bench_augmentations() -> Mapping[str, Callable[..., albumentations.BasicTransform]]:
-    """Training-time augmentations, by name.
-
-    ``factory(**params) -> albumentations transform``. It is applied to ``image`` (uint8 HxWx3 RGB)
-    and ``mask`` (uint8 HxW, values 0/1) together, in the order the recipe lists them, on training
-    images only. A transform that must see the mask to change the image (recolouring only the car's
-    pixels, say) is a ``DualTransform`` that reads it.
-    """
-
-
-@hookspec
-def bench_preprocessors() -> Mapping[str, Callable[..., albumentations.BasicTransform]]:
-    """Deterministic preprocessing, by name (CLAHE, say).
-
-    Same factory contract as ``bench_augmentations``, but applied to every image at training,
-    validation and test time, identically, so a model never sees a distribution at test time that it
-    did not train on.
+    Example: plugins/schedules.py (``piecewise_cyclic``), registered by plugins/core.py.
     """
 
 
@@ -124,7 +125,15 @@ def bench_callbacks() -> Mapping[str, Callable[..., Any]]:
     * ``state_dict() -> dict`` and ``load_state_dict(state)``: what the callback must carry across an
       interrupted and resumed run (tensors, numbers, lists and dicts only: checkpoints are loaded with
       ``weights_only=True``).
+
+    Example: plugins/mining.py (``hard_negative_mining``), registered by plugins/alexander.py.
     """
+
+
+# --------------------------------------------------------------------------------------------------
+# Data: where images come from ([data.source]) and how every image ([[preprocess]]) or every
+# training image ([[augment]]) is transformed (harness.data, harness.engine).
+# --------------------------------------------------------------------------------------------------
 
 
 @hookspec
@@ -135,24 +144,61 @@ def bench_datasets() -> Mapping[str, Callable[..., Path]]:
     ``train_masks.csv``, optional ``test/`` and ``metadata.csv``); see ``harness.data.carvana``. Anything that
     can be laid out that way (generated, downloaded, converted) is a dataset, and one reader serves
     them all. A factory that generates data should cache it and return quickly the second time.
+
+    Example: plugins/datasets.py (``synthetic``), registered by plugins/core.py.
     """
 
 
 @hookspec
-def bench_mergers() -> Mapping[str, Callable[..., Callable[..., numpy.ndarray]]]:
+def bench_preprocessors() -> Mapping[str, Callable[..., albumentations.BasicTransform]]:
+    """Deterministic preprocessing, by name (CLAHE, say).
+
+    Same factory contract as ``bench_augmentations``, but applied to every image at training,
+    validation and test time, identically, so a model never sees a distribution at test time that it
+    did not train on.
+
+    Example: plugins/augmentations.py (``clahe``), registered by plugins/alexander.py.
+    """
+
+
+@hookspec
+def bench_augmentations() -> Mapping[str, Callable[..., albumentations.BasicTransform]]:
+    """Training-time augmentations, by name.
+
+    ``factory(**params) -> albumentations transform``. It is applied to ``image`` (uint8 HxWx3 RGB)
+    and ``mask`` (uint8 HxW, values 0/1) together, in the order the recipe lists them, on training
+    images only. A transform that must see the mask to change the image (recolouring only the car's
+    pixels, say) is a ``DualTransform`` that reads it.
+
+    Example: plugins/augmentations.py (``hflip``), registered by plugins/core.py.
+    """
+
+
+# --------------------------------------------------------------------------------------------------
+# Ensemble: merging runs' maps and post-processing masks (`bench ensemble --merger/--post`,
+# harness.ensemble).
+# --------------------------------------------------------------------------------------------------
+
+
+@hookspec
+def bench_mergers() -> Mapping[str, Callable[..., Merge]]:
     """Ways to merge several models' probability maps into one, by name.
 
     ``factory(**params) -> merge``, where ``merge(maps, weights) -> map``: ``maps`` is a sequence of
     float32 ``(H, W)`` probability maps of one image, one per ensemble member, ``weights`` a sequence
     of floats of the same length; the result is one float32 ``(H, W)`` probability map.
+
+    Example: plugins/merge.py (``mean``).
     """
 
 
 @hookspec
-def bench_postprocessors() -> Mapping[str, Callable[..., Callable[..., numpy.ndarray]]]:
+def bench_postprocessors() -> Mapping[str, Callable[..., PostProcess]]:
     """Mask post-processing, by name (keep the largest component, convex hull, ...).
 
     ``factory(**params) -> postprocess``, where ``postprocess(probability, mask) -> mask``:
     ``probability`` is the float32 ``(H, W)`` map, ``mask`` the bool ``(H, W)`` mask thresholded from it;
     the result is a bool ``(H, W)`` mask.
+
+    Example: plugins/merge.py (``convex_hull``).
     """

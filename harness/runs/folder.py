@@ -24,6 +24,7 @@ from harness.errors import BenchError
 from harness.runs.probabilities import ProbabilityMaps
 
 PSEUDO_STAGE = "pseudo"
+SUMMARY_FILE = "summary.json"
 SUMMARY_FIELDS = ("data", "splits_hash", "oof_dice")  # what every reader relies on
 RUNS_HELP = ("Run folders, folders of runs, run names under --results, or globs of any of these "
              "(default: every run in --results).")
@@ -112,7 +113,7 @@ class RunFolder:
     environment = property(lambda self: self.path / "environment.json")
     per_image = property(lambda self: self.path / "per_image.csv")
     test_marker = property(lambda self: self.path / "test.json")
-    summary_path = property(lambda self: self.path / "summary.json")
+    summary_path = property(lambda self: self.path / SUMMARY_FILE)
     selection = property(lambda self: self.path / "selection.json")  # in a pseudo stage: the images it added
     oof_maps = property(lambda self: self.path / "oof_maps")
     test_maps = property(lambda self: self.path / "test_maps")
@@ -268,7 +269,7 @@ def resolve_runs(targets: list[str], results: Path) -> list[Path]:
 
 def is_run_folder(path: Path) -> bool:
     """``bench run`` has written into it (``recipe.toml`` comes first, ``summary.json`` last)."""
-    return (path / "summary.json").is_file() or (path / "recipe.toml").is_file()
+    return (path / SUMMARY_FILE).is_file() or (path / "recipe.toml").is_file()
 
 
 def _expand(path: Path) -> list[Path]:

@@ -12,8 +12,7 @@ import difflib
 
 from torch import nn  # at run time, not under TYPE_CHECKING: segbench evaluates the hints
 
-from harness.errors import BenchError
-from harness.recipe.weights import load_encoder_weights, smp_imagenet
+from harness.api import BenchError, load_encoder_weights, smp_imagenet
 
 TIMM_PREFIX = "tu-"  # smp's prefix for "any timm model as an encoder"
 

@@ -23,7 +23,7 @@ import torch
 import torchvision
 from torch import nn
 
-from harness.recipe.weights import UrlFile, load_encoder_weights
+from harness.api import UrlFile, load_encoder_weights
 
 # torchvision's published ImageNet VGG11 (what TernausNet and artsiom started from).
 VGG11_IMAGENET = UrlFile(torchvision.models.VGG11_Weights.IMAGENET1K_V1.url)

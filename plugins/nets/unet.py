@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.errors import BenchError
+from harness.api import BenchError
 
 UPSAMPLE_MODES = ("bilinear", "transposed")
 
