@@ -76,7 +76,7 @@ def test_broken_plugin_is_reported_and_skipped_unless_strict(tmp_path):
 
 def test_hook_that_raises_skips_the_whole_plugin(tmp_path):
     folder = write_plugin(tmp_path / "mine", "halfway", '''
-        from harness import hookimpl
+        from harness.api import hookimpl
 
         @hookimpl
         def bench_losses():
@@ -93,7 +93,7 @@ def test_hook_that_raises_skips_the_whole_plugin(tmp_path):
 
 def test_name_clash_skips_the_later_plugin_and_names_both(tmp_path):
     folder = write_plugin(tmp_path / "mine", "copycat", '''
-        from harness import hookimpl
+        from harness.api import hookimpl
 
         @hookimpl
         def bench_losses():

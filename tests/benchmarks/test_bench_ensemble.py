@@ -19,7 +19,7 @@ import pytest
 from rich.console import Console
 
 from harness.ensemble.ensemble import Ensemble, write_test_submission
-from harness.runs.ensemble_runs import Run
+from harness.runs.folder import Run, RunFolder, Summary
 from harness.runs.probabilities import ProbabilityMaps, quantise
 from plugins import merge
 
@@ -46,7 +46,7 @@ def _fake_runs(folder: Path, images: int) -> list[Run]:
             for image_id in ids:
                 handle.seek(store.offsets[image_id])
                 handle.write(pixels)
-        runs.append(Run(folder / f"run{run}", {}, store, store))
+        runs.append(Run(RunFolder(folder / f"run{run}"), Summary({})))  # its test store opens from disk
     return runs
 
 
