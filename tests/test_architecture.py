@@ -73,3 +73,11 @@ def test_harness_is_in_wings():
     wings = sorted(p.name for p in (ROOT / "harness").iterdir() if (p / "__init__.py").exists())
     assert modules == ["__init__.py", "api.py", "cli.py", "errors.py", "io.py"]
     assert wings == ["data", "engine", "ensemble", "evaluate", "recipe", "runs", "speed", "tune"]
+
+
+def test_every_component_kind_has_its_hook_and_every_hook_a_kind():
+    from harness.recipe import hookspecs
+    from harness.recipe.kinds import KINDS
+
+    hooks = {name for name in dir(hookspecs) if name.startswith("bench_")}
+    assert {kind.hook for kind in KINDS} == hooks

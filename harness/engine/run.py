@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
+import albumentations as A
 import numpy as np
 import torch
 from rich.console import Console
@@ -263,7 +264,7 @@ class _Training:
 
     images: Images | Joined
     position: dict[str, int]  # training image id -> index in ``images``
-    augment: object
+    augment: A.Compose | None
     oof: ProbabilityMaps | None
     extra_idx: list[int]  # indices of pseudo-labelled images, on every fold's training side
 
@@ -364,7 +365,7 @@ def _predict_test(stage: _Stage, folds: list[FoldFolder]) -> None:
         return
     models = []
     for fold in folds:
-        model = parts.model()
+        model = parts.model(pretrained=False)  # the fold's own weights replace them all
         model.load_state_dict(fold.read_checkpoint(fold.best)["model"])
         models.append(model.to(compute.device, memory_format=compute.memory_format).eval())
     store = folder.open_maps("test", mode="r+")  # allocated by _allocate_maps
