@@ -40,35 +40,13 @@ class FoldFolder:
     def index(self) -> int:
         return int(self.path.name.removeprefix("fold-"))
 
-    @property
-    def best(self) -> Path:
-        return self.path / "best.pt"
-
-    @property
-    def last(self) -> Path:
-        return self.path / "last.pt"
-
-    @property
-    def history(self) -> Path:
-        return self.path / "history.csv"
-
-    @property
-    def per_image(self) -> Path:
-        return self.path / "per_image.csv"
-
-    @property
-    def per_image_last(self) -> Path:
-        """The scores of the latest validation; copied to ``per_image.csv`` when the fold finishes."""
-        return self.path / "per_image_last.csv"
-
-    @property
-    def failure(self) -> Path:
-        return self.path / "failure.json"
-
-    @property
-    def marker(self) -> Path:
-        """``fold.json``: written last in the fold, so its presence means the fold is finished."""
-        return self.path / "fold.json"
+    best = property(lambda self: self.path / "best.pt")  # the best epoch's weights
+    last = property(lambda self: self.path / "last.pt")  # what --resume continues from
+    history = property(lambda self: self.path / "history.csv")
+    per_image = property(lambda self: self.path / "per_image.csv")
+    per_image_last = property(lambda self: self.path / "per_image_last.csv")  # the latest validation's scores
+    failure = property(lambda self: self.path / "failure.json")  # why training stopped (a NaN loss)
+    marker = property(lambda self: self.path / "fold.json")  # written last: the fold is finished
 
     def done(self) -> bool:
         return self.marker.exists()
@@ -79,7 +57,7 @@ class FoldFolder:
     def read_checkpoint(self, path: Path) -> dict[str, Any]:
         """A checkpoint of this fold, or one line naming it when it cannot be read back (cut short by a
         full disk or a crash outside our atomic writes)."""
-        import torch
+        import torch  # here, not at the top: `bench --help` imports this module for its help texts
 
         try:
             return torch.load(path, weights_only=True, map_location="cpu")
