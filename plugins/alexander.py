@@ -1,8 +1,8 @@
 """alexander's recipe: LinkNet-ResNet34, BCE + (1 - Dice), hard negative mining, CLAHE."""
 
 from harness.api import hookimpl
-from plugins import augmentations, losses, mining
-from plugins.nets import smp_models
+from plugins.components import augmentations, losses, mining
+from plugins.components.nets import smp_models
 
 __version__ = "0.1.0"
 

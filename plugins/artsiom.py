@@ -1,8 +1,8 @@
 """artsiom's recipe: a wide VGG11-UNet and a UNet from scratch, border-weighted BCE + Dice."""
 
 from harness.api import hookimpl
-from plugins import losses
-from plugins.nets import ternausnet, unet
+from plugins.components import losses
+from plugins.components.nets import ternausnet, unet
 
 __version__ = "0.1.0"
 

@@ -1,8 +1,8 @@
 """The shared plugin: optimizers, schedules, common augmentations, the synthetic data set, smp models."""
 
 from harness.api import hookimpl
-from plugins import augmentations, datasets, losses, optimizers, schedules
-from plugins.nets import smp_models
+from plugins.components import augmentations, datasets, losses, optimizers, schedules
+from plugins.components.nets import smp_models
 
 __version__ = "0.1.0"
 

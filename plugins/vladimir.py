@@ -1,8 +1,8 @@
 """vladimir's recipe (TernausNet): UNet11, BCE - log(Dice), colour changes of the car's pixels only."""
 
 from harness.api import hookimpl
-from plugins import augmentations, losses
-from plugins.nets import ternausnet
+from plugins.components import augmentations, losses
+from plugins.components.nets import ternausnet
 
 __version__ = "0.1.0"
 

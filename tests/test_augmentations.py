@@ -9,7 +9,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from plugins.augmentations import (  # noqa: E402
+from plugins.components.augmentations import (  # noqa: E402
     brightness,
     car_hsv_or_gray,
     clahe,

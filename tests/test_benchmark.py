@@ -9,7 +9,7 @@ import torch
 
 from harness.engine.device import Compute
 from harness.engine.timing import CARVANA_TEST_IMAGES, CARVANA_TRAIN_IMAGES, carvana_cost, gflops_per_image, measure_variant
-from plugins.losses import bce_dice
+from plugins.components.losses import bce_dice
 
 TTA = '[predict]\ntta = "hflip"'
 

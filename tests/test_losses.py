@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from plugins.losses import (
+from plugins.components.losses import (
     bce_dice,
     bce_log_dice,
     border_weights,

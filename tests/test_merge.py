@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from harness.errors import BenchError
-from plugins import merge
+from plugins.components import merging as merge
 
 
 def test_registered_through_the_entry_point(plugins) -> None:

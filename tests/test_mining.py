@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from plugins.mining import hard_negative_mining
+from plugins.components.mining import hard_negative_mining
 
 
 def _batch(value: float) -> dict[str, torch.Tensor]:

@@ -13,9 +13,9 @@ from huggingface_hub import constants as hf_constants
 
 from harness.errors import BenchError
 from harness.recipe import weights
-from plugins.nets.smp_models import linknet, smp_model
-from plugins.nets.ternausnet import unet11, wide_unet11
-from plugins.nets.unet import unet
+from plugins.components.nets.smp_models import linknet, smp_model
+from plugins.components.nets.ternausnet import unet11, wide_unet11
+from plugins.components.nets.unet import unet
 
 FACTORIES = {
     "unet11": unet11,

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from plugins.schedules import constant, cosine, piecewise_cyclic, step
+from plugins.components.schedules import constant, cosine, piecewise_cyclic, step
 
 BASE_LR = 1e-4
 EPOCHS = range(60)

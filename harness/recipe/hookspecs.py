@@ -68,7 +68,7 @@ def bench_models() -> Mapping[str, Callable[..., torch.nn.Module]]:
     ``harness.recipe.weights`` so that ``"none"``, a local file and ``"imagenet"`` behave the same in every
     model (and ``"imagenet"`` fails fast offline).
 
-    Example: plugins/nets/smp_models.py (``smp``), registered by plugins/core.py.
+    Example: plugins/components/nets/smp_models.py (``smp``), registered by plugins/core.py.
     """
 
 
@@ -80,7 +80,7 @@ def bench_losses() -> Mapping[str, Callable[..., Loss]]:
     ``target`` are ``(N, 1, H, W)``, ``target`` is float in {0, 1}. A loss that needs pixel weights
     (a border weight map, say) derives them from ``target`` itself.
 
-    Example: plugins/losses.py (``bce_dice``), registered by plugins/alexander.py.
+    Example: plugins/components/losses.py (``bce_dice``), registered by plugins/alexander.py.
     """
 
 
@@ -92,7 +92,7 @@ def bench_optimizers() -> Mapping[str, Callable[..., torch.optim.Optimizer]]:
     is the iterable of the model's trainable parameters. ``lr`` is the base learning rate that the
     schedule multiplies.
 
-    Example: plugins/optimizers.py (``adam``), registered by plugins/core.py.
+    Example: plugins/components/optimizers.py (``adam``), registered by plugins/core.py.
     """
 
 
@@ -106,7 +106,7 @@ def bench_schedules() -> Mapping[str, Callable[..., Schedule]]:
     (use ``int(epoch)``) and per-step ones (use the fraction). Keeping schedules as multipliers means
     tuning ``optimizer.lr`` rescales the whole schedule.
 
-    Example: plugins/schedules.py (``piecewise_cyclic``), registered by plugins/core.py.
+    Example: plugins/components/schedules.py (``piecewise_cyclic``), registered by plugins/core.py.
     """
 
 
@@ -126,7 +126,7 @@ def bench_callbacks() -> Mapping[str, Callable[..., Any]]:
       interrupted and resumed run (tensors, numbers, lists and dicts only: checkpoints are loaded with
       ``weights_only=True``).
 
-    Example: plugins/mining.py (``hard_negative_mining``), registered by plugins/alexander.py.
+    Example: plugins/components/mining.py (``hard_negative_mining``), registered by plugins/alexander.py.
     """
 
 
@@ -145,7 +145,7 @@ def bench_datasets() -> Mapping[str, Callable[..., Path]]:
     can be laid out that way (generated, downloaded, converted) is a dataset, and one reader serves
     them all. A factory that generates data should cache it and return quickly the second time.
 
-    Example: plugins/datasets.py (``synthetic``), registered by plugins/core.py.
+    Example: plugins/components/datasets.py (``synthetic``), registered by plugins/core.py.
     """
 
 
@@ -157,7 +157,7 @@ def bench_preprocessors() -> Mapping[str, Callable[..., albumentations.BasicTran
     validation and test time, identically, so a model never sees a distribution at test time that it
     did not train on.
 
-    Example: plugins/augmentations.py (``clahe``), registered by plugins/alexander.py.
+    Example: plugins/components/augmentations.py (``clahe``), registered by plugins/alexander.py.
     """
 
 
@@ -170,7 +170,7 @@ def bench_augmentations() -> Mapping[str, Callable[..., albumentations.BasicTran
     images only. A transform that must see the mask to change the image (recolouring only the car's
     pixels, say) is a ``DualTransform`` that reads it.
 
-    Example: plugins/augmentations.py (``hflip``), registered by plugins/core.py.
+    Example: plugins/components/augmentations.py (``hflip``), registered by plugins/core.py.
     """
 
 
@@ -188,7 +188,7 @@ def bench_mergers() -> Mapping[str, Callable[..., Merge]]:
     float32 ``(H, W)`` probability maps of one image, one per ensemble member, ``weights`` a sequence
     of floats of the same length; the result is one float32 ``(H, W)`` probability map.
 
-    Example: plugins/merge.py (``mean``).
+    Example: plugins/components/merging.py (``mean``), registered by plugins/merge.py.
     """
 
 
@@ -200,5 +200,5 @@ def bench_postprocessors() -> Mapping[str, Callable[..., PostProcess]]:
     ``probability`` is the float32 ``(H, W)`` map, ``mask`` the bool ``(H, W)`` mask thresholded from it;
     the result is a bool ``(H, W)`` mask.
 
-    Example: plugins/merge.py (``convex_hull``).
+    Example: plugins/components/merging.py (``convex_hull``), registered by plugins/merge.py.
     """

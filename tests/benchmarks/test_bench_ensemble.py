@@ -21,7 +21,7 @@ from rich.console import Console
 from harness.ensemble.ensemble import Ensemble, write_test_submission
 from harness.runs.folder import Run, RunFolder, Summary
 from harness.runs.probabilities import ProbabilityMaps, quantise
-from plugins import merge
+from plugins.components import merging as merge
 
 HEIGHT, WIDTH = 1280, 1918
 RUNS = 4

@@ -12,8 +12,8 @@ import torch
 
 from harness.engine.device import Compute
 from harness.speed.overhead import bare_epoch, harness_epoch, random_samples
-from plugins.losses import bce_dice
-from plugins.nets.smp_models import linknet
+from plugins.components.losses import bce_dice
+from plugins.components.nets.smp_models import linknet
 
 STEPS, BATCH, HEIGHT, WIDTH = 6, 8, 96, 160
 

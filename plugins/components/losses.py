@@ -166,7 +166,7 @@ def weighted_bce_dice(
 def top_k_bce(*, top_k: float = 0.1) -> Loss:
     """Pixel-level hard negative mining: BCE averaged over the ``top_k`` fraction of hardest pixels.
 
-    A pixel-level cousin of alexander's batch replay (``plugins.mining``): at 0.997 Dice nearly all
+    A pixel-level cousin of alexander's batch replay (``plugins.components.mining``): at 0.997 Dice nearly all
     pixels are solved, and averaging over all of them drowns the few wrong ones along the edges.
     The fraction is taken over all pixels of the batch, at least one pixel.
     """

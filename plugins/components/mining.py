@@ -1,6 +1,6 @@
 """Hard negative mining by batch replay, alexander's recipe, as a factory for ``bench_callbacks``.
 
-The pixel-level variant (BCE over the hardest pixels only) is a loss: ``plugins.losses.top_k_bce``.
+The pixel-level variant (BCE over the hardest pixels only) is a loss: ``plugins.components.losses.top_k_bce``.
 """
 
 from __future__ import annotations
