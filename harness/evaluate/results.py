@@ -91,7 +91,10 @@ def read_history(run: Run) -> pd.DataFrame:
     for fold, _ in enumerate(run.summary.folds):
         path = run.folder.fold(fold).history
         if path.exists():
-            frames.append(pd.read_csv(path).assign(fold=fold))
+            try:
+                frames.append(pd.read_csv(path).assign(fold=fold))
+            except (OSError, ValueError) as error:  # pandas' parser errors are ValueErrors
+                raise BenchError(f"{path}: cannot read the learning curve ({error})") from None
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
