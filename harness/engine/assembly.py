@@ -46,10 +46,13 @@ class Assembly:
 
     def model(self, pretrained: bool = True) -> torch.nn.Module:
         """The network; without pretrained weights when only its shape and speed matter."""
+        return self.build("model", "model", self.recipe.model, params=self._model_params(pretrained))
+
+    def _model_params(self, pretrained: bool) -> dict[str, Any]:
         params = dict(self.recipe.model.params)
         if not pretrained and "encoder_weights" in params:
             params["encoder_weights"] = "none"
-        return self.build("model", "model", self.recipe.model, params=params)
+        return params
 
     def optimizer(self, parameters) -> torch.optim.Optimizer:
         return self.build("optimizer", "optimizer", self.recipe.optimizer, parameters)
@@ -95,10 +98,7 @@ class Assembly:
         """The recipe's training step as ``harness.engine.compute_choice`` times it: its model without
         pretrained weights (speed does not depend on their values), loss and optimizer, at its input
         size and batch."""
-        recipe = self.recipe
-        model_params = dict(recipe.model.params)
-        if "encoder_weights" in model_params:
-            model_params["encoder_weights"] = "none"
+        recipe, model_params = self.recipe, self._model_params(pretrained=False)
         return compute_choice.Workload(
             build_model=lambda: self.model(pretrained=False),
             make_optimizer=self.optimizer,
