@@ -95,6 +95,9 @@ def test_resolved_recipe_round_trips(plugins, tmp_path):
         ("[train]", "[[augment]]\nname = 'hflipp'\n[train]", "unknown augmentation 'hflipp' at key 'augment.0.name' (did you mean 'hflip'"),
         ("[train]", "[input]\nsize = 64\n[train]", "key 'input': Value error, input.size = 64 (a short side) needs fit = 'resize'"),
         ("epochs = 2", "epochs = 2\nsteps_per_epoch = 0", "key 'train.steps_per_epoch': Input should be greater than or equal to 1"),
+        ("[train]", "[input]\nfit = 'resize'\nsize = 16\n[train]",
+         "key 'input.size' fits none of its forms: Input should be a valid tuple; Input should be greater than or "
+         "equal to 32; Input should be 'original' (got 16)"),
     ],
 )
 def test_bad_recipe_is_one_line_naming_file_and_key(tmp_path, plugins, old, new, message):

@@ -281,9 +281,34 @@ def _validate(raw: dict, origins: _Origins) -> Recipe:
         # A misspelt key also leaves its real key missing; the typo is the message worth reading.
         problems = sorted(error.errors(), key=lambda problem: problem["type"] != "extra_forbidden")
         first = problems[0]
-        key = tuple(first["loc"])
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise BenchError(f"{origins.of(key)}: {_describe(first, key)}{more}") from None
+        key, inside = _split_union(first["loc"])
+        if inside is None:
+            described, shown = _describe(first, key), 1
+        else:  # a key of several forms (input.size): one line with why each form failed
+            forms = [problem for problem in problems if _split_union(problem["loc"])[0] == key]
+            described, shown = _describe_forms(forms, key), len(forms)
+        more = f" (and {len(problems) - shown} more)" if len(problems) > shown else ""
+        raise BenchError(f"{origins.of(key)}: {described}{more}") from None
+
+
+def _split_union(loc: tuple) -> tuple[Key, tuple | None]:
+    """``(key, place inside the value)`` of a problem in one form of a union-typed key, which pydantic
+    locates by a type tag (``('input', 'size', 'constrained-int')``); ``(loc, None)`` otherwise."""
+    for index, part in enumerate(loc):
+        if isinstance(part, str) and not part.isidentifier():
+            return tuple(loc[:index]), tuple(loc[index + 1:])
+    return tuple(loc), None
+
+
+def _describe_forms(forms: list[dict], key: Key) -> str:
+    reasons = []
+    for problem in forms:
+        inside = _split_union(problem["loc"])[1]
+        reason = problem["msg"] + (f" (item {'.'.join(map(str, inside))})" if inside else "")
+        if reason not in reasons:
+            reasons.append(reason)
+    value = next((p["input"] for p in forms if not _split_union(p["loc"])[1]), forms[0].get("input"))
+    return f"key {'.'.join(map(str, key))!r} fits none of its forms: {'; '.join(reasons)} (got {value!r})"
 
 
 def _describe(problem: dict, key: Key) -> str:
