@@ -18,10 +18,12 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import BenchError
-from harness.runs.probabilities import ProbabilityMaps
+
+if TYPE_CHECKING:  # imported where a store is opened: `bench --help` reads this module's help texts
+    from harness.runs.probabilities import ProbabilityMaps
 
 PSEUDO_STAGE = "pseudo"
 SUMMARY_FILE = "summary.json"
@@ -57,7 +59,7 @@ class FoldFolder:
     def read_checkpoint(self, path: Path) -> dict[str, Any]:
         """A checkpoint of this fold, or one line naming it when it cannot be read back (cut short by a
         full disk or a crash outside our atomic writes)."""
-        import torch  # here, not at the top: `bench --help` imports this module for its help texts
+        import torch  # here, not at the top: `bench --help` reads this module's help texts
 
         try:
             return torch.load(path, weights_only=True, map_location="cpu")
@@ -130,6 +132,8 @@ class RunFolder:
 
     def open_maps(self, which: str, mode: str = "r") -> ProbabilityMaps:
         """``oof`` or ``test`` probabilities; one line naming the store when it is absent or damaged."""
+        from harness.runs.probabilities import ProbabilityMaps
+
         path = self.oof_maps if which == "oof" else self.test_maps
         if not (path.with_suffix(".json").is_file() and path.with_suffix(".u8").is_file()):
             raise BenchError(f"run {self.path} has no {path.name}.json/.u8")
