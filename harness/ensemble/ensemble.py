@@ -30,6 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from harness.data import rle
 from harness.data.carvana import CarvanaSet, car_id, open_carvana, read_mask
 from harness.ensemble import oof_search
+from harness.ensemble.members import open_runs, top_runs
 from harness.ensemble.submission import check_submission, write_submission
 from harness.errors import BenchError
 from harness.evaluate import stats
@@ -37,7 +38,6 @@ from harness.io import atomic_write_json
 from harness.recipe.components import build, validate_params
 from harness.recipe.hookspecs import Merge, PostProcess
 from harness.recipe.plugins import Plugins, UnknownComponent
-from harness.ensemble.members import open_runs, top_runs
 from harness.runs.folder import Run, RunFolder, resolve_runs
 from harness.runs.probabilities import TOP_LEVEL, ProbabilityMaps, binarise, quantise
 

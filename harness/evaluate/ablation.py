@@ -27,8 +27,8 @@ from harness.evaluate.results import read_per_image
 from harness.evaluate.stats import car_sums, paired_difference, pooled_interval
 from harness.io import atomic_write_text
 from harness.recipe.plugins import Plugins
-from harness.runs.folder import Run, RunFolder
 from harness.recipe.schema import Recipe, recipe_from_dict
+from harness.runs.folder import Run, RunFolder
 
 Raw = dict[str, Any]
 

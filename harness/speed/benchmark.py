@@ -20,9 +20,9 @@ import torch
 from harness.data.carvana import open_carvana
 from harness.data.loading import EpochSampler, Images, TrainingSamples
 from harness.engine import compute_choice
+from harness.engine.assembly import CACHE_BYTES, Assembly, recipe_fit
 from harness.engine.device import Compute, check_precision, resolve_device
 from harness.engine.environment import describe_environment
-from harness.engine.assembly import CACHE_BYTES, Assembly, recipe_fit
 from harness.engine.timing import (CARVANA_PIXELS, carvana_cost, gflops_per_image, matmul_gflops, measure_variant,
                                    train_gflops_per_image)
 from harness.errors import BenchError

@@ -15,8 +15,8 @@ from typing import Any
 
 from harness.errors import BenchError
 from harness.recipe import components
-from harness.recipe.plugins import Plugins
 from harness.recipe.kinds import RECIPE_KEYS
+from harness.recipe.plugins import Plugins
 from harness.recipe.schema import Key, Recipe, parse_key, recipe_from_dict, set_key
 from harness.recipe.tune_spec import TuneSpec, decode_params
 

@@ -13,8 +13,8 @@ import pytest
 from harness.data.carvana import open_carvana
 from harness.data.geometry import Fit
 from harness.data.loading import Images, TrainingSamples
-from harness.engine.metrics import dice
 from harness.engine.assembly import Assembly
+from harness.engine.metrics import dice
 from harness.recipe.schema import load_recipe
 
 WIDTH, HEIGHT = 1918, 1280
