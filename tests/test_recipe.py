@@ -98,6 +98,8 @@ def test_resolved_recipe_round_trips(plugins, tmp_path):
         ("[train]", "[input]\nfit = 'resize'\nsize = 16\n[train]",
          "key 'input.size' fits none of its forms: Input should be a valid tuple; Input should be greater than or "
          "equal to 32; Input should be 'original' (got 16)"),
+        ("[train]", "[tune.space]\n'optimizer.lr' = { type = 'float', low = 'x', high = 1.0 }\n[train]",
+         "key 'tune.space.optimizer.lr.float.low': Input should be a valid number"),
     ],
 )
 def test_bad_recipe_is_one_line_naming_file_and_key(tmp_path, plugins, old, new, message):

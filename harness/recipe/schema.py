@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -295,9 +296,14 @@ def _split_union(loc: tuple) -> tuple[Key, tuple | None]:
     """``(key, place inside the value)`` of a problem in one form of a union-typed key, which pydantic
     locates by a type tag (``('input', 'size', 'constrained-int')``); ``(loc, None)`` otherwise."""
     for index, part in enumerate(loc):
-        if isinstance(part, str) and not part.isidentifier():
+        if isinstance(part, str) and _UNION_TAG.fullmatch(part):
             return tuple(loc[:index]), tuple(loc[index + 1:])
     return tuple(loc), None
+
+
+# pydantic's tag of one form of a union: 'constrained-int', "literal['original']", 'tuple[...]'; never a
+# key of the recipe (a dotted [tune.space] key such as 'optimizer.lr' has no '-' or '[' before its dot)
+_UNION_TAG = re.compile(r"[a-z_]+(-[a-z_]+)+(\[.*\])?|[a-z_]+\[.*\]")
 
 
 def _describe_forms(forms: list[dict], key: Key) -> str:
