@@ -220,7 +220,10 @@ def open_run(path: Path) -> Run | UnfinishedRun:
     try:
         return Run(folder, folder.read_summary())
     except BenchError as error:
-        reason = "no summary.json" if not folder.summary_path.exists() else str(error).split(": ", 1)[-1]
+        if not folder.summary_path.exists():
+            return UnfinishedRun(path, folder.folds_done(), f"no {SUMMARY_FILE}")
+        # the folder is listed beside the reason: name the file, not its whole path
+        reason = str(error).replace(str(folder.summary_path), SUMMARY_FILE)
         return UnfinishedRun(path, folder.folds_done(), reason)
 
 
