@@ -40,6 +40,7 @@ def test_builtins_load_through_entry_points(plugins):
         assert infos[name].version == "0.1.0"
     assert plugins.get("model", "unet11").plugin == "vladimir"
     assert plugins.get("model", "linknet").plugin == "alexander"
+    assert plugins.get("model", "linknet34").plugin == "alexander"
     assert plugins.get("loss", "weighted_bce_dice").plugin == "artsiom"
     assert plugins.get("callback", "hard_negative_mining").plugin == "alexander"
 

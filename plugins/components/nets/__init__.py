@@ -2,7 +2,9 @@
 
 * ``ternausnet``: ``unet11`` (vladimir's TernausNet) and ``wide_unet11`` (artsiom's VGG11-UNet).
 * ``unet``: ``unet``, artsiom's plain UNet from random init.
-* ``smp_models``: ``linknet`` (alexander) and ``smp_model``, any smp architecture and encoder.
+* ``linknet34``: ``linknet34``, alexander's own LinkNet34 as the 1st-place code built it.
+* ``smp_models``: ``linknet`` (smp's Linknet, which alexander's recipe used first) and ``smp_model``,
+  any smp architecture and encoder.
 
 Every factory takes keyword parameters only and resolves ``encoder_weights`` with
 ``harness.recipe.weights``. Submodules are imported by whoever needs them, not here, so that importing one
