@@ -90,11 +90,32 @@ def show_command(
     profile: ProfileOption = None,
     set_: SetOption = None,
 ) -> None:
-    """Print the recipe as it resolves after profiles and --set overrides, validated."""
+    """Print the recipe as it resolves after profiles and --set overrides, validated, and then, as
+    TOML comments, its phases and the learning rate of every epoch."""
+    from harness.engine.assembly import Assembly
     from harness.recipe.schema import load_recipe
 
-    resolved = load_recipe(recipe, _plugins(ctx), profile or [], set_ or [])
+    plugins = _plugins(ctx)
+    resolved = load_recipe(recipe, plugins, profile or [], set_ or [])
     typer.echo(resolved.to_toml(), nl=False)
+    typer.echo("\n" + "\n".join(f"# {line}" for line in describe_epochs(Assembly(resolved, plugins).epoch_table())))
+
+
+def describe_epochs(rows: list[dict]) -> list[str]:
+    """Epochs that train alike (phase, lr, a new optimizer or not) on one line each."""
+    lines = ["epoch  phase  optimizer  lr          augment"]
+    start = 0
+    for index, row in enumerate(rows):
+        following = rows[index + 1] if index + 1 < len(rows) else None
+        same = ("phase", "lr")
+        if following and all(following[k] == row[k] for k in same) and not following["new_optimizer"]:
+            continue
+        epochs = f"{start}" if start == row["epoch"] else f"{start}-{row['epoch']}"
+        optimizer = row["optimizer"] + (" (new)" if rows[start]["new_optimizer"] else "")
+        lines.append(f"{epochs:<6} {row['phase']:<6} {optimizer:<10} {row['lr']:<11.4g} "
+                     f"{', '.join(row['augment']) or '-'}")
+        start = row["epoch"] + 1
+    return lines
 
 
 @app.command("run")

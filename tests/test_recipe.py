@@ -93,7 +93,7 @@ def test_resolved_recipe_round_trips(plugins, tmp_path):
         ('"bce_dice"', '"bce_dice"\nper_image = "maybe"', "key 'loss.per_image' of loss 'bce_dice': Input should be a valid boolean"),
         ("[train]", "[schedule]\nname = 'piecewise_cyclic'\ncycle = []\n[train]", "key 'schedule' (schedule 'piecewise_cyclic'): cycle must hold"),
         ("[train]", "[[augment]]\nname = 'hflipp'\n[train]", "unknown augmentation 'hflipp' at key 'augment.0.name' (did you mean 'hflip'"),
-        ("[train]", "[input]\nsize = 64\n[train]", "key 'input': Value error, input.size = 64 (a short side) needs fit = 'resize'"),
+        ("[train]", "[input]\nsize = 64\n[train]", "key 'input': input.size = 64 (a short side) needs fit = 'resize'"),
         ("epochs = 2", "epochs = 2\nsteps_per_epoch = 0", "key 'train.steps_per_epoch': Input should be greater than or equal to 1"),
         ("[train]", "[input]\nfit = 'resize'\nsize = 16\n[train]",
          "key 'input.size' fits none of its forms: Input should be a valid tuple; Input should be greater than or "

@@ -29,13 +29,20 @@ p = 0.5
 [predict]
 tta = "hflip"
 """
+PHASE = """
+[[phases]]  # the resume after SIGKILL crosses it: a fresh optimizer, no augmentation from epoch 3 on
+start_epoch = 3
+optimizer = { name = "adam", lr = 3e-3 }
+augment = []
+"""
 
 
 @pytest.fixture(scope="module")
 def run_recipe(tiny_recipe):
-    """``run_recipe(folder, data_root, epochs=6)``: the tiny recipe with a schedule, an augmentation and TTA."""
+    """``run_recipe(folder, data_root, epochs=6)``: the tiny recipe with a schedule, an augmentation and TTA,
+    and a phase when it has the epochs for one."""
     def write(folder: Path, root: Path, epochs: int = 6) -> Path:
-        return tiny_recipe(folder / "tiny.toml", root, epochs=epochs, extra=RUN_EXTRAS)
+        return tiny_recipe(folder / "tiny.toml", root, epochs=epochs, extra=RUN_EXTRAS + (PHASE if epochs > 3 else ""))
     return write
 
 
@@ -95,12 +102,12 @@ def test_complete_run_is_not_redone_and_unfinished_needs_resume(bench, finished_
     assert refused.code == 2 and "--resume" in refused.err
 
 
-def test_sigkill_mid_fold_then_resume_equals_an_uninterrupted_run(synthetic_set, finished_run, tmp_path):
+def test_sigkill_mid_fold_then_resume_across_a_phase_equals_an_uninterrupted_run(synthetic_set, finished_run, tmp_path):
     recipe = finished_run / "recipe.toml"  # the same resolved recipe as the finished run
     results = tmp_path / "results"
     command = [sys.executable, "-m", "harness.cli", "run", str(recipe), "--results", str(results), "--name", "killed"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    fold_one_epoch = results / "killed" / "fold-1" / "last.pt"
+    fold_one_epoch = results / "killed" / "fold-1" / "last.pt"  # written after its first epoch, before the phase
     deadline = time.monotonic() + 240
     while not fold_one_epoch.exists():
         assert process.poll() is None and time.monotonic() < deadline, "run ended before it could be killed"

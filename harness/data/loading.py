@@ -73,35 +73,54 @@ class Images:
         return self._decode(self.ids[index])
 
 
-class TrainingSamples(torch.utils.data.Dataset):
-    """Augmented, fitted (image, mask) pairs addressed by ``(draw, i)`` (``EpochSampler``); see the module docstring."""
+class PhasedAugment:
+    """The augmentation of each epoch: ``(first epoch, transforms or None)`` pairs of a recipe's phases.
 
-    def __init__(self, images: Images, indices: Sequence[int], augment: A.Compose | None, fit: Fit, seed: int):
-        self.images, self.indices, self.augment, self.fit, self.seed = images, list(indices), augment, fit, seed
+    Samples look it up by the epoch their key carries, so loader workers that persist across epochs
+    switch with the main process, and a run resumed inside a later phase augments as it would have.
+    """
+
+    def __init__(self, phases: Sequence[tuple[int, A.Compose | None]]):
+        self.phases = sorted(phases, key=lambda phase: phase[0])
+
+    def at(self, epoch: int) -> A.Compose | None:
+        return [augment for start, augment in self.phases if start <= epoch][-1]
+
+
+class TrainingSamples(torch.utils.data.Dataset):
+    """Augmented, fitted (image, mask) pairs addressed by ``(epoch, draw, i)`` (``EpochSampler``); see the
+    module docstring."""
+
+    def __init__(self, images: Images, indices: Sequence[int], augment: PhasedAugment | A.Compose | None, fit: Fit,
+                 seed: int):
+        self.images, self.indices, self.fit, self.seed = images, list(indices), fit, seed
+        self.augment = augment if isinstance(augment, PhasedAugment) else PhasedAugment([(0, augment)])
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        draw, position = key
+    def __getitem__(self, key: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, draw, position = key
         index = self.indices[position]
         image, mask = self.images[index]
-        if self.augment is not None:
-            self.augment.set_random_seed(sample_seed(self.seed, draw, index))
-            out = self.augment(image=image, mask=mask)
+        augment = self.augment.at(epoch)
+        if augment is not None:
+            augment.set_random_seed(sample_seed(self.seed, draw, index))
+            out = augment(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         image, mask = self.fit.array(image), self.fit.array(mask, is_mask=True)
         return to_chw(image), torch.from_numpy(np.ascontiguousarray(mask))[None]
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """Yields ``(draw, i)`` keys: position ``i`` of the shuffled pass ``draw`` over the samples.
+    """Yields ``(epoch, draw, i)`` keys: position ``i`` of the shuffled pass ``draw`` over the samples.
 
     By default an epoch is one pass and ``draw`` is the epoch. With ``samples_per_epoch`` an epoch
     is that many samples taken from an endless stream of passes, each shuffled afresh, so a budget
     in optimizer steps costs the same on 50 images as on 5,000. Keys depend only on (seed, epoch),
-    which keeps a resumed run identical; the draw travels inside the key, so loader workers that
-    persist across epochs, and the augmentation seeded from it, see the right one.
+    which keeps a resumed run identical; the epoch and draw travel inside the key, so loader workers
+    that persist across epochs, and the augmentation chosen by the one and seeded from the other, see
+    the right ones.
     """
 
     def __init__(self, size: int, seed: int, shuffle: bool, samples_per_epoch: int | None = None):
@@ -113,10 +132,10 @@ class EpochSampler(torch.utils.data.Sampler):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         if self.samples_per_epoch is None:
-            return iter([(self.epoch, position) for position in self._order(self.epoch)])
+            return iter([(self.epoch, self.epoch, position) for position in self._order(self.epoch)])
         start = self.epoch * self.samples_per_epoch
         draws = range(start // self.size, (start + self.samples_per_epoch - 1) // self.size + 1)
-        stream = [(draw, position) for draw in draws for position in self._order(draw)]
+        stream = [(self.epoch, draw, position) for draw in draws for position in self._order(draw)]
         offset = start - draws[0] * self.size
         return iter(stream[offset : offset + self.samples_per_epoch])
 

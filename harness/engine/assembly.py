@@ -24,6 +24,7 @@ from harness.engine import compute_choice
 from harness.engine.device import Compute
 from harness.errors import BenchError
 from harness.recipe import components
+from harness.recipe.phases import Phase, builds_optimizer, epoch_table, phase_at, phases_of
 from harness.recipe.plugins import Plugins
 from harness.recipe.schema import ComponentSpec, Recipe
 
@@ -54,8 +55,28 @@ class Assembly:
             params["encoder_weights"] = "none"
         return params
 
-    def optimizer(self, parameters) -> torch.optim.Optimizer:
-        return self.build("optimizer", "optimizer", self.recipe.optimizer, parameters)
+    def optimizer(self, parameters, phase: Phase | None = None) -> torch.optim.Optimizer:
+        """The optimizer of ``phase`` (default: the recipe's first), built over ``parameters``."""
+        phase = phase or phases_of(self.recipe)[0]
+        return self.build("optimizer", phase.optimizer_key, phase.optimizer, parameters)
+
+    def optimizers(self) -> Callable[[int, Any], torch.optim.Optimizer]:
+        """``(epoch, parameters) -> optimizer``: the optimizer of the phase in force at ``epoch``."""
+        phases = phases_of(self.recipe)
+        return lambda epoch, parameters: self.optimizer(parameters, phase_at(phases, epoch))
+
+    def builds_optimizer(self) -> Callable[[int], bool]:
+        """``epoch -> bool``: the epoch starts with a fresh optimizer (a phase's, or vladimir's every epoch)."""
+        phases = phases_of(self.recipe)
+        return lambda epoch: builds_optimizer(self.recipe, phases, epoch)
+
+    def base_lr(self, phase: Phase) -> float:
+        """The lr ``phase``'s optimizer is built with, which the schedule multiplies."""
+        return self.optimizer([torch.nn.Parameter(torch.zeros(1))], phase).param_groups[0]["lr"]
+
+    def epoch_table(self) -> list[dict]:
+        """The lr, phase and optimizer of every epoch, as the engine will train them (``bench show``)."""
+        return epoch_table(self.recipe, self.schedule(), self.base_lr)
 
     def loss(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         return self.build("loss", "loss", self.recipe.loss)
@@ -69,7 +90,14 @@ class Assembly:
     def transforms(self, key: str) -> A.Compose | None:
         """``preprocess`` or ``augment``: the recipe's transforms in order, or None when it lists none."""
         kind = {"preprocess": "preprocessor", "augment": "augmentation"}[key]
-        specs = getattr(self.recipe, key)
+        return self._compose(kind, key, getattr(self.recipe, key))
+
+    def augment_phases(self) -> list[tuple[int, A.Compose | None]]:
+        """``(first epoch, augmentation)`` of every phase, for ``harness.data.loading.PhasedAugment``."""
+        return [(phase.start, self._compose("augmentation", phase.augment_key, phase.augment))
+                for phase in phases_of(self.recipe)]
+
+    def _compose(self, kind: str, key: str, specs) -> A.Compose | None:
         if not specs:
             return None
         return A.Compose([self.build(kind, f"{key}.{i}", spec) for i, spec in enumerate(specs)])

@@ -110,9 +110,10 @@ def predict_loader(
     compute: Compute,
     tiling: Tiling | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield ``(index, probability map on the CPU)`` for every sample of a prediction loader.
+    """Yield ``(index, probability map)`` for every sample of a prediction loader.
 
-    ``shapes[index]`` is the original (height, width) the map is restored to.
+    ``shapes[index]`` is the original (height, width) the map is restored to. The map stays on the
+    compute device (float32), where validation scores its loss; storing it is the caller's copy.
     """
     for images, indices in loader:
         images = normalise(images.to(compute.device, non_blocking=True))
@@ -120,4 +121,4 @@ def predict_loader(
                                    tiling)
         for position, index in enumerate(indices.tolist()):
             height, width = shapes[index]
-            yield index, combine(per_model, position, height, width, fit, average).cpu()
+            yield index, combine(per_model, position, height, width, fit, average)

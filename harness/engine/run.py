@@ -16,15 +16,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-import albumentations as A
 import numpy as np
 import torch
 from rich.console import Console
 
 from harness.data.carvana import CarvanaSet, car_id, car_mask_areas, open_carvana
 from harness.data.geometry import Fit
-from harness.data.loading import (CachedImage, EpochSampler, Images, Normalise, PredictionSamples, TestImage,
-                                  TrainingSamples, shapes_of_test_images)
+from harness.data.loading import (CachedImage, EpochSampler, Images, Normalise, PhasedAugment, PredictionSamples,
+                                  TestImage, TrainingSamples, shapes_of_test_images)
 from harness.data.splits import Splits, make_splits, read_splits, write_splits
 from harness.engine import compute_choice
 from harness.engine.assembly import CACHE_BYTES, Assembly, loader
@@ -244,18 +243,22 @@ def _train_folds(stage: _Stage, monitor: RunMonitor | None = None, extra: Pseudo
         reporter = ConsoleReporter(stage.console, work, on_estimate=monitor.estimated if monitor else None)
         watched = reporter if monitor is None else _Watched(reporter, monitor)
         training = _Training(images, {image_id: i for i, image_id in enumerate(dataset.train)},
-                             stage.parts.transforms("augment"), oof, extra_idx)
+                             PhasedAugment(stage.parts.augment_phases()), oof, extra_idx)
         try:
             for fold in range(splits.k):
                 if fold in pending:
                     summary = train_fold(_fold_setup(stage, training, fold), watched)
-                    stage.console.print(f"fold {fold + 1}/{splits.k}: best val Dice {summary['val_dice']:.4f} "
-                                        f"(epoch {summary['best_epoch'] + 1})", highlight=False)
+                    stage.console.print(f"fold {fold + 1}/{splits.k}: val Dice {summary['val_dice']:.4f} with "
+                                        f"epoch {summary['best_epoch'] + 1}'s weights ({_KEPT[summary['checkpoint']]})",
+                                        highlight=False)
                 if monitor is not None:
                     monitor.fold_done(fold, folds[fold])
         finally:
             reporter.close()
     return folds
+
+
+_KEPT = {"best_val_dice": "best val Dice", "best_val_loss": "lowest val loss", "last": "the last epoch"}
 
 
 @dataclass(frozen=True)
@@ -264,7 +267,7 @@ class _Training:
 
     images: Images | Joined
     position: dict[str, int]  # training image id -> index in ``images``
-    augment: A.Compose | None
+    augment: PhasedAugment
     oof: ProbabilityMaps | None
     extra_idx: list[int]  # indices of pseudo-labelled images, on every fold's training side
 
@@ -342,7 +345,8 @@ def _fold_setup(stage: _Stage, training: _Training, fold: int) -> FoldSetup:
         fold=fold, seed=recipe.seed, epochs=recipe.train.epochs, accumulate=recipe.train.accumulate,
         grad_clip=recipe.train.grad_clip, threshold=recipe.predict.threshold, tta=recipe.predict.tta,
         average=recipe.predict.average, compute=compute, fit=fit, normalise=Normalise(recipe.input.normalize),
-        model=model, optimizer=parts.optimizer(model.parameters()), multiplier=parts.schedule(),
+        model=model, make_optimizer=parts.optimizers(), builds_optimizer=parts.builds_optimizer(),
+        accumulation=recipe.train.accumulation, checkpoint=recipe.train.checkpoint, multiplier=parts.schedule(),
         loss=parts.loss(), callbacks=parts.callbacks(), train_loader=loader(samples, compute, workers, batch, sampler),
         validation=validation(val_ids), epoch_validation=None if sample is None else validation(sample),
         oof=training.oof, folder=folder, compile=recipe.train.compile, tiling=recipe.predict.tiling,
@@ -377,7 +381,7 @@ def _predict_test(stage: _Stage, folds: list[FoldFolder]) -> None:
     for index, probability in predict_loader(models, test_loader, ordered_shapes, stage.fit, normalise,
                                              recipe.predict.tta, recipe.predict.average, compute,
                                              recipe.predict.tiling):
-        store[dataset.test[index]] = probability.numpy()
+        store[dataset.test[index]] = probability.cpu().numpy()
     store.flush()
     seconds = time.perf_counter() - started
     atomic_write_json(folder.test_marker, {

@@ -64,7 +64,12 @@ class Validation:
 
 @dataclass
 class FoldSetup:
-    """Everything one fold needs, built by ``harness.engine.run``."""
+    """Everything one fold needs, built by ``harness.engine.run``.
+
+    ``optimizer`` is the optimizer in force: ``train_fold`` builds it with ``make_optimizer(epoch,
+    parameters)`` at the first epoch and again at every epoch where ``builds_optimizer(epoch)`` says a
+    phase starts one (``harness.recipe.phases``).
+    """
 
     fold: int
     seed: int
@@ -78,7 +83,7 @@ class FoldSetup:
     fit: Fit
     normalise: Normalise
     model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
+    make_optimizer: Callable[[int, Any], torch.optim.Optimizer]
     multiplier: Callable[[float], float]
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     callbacks: list[Any]
@@ -89,13 +94,17 @@ class FoldSetup:
     compile: bool = False
     tiling: Tiling | None = None
     epoch_validation: Validation | None = None  # a sample validated after each epoch; None: the whole fold
+    builds_optimizer: Callable[[int], bool] = lambda epoch: False
+    accumulation: str = "mean"  # or "sum_from_first" (train.accumulation)
+    checkpoint: str = "best_val_dice"  # or "best_val_loss", "last" (train.checkpoint)
+    optimizer: torch.optim.Optimizer | None = None
 
 
 @dataclass
 class TrainState:
     epoch: int = 0  # the next epoch to run
     step: int = 0
-    best_dice: float = -1.0
+    best_score: float = -math.inf  # of train.checkpoint's rule, higher is better
     best_epoch: int = -1
     oof_epoch: int = -1  # the epoch whose predictions of the whole fold the out-of-fold store holds
     oof_dice: float = -1.0  # their mean Dice
@@ -110,14 +119,18 @@ def train_fold(setup: FoldSetup, reporter: Reporter) -> dict[str, Any]:
     model.to(compute.device, memory_format=compute.memory_format)
     setup.normalise.to(compute.device)
     scaler = torch.amp.GradScaler(compute.device.type, enabled=compute.precision == "fp16")
-    # Before _resume: a saved optimizer carries the last *scheduled* lr, not the recipe's base lr.
-    base_lrs = [group["lr"] for group in setup.optimizer.param_groups]
-    state = _resume(setup, scaler, reporter)
+    state, saved = _read_resume(setup, reporter)
+    # the optimizer that wrote the resume checkpoint: the one in force at the last finished epoch
+    base_lrs = _build_optimizer(setup, max(state.epoch - 1, 0))
+    if saved is not None:
+        _restore(setup, scaler, saved)
     trained = torch.compile(model) if setup.compile else model
     reporter.fold_started(setup.fold, setup.epochs, len(setup.train_loader), state.epoch)
 
     for epoch in range(state.epoch, setup.epochs):
         started = time.perf_counter()
+        if epoch > 0 and setup.builds_optimizer(epoch):
+            base_lrs = _build_optimizer(setup, epoch)
         losses = train_epoch(setup, state, epoch, trained, scaler, base_lrs, reporter)
         model.eval()
         record = {"epoch": epoch, "lr": base_lrs[0] * setup.multiplier(epoch), "train_loss": float(np.mean(losses))}
@@ -128,8 +141,9 @@ def train_fold(setup: FoldSetup, reporter: Reporter) -> dict[str, Any]:
         state.history.append(record)
         if setup.epoch_validation is None:
             state.oof_epoch, state.oof_dice = epoch, record["val_dice"]
-        if record["val_dice"] > state.best_dice:
-            state.best_dice, state.best_epoch = record["val_dice"], epoch
+        score = checkpoint_score(setup.checkpoint, record)
+        if score > state.best_score:
+            state.best_score, state.best_epoch = score, epoch
             _save(setup.folder.best, {"model": model.state_dict(), "epoch": epoch})
         state.epoch = epoch + 1
         _checkpoint(setup, scaler, state)
@@ -143,20 +157,39 @@ def train_fold(setup: FoldSetup, reporter: Reporter) -> dict[str, Any]:
     return _finish(setup, state)
 
 
+def checkpoint_score(rule: str, record: dict[str, float]) -> float:
+    """How good an epoch is under ``train.checkpoint``, higher better: a later epoch always wins under 'last'."""
+    if rule == "best_val_dice":
+        return record["val_dice"]
+    if rule == "best_val_loss":
+        return -record["val_loss"]
+    return record["epoch"]
+
+
+def _build_optimizer(setup: FoldSetup, epoch: int) -> list[float]:
+    """Put the optimizer of ``epoch``'s phase, freshly built, in force; return its base lrs (the lrs
+    it was built with, which the schedule multiplies)."""
+    setup.optimizer = setup.make_optimizer(epoch, setup.model.parameters())
+    return [group["lr"] for group in setup.optimizer.param_groups]
+
+
 def train_epoch(setup: FoldSetup, state: TrainState, epoch: int, trained: torch.nn.Module, scaler,
                 base_lrs: list[float], reporter: Reporter) -> list[float]:
     """One pass over the training loader; returns the per-step losses.
 
     This is the hot loop: per step it sets the learning rate, moves and normalises the batch, runs
     forward and backward, and steps the optimizer; nothing else (``bench benchmark`` compares it with
-    a bare PyTorch loop).
+    a bare PyTorch loop). Gradients left from the last epoch (``sum_from_first`` drops them) are
+    cleared first.
     """
     compute, model = setup.compute, setup.model
     steps_per_epoch = len(setup.train_loader)
     setup.train_loader.sampler.epoch = epoch
     torch.manual_seed(sample_seed(setup.seed, setup.fold, epoch))
+    summed = setup.accumulation == "sum_from_first"
     started, losses = time.perf_counter(), []
     model.train()
+    setup.optimizer.zero_grad(set_to_none=True)
     for index, (images, masks) in enumerate(setup.train_loader):
         lr_factor = setup.multiplier(epoch + index / steps_per_epoch)
         for group, base in zip(setup.optimizer.param_groups, base_lrs):
@@ -164,12 +197,12 @@ def train_epoch(setup: FoldSetup, state: TrainState, epoch: int, trained: torch.
         images = setup.normalise(images.to(compute.device, non_blocking=True))
         images = images.contiguous(memory_format=compute.memory_format)
         masks = masks.to(compute.device, non_blocking=True).float()
-        loss = _backward(trained, setup, scaler, images, masks, setup.accumulate)
+        loss = _backward(trained, setup, scaler, images, masks, 1 if summed else setup.accumulate)
         losses.append(loss)
         state.train_images += len(images)
         if not math.isfinite(loss):
             _stop(setup, epoch, index, loss)
-        if (index + 1) % setup.accumulate == 0 or index + 1 == steps_per_epoch:
+        if steps_after(index, setup.accumulate, steps_per_epoch, summed):
             _optimizer_step(model, setup, scaler)
             state.step += 1
             for callback in setup.callbacks:
@@ -180,6 +213,18 @@ def train_epoch(setup: FoldSetup, state: TrainState, epoch: int, trained: torch.
         reporter.step_done(loss)
     state.train_seconds += time.perf_counter() - started
     return losses
+
+
+def steps_after(index: int, accumulate: int, batches: int, summed: bool) -> bool:
+    """Whether the optimizer steps after batch ``index`` of an epoch of ``batches``.
+
+    Averaged accumulation steps after every ``accumulate`` batches and after the last one; artsiom's
+    summed accumulation (``run_train.py:58-64``) steps after batches 0, k, 2k, ... (the first step
+    after one batch) and leaves what follows the last of them unstepped.
+    """
+    if summed:
+        return index % accumulate == 0
+    return (index + 1) % accumulate == 0 or index + 1 == batches
 
 
 def _backward(model, setup: FoldSetup, scaler, images, masks, accumulate: int) -> float:
@@ -200,23 +245,40 @@ def _optimizer_step(model: torch.nn.Module, setup: FoldSetup, scaler) -> None:
 
 
 def _validate(model: torch.nn.Module, setup: FoldSetup, validation: Validation) -> dict[str, float]:
-    """Predict held-out images into the out-of-fold store; per-image Dice on the stored maps."""
-    started, scores = time.perf_counter(), {}
+    """Predict held-out images into the out-of-fold store; per-image Dice on the stored maps, and the
+    recipe's own loss.
+
+    The loss is taken on each image at its own size, from its predicted map (TTA included) turned
+    back into logits, and averaged over images: the same figure whatever the batch, the input fit or
+    the device, which ``train.checkpoint = 'best_val_loss'`` compares from epoch to epoch.
+    """
+    started, scores, losses = time.perf_counter(), {}, []
     outputs = predict_loader([model], validation.loader, validation.shapes, setup.fit, setup.normalise,
                              setup.tta, setup.average, setup.compute, setup.tiling)
     for index, probability in outputs:
-        image_id = validation.ids[index]
-        setup.oof[image_id] = probability.numpy()
+        image_id, truth = validation.ids[index], validation.mask(index)
+        losses.append(_map_loss(setup, probability, truth))
+        setup.oof[image_id] = probability.cpu().numpy()
         predicted = binarise(setup.oof.quantised(image_id), setup.threshold)
-        scores[image_id] = dice(predicted, validation.mask(index))
+        scores[image_id] = dice(predicted, truth)
     setup.oof.flush()
     seconds = time.perf_counter() - started
     _write_per_image(setup.folder.per_image_last, scores)
     return {
         "val_dice": float(np.mean(list(scores.values()))),
+        "val_loss": float(np.mean(losses)),
         "val_images": len(scores),
         "val_images_per_s": round(len(scores) / max(seconds, 1e-9), 2),
     }
+
+
+@torch.inference_mode()
+def _map_loss(setup: FoldSetup, probability: torch.Tensor, truth: np.ndarray) -> float:
+    """The recipe's loss of one predicted map (on the device) against its ground truth."""
+    eps = torch.finfo(torch.float32).eps  # keeps the logits finite: |logit| <= 16
+    logits = torch.logit(probability.float().clamp(eps, 1 - eps))[None, None]
+    target = torch.from_numpy(truth).to(probability.device).float()[None, None]
+    return setup.loss(logits, target).item()
 
 
 def _write_per_image(path: Path, scores: dict[str, float]) -> None:
@@ -245,7 +307,8 @@ def _write_history(path: Path, history: list[dict[str, float]]) -> None:
     atomic_write(path, lambda handle: handle.write(("\n".join(lines) + "\n").encode()))
 
 
-def _resume(setup: FoldSetup, scaler, reporter: Reporter) -> TrainState:
+def _read_resume(setup: FoldSetup, reporter: Reporter) -> tuple[TrainState, dict | None]:
+    """The fold's state and resume checkpoint, or a fresh state (and the initial seed) without one."""
     path = setup.folder.last
     saved = None
     if path.exists():
@@ -255,14 +318,17 @@ def _resume(setup: FoldSetup, scaler, reporter: Reporter) -> TrainState:
             reporter.warn(f"{error.path} cannot be read back; fold {setup.fold} starts again from its first epoch")
     if saved is None:
         torch.manual_seed(sample_seed(setup.seed, setup.fold))
-        return TrainState()
+        return TrainState(), None
+    return TrainState(**saved["state"]), saved
+
+
+def _restore(setup: FoldSetup, scaler, saved: dict) -> None:
     setup.model.load_state_dict(saved["model"])
     setup.optimizer.load_state_dict(saved["optimizer"])
     scaler.load_state_dict(saved["scaler"])
     for callback, callback_state in zip(setup.callbacks, saved["callbacks"]):
         if hasattr(callback, "load_state_dict"):
             callback.load_state_dict(callback_state)
-    return TrainState(**saved["state"])
 
 
 def _stop(setup: FoldSetup, epoch: int, index: int, loss: float) -> None:
@@ -278,6 +344,7 @@ def _finish(setup: FoldSetup, state: TrainState) -> dict[str, Any]:
     summary = {
         "fold": setup.fold,
         "best_epoch": state.best_epoch,
+        "checkpoint": setup.checkpoint,  # the rule that chose best_epoch
         "val_dice": state.oof_dice,  # the whole held-out fold, predicted by the best epoch's weights
         "epochs": len(state.history),
         "optimizer_steps": state.step,

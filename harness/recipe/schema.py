@@ -97,6 +97,20 @@ class TrainSpec(_Strict):
                           "best weights, for the out-of-fold maps. Unset: the whole fold every epoch."
     )
     accumulate: Annotated[int, Field(ge=1)] = 1
+    accumulation: Literal["mean", "sum_from_first"] = Field(
+        "mean", description="How `accumulate` batches make a step. 'mean': each loss divided by `accumulate`, a "
+                            "step every `accumulate` batches and at the epoch's end. 'sum_from_first' (artsiom): "
+                            "losses summed, a step after the first batch and then every `accumulate`, gradients "
+                            "left over at the epoch's end dropped."
+    )
+    new_optimizer_every_epoch: bool = Field(
+        False, description="Build a fresh optimizer (empty moments) at the start of every epoch (vladimir)."
+    )
+    checkpoint: Literal["best_val_dice", "best_val_loss", "last"] = Field(
+        "best_val_dice", description="The epoch whose weights a fold keeps (out-of-fold maps, test predictions): "
+                                     "the best validation Dice, the lowest validation loss (the recipe's own loss "
+                                     "on the held-out images), or the last epoch."
+    )
     grad_clip: Annotated[float, Field(gt=0)] | None = None
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool | Literal["auto"] = "auto"
@@ -144,6 +158,25 @@ class PseudoLabelSpec(_Strict):
         return self
 
 
+class PhaseSpec(_Strict):
+    """From ``start_epoch`` on, train with another optimizer (built afresh) and/or augmentation list."""
+
+    start_epoch: Annotated[int, Field(ge=1)]
+    optimizer: ComponentSpec | None = Field(
+        None, description="A new optimizer, built at start_epoch; unset: the one in force carries on."
+    )
+    augment: list[ComponentSpec] | None = Field(
+        None, description="The augmentation list from start_epoch on ([] for none); unset: unchanged."
+    )
+
+    @pydantic.model_validator(mode="after")
+    def _changes_something(self) -> PhaseSpec:
+        if self.optimizer is None and self.augment is None:
+            raise ValueError(f"the phase starting at epoch {self.start_epoch} changes nothing: give it "
+                             "an optimizer, an augment list, or both")
+        return self
+
+
 class Recipe(_Strict):
     name: str
     description: str = ""
@@ -159,6 +192,9 @@ class Recipe(_Strict):
     preprocess: list[ComponentSpec] = []
     callbacks: list[ComponentSpec] = []
     train: TrainSpec
+    phases: list[PhaseSpec] = Field(
+        [], description="Changes from a given epoch on, in order (harness.recipe.phases)."
+    )
     predict: PredictSpec = PredictSpec()
     pseudo_label: PseudoLabelSpec | None = None
     tune: TuneSpec | None = Field(None, description="How `bench tune` searches this recipe; ignored by `bench run`.")
@@ -195,13 +231,16 @@ def load_recipe(
         set_key(raw, key, value, f"--set {'.'.join(map(str, key))}", path)
         origins.mark(key, f"--set {override}")
     recipe = _validate(raw, origins)
+    _check_phases(recipe, origins)
     return _check_components(recipe, plugins, origins)
 
 
 def recipe_from_dict(raw: dict[str, Any], plugins: Plugins, origin: str) -> Recipe:
     """Validate a recipe built in code (an ablation variant, say) as strictly as one read from a file."""
     origins = _Origins(origin)
-    return _check_components(_validate(copy.deepcopy(raw), origins), plugins, origins)
+    recipe = _validate(copy.deepcopy(raw), origins)
+    _check_phases(recipe, origins)
+    return _check_components(recipe, plugins, origins)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -323,6 +362,8 @@ def _describe(problem: dict, key: Key) -> str:
         return f"unknown key {dotted!r}{_suggest(str(key[-1]), _fields_at(key[:-1]), '.'.join(map(str, key[:-1])))}"
     if problem["type"] == "missing":
         return f"missing key {dotted!r}"
+    if problem["type"] == "value_error":  # a validator's own sentence; its input is a whole table
+        return f"key {dotted!r}: {problem['msg'].removeprefix('Value error, ')}"
     return f"key {dotted!r}: {problem['msg']} (got {problem.get('input')!r})"
 
 
@@ -354,39 +395,65 @@ def _suggest(word: str, known: list[str], where: str) -> str:
     return f" (known in {where or 'the recipe'}: {', '.join(known)})" if known else ""
 
 
+def _check_phases(recipe: Recipe, origins: _Origins) -> None:
+    """Phases start inside the run, in increasing order (checked here: it takes train.epochs too)."""
+    previous = 0
+    for index, phase in enumerate(recipe.phases):
+        key = ("phases", index, "start_epoch")
+        where = f"{origins.of(key)}: key 'phases.{index}.start_epoch' = {phase.start_epoch}"
+        if phase.start_epoch >= recipe.train.epochs:
+            raise BenchError(f"{where} starts past the last epoch (train.epochs = {recipe.train.epochs}; "
+                             "epochs count from 0)")
+        if phase.start_epoch <= previous:
+            raise BenchError(f"{where}: phases start in increasing order, each after epoch {previous}")
+        previous = phase.start_epoch
+
+
 def _check_components(recipe: Recipe, plugins: Plugins, origins: _Origins) -> Recipe:
     """Look every component up and validate its parameters; returns the recipe with coerced params."""
-    updates: dict[str, Any] = {}
-    for dotted, kind in RECIPE_KEYS.items():
-        value = _get(recipe, dotted)
-        specs = value if isinstance(value, list) else [value]
-        checked = []
-        for index, spec in enumerate(specs):
-            key = tuple(dotted.split(".")) + ((index,) if isinstance(value, list) else ())
-            where = ".".join(map(str, key))
-            try:
-                component = plugins.get(kind, spec.name)
-            except UnknownComponent as unknown:
-                raise BenchError(
-                    f"{origins.of(key + ('name',))}: unknown {kind} {spec.name!r} at key '{where}.name' ({unknown.hint()})"
-                ) from None
-            params, problems = components.validate_params(component, spec.params)
-            if problems:
-                problem = problems[0]
-                full = key + tuple(problem.key.split("."))
-                raise BenchError(
-                    f"{origins.of(full)}: key '{'.'.join(map(str, full))}' of {kind} {spec.name!r}: {problem.message}"
-                )
-            if BY_NAME[kind].built_at_load:  # cheap: a value the factory rejects is reported now
-                components.build(component, params, where=f"{origins.of(key)}: key '{where}'")
-            checked.append(type(spec)(name=spec.name, **params))
-        updates[dotted] = checked if isinstance(value, list) else checked[0]
-    data = recipe.data.model_copy(update={"source": updates.pop("data.source")})
-    return recipe.model_copy(update={"data": data, **updates})
+    recipe = recipe.model_copy(deep=True)
+    for key, kind, owner, slot in _component_slots(recipe):
+        spec = owner[slot] if isinstance(owner, list) else getattr(owner, slot)
+        where = ".".join(map(str, key))
+        try:
+            component = plugins.get(kind, spec.name)
+        except UnknownComponent as unknown:
+            raise BenchError(
+                f"{origins.of(key + ('name',))}: unknown {kind} {spec.name!r} at key '{where}.name' ({unknown.hint()})"
+            ) from None
+        params, problems = components.validate_params(component, spec.params)
+        if problems:
+            problem = problems[0]
+            full = key + tuple(problem.key.split("."))
+            raise BenchError(
+                f"{origins.of(full)}: key '{'.'.join(map(str, full))}' of {kind} {spec.name!r}: {problem.message}"
+            )
+        if BY_NAME[kind].built_at_load:  # cheap: a value the factory rejects is reported now
+            components.build(component, params, where=f"{origins.of(key)}: key '{where}'")
+        checked = type(spec)(name=spec.name, **params)
+        if isinstance(owner, list):
+            owner[slot] = checked
+        else:
+            setattr(owner, slot, checked)
+    return recipe
 
 
-def _get(recipe: Recipe, dotted: str) -> Any:
-    value: Any = recipe
-    for part in dotted.split("."):
-        value = getattr(value, part)
-    return value
+def _component_slots(recipe: Recipe):
+    """``(key, kind, owner, slot)`` of every component the recipe names, phases included: the spec
+    is ``owner[slot]`` (a list item) or ``getattr(owner, slot)``."""
+    tables = [((), recipe)] + [(("phases", i), phase) for i, phase in enumerate(recipe.phases)]
+    for prefix, table in tables:
+        for dotted, kind in RECIPE_KEYS.items():
+            *parents, last = dotted.split(".")
+            owner = table
+            for part in parents:
+                owner = getattr(owner, part, None)
+            value = getattr(owner, last, None) if owner is not None else None
+            if value is None:  # a phase table that does not set this kind
+                continue
+            key = prefix + tuple(dotted.split("."))
+            if isinstance(value, list):
+                for index in range(len(value)):
+                    yield key + (index,), kind, value, index
+            else:
+                yield key, kind, owner, last

@@ -21,7 +21,7 @@ from harness.engine.train import FoldSetup, TrainState, train_epoch
 
 
 class InMemorySamples(torch.utils.data.Dataset):
-    """uint8 samples already decoded and fitted, addressed by the engine's ``(epoch, index)`` keys."""
+    """uint8 samples already decoded and fitted, addressed by the engine's ``(epoch, draw, index)`` keys."""
 
     def __init__(self, images: torch.Tensor, masks: torch.Tensor):
         self.images, self.masks = images, masks
@@ -29,8 +29,8 @@ class InMemorySamples(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        _, index = key
+    def __getitem__(self, key: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        *_, index = key
         return self.images[index], self.masks[index]
 
 
@@ -75,7 +75,8 @@ def harness_epoch(model, make_optimizer, loss, images, masks, batch: int, comput
     loader = torch.utils.data.DataLoader(samples, batch_size=batch, sampler=EpochSampler(len(samples), 0, shuffle=False))
     setup = FoldSetup(
         fold=0, seed=0, epochs=1, accumulate=1, grad_clip=None, threshold=0.5, tta="none", average="logits",
-        compute=compute, fit=None, normalise=Normalise("imagenet"), model=model, optimizer=optimizer,
+        compute=compute, fit=None, normalise=Normalise("imagenet"), model=model,
+        make_optimizer=lambda epoch, parameters: optimizer, optimizer=optimizer,
         multiplier=lambda epoch: 1.0, loss=loss, callbacks=[], train_loader=loader, validation=None,
         oof=None, folder=None,
     )

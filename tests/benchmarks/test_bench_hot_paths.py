@@ -56,5 +56,5 @@ def test_loader_sample_full_size(benchmark, alexander_augment, carvana_size_set)
     dataset = open_carvana(carvana_size_set)
     samples = TrainingSamples(Images(dataset, dataset.train, None, cache_bytes=0), range(4),
                               alexander_augment, Fit("pad", None, "constant"), seed=0)
-    image, mask = benchmark(samples.__getitem__, (0, 1))
+    image, mask = benchmark(samples.__getitem__, (0, 0, 1))
     assert tuple(image.shape) == (3, 1280, 1920) and tuple(mask.shape) == (1, 1280, 1920)
