@@ -442,3 +442,78 @@ def test_a_view_no_car_has_or_one_car_lacks(ranked_set: Path, tmp_path: Path) ->
     (copy / "train_masks" / f"{lacking.stem}_mask.gif").unlink()
     with pytest.raises(BenchError, match=rf"^folds.view = '05': car {lacking.stem[:-3]} has no view 05, .*is missing"):
         splits_for(open_carvana(copy), "rank_mod_k", 5, 0, view="05")
+
+
+@pytest.fixture
+def tiny_run_recipe(tmp_path, synthetic_set, tiny_recipe) -> Path:
+    return tiny_recipe(tmp_path / "tiny.toml", synthetic_set, epochs=1)
+
+
+def _no_run_folder(results: Path) -> bool:
+    return not results.exists() or not any(results.iterdir())
+
+
+@pytest.mark.parametrize("folds_file, needle", [
+    ("missing", "car {car} of the data has no row"),
+    ("unknown", "names car 'stranger', which is not in the data"),
+    ("bad_fold", "has fold 'two'"),
+    ("not_csv", "no column id or fold"),
+    ("nowhere", "no such file"),
+])
+def test_bench_run_with_a_bad_folds_file_writes_nothing(bench, synthetic_set, tiny_run_recipe, tmp_path,
+                                                        folds_file, needle):
+    cars = car_ids(open_carvana(synthetic_set))
+    rows = {"missing": [f"{car},{i % 2}" for i, car in enumerate(cars[1:])],
+            "unknown": [f"{car},{i % 2}" for i, car in enumerate(cars)] + ["stranger,0"],
+            "bad_fold": [f"{car},{'two' if i else 0}" for i, car in enumerate(cars)]}
+    path = tmp_path / "folds.csv"
+    if folds_file in rows:
+        path.write_text("id,square,fold\n" + "".join(f"{row.split(',')[0]},1.5,{row.split(',')[1]}\n"
+                                                     for row in rows[folds_file]))
+    elif folds_file == "not_csv":
+        path.write_bytes(b"just some words\n")
+    results = tmp_path / "results"
+    result = bench("run", tiny_run_recipe, "--results", results, "--set", "folds.method=file",
+                   "--set", f"folds.file={path}")
+    lines = result.err.strip().splitlines()
+    assert result.code == 2 and len(lines) == 1, result.err
+    assert f"folds.file {path}" in lines[0] and needle.format(car=cars[0]) in lines[0], lines[0]
+    assert _no_run_folder(results)
+
+
+def test_bench_run_with_a_view_no_car_has_writes_nothing(bench, tiny_run_recipe, tmp_path):
+    results = tmp_path / "results"
+    result = bench("run", tiny_run_recipe, "--results", results, "--set", "folds.method=rank_mod_k",
+                   "--set", "folds.view=17")
+    lines = result.err.strip().splitlines()
+    assert result.code == 2 and len(lines) == 1, result.err
+    assert "folds.view = '17': no training image in" in lines[0]
+    assert _no_run_folder(results)
+
+
+def test_bench_run_with_k_other_than_the_files(bench, synthetic_set, tiny_run_recipe, tmp_path):
+    path = tmp_path / "folds.csv"
+    write_folds_csv(splits_for(open_carvana(synthetic_set), "kfold", 4, 0), path)
+    results = tmp_path / "results"
+    result = bench("run", tiny_run_recipe, "--results", results, "--set", "folds.method=file",
+                   "--set", f"folds.file={path}")
+    assert result.code == 2 and f"folds.file {path} has 4 folds (0..3) but folds.k = 2; set folds.k = 4" in result.err
+    assert _no_run_folder(results)
+
+
+@pytest.mark.slow
+def test_bench_run_records_the_folds_file(bench, synthetic_set, tiny_run_recipe, tmp_path):
+    """A run on a folds file keeps the file's path and sha256 in splits.json, beside the folds' hash."""
+    from harness.runs.folder import RunFolder
+
+    path = tmp_path / "folds.csv"
+    made = splits_for(open_carvana(synthetic_set), "rank_mod_k", 2, 0, view="05")
+    write_folds_csv(made, path)
+    result = bench("run", tiny_run_recipe, "--results", tmp_path / "results", "--name", "from-file",
+                   "--set", "folds.method=file", "--set", f"folds.file={path}")
+    assert result.code == 0, result.err
+    folder = RunFolder(tmp_path / "results" / "from-file")
+    stored = json.loads(folder.splits.read_text())
+    assert stored["method"] == "file" and stored["folds"] == [list(fold) for fold in made.folds]
+    assert stored["file"] == {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    assert folder.read_summary()["splits_hash"] == stored["hash"] == read_splits(folder.splits).hash
