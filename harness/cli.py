@@ -407,20 +407,38 @@ def data_check(root: Annotated[Path, typer.Argument(help="A folder in the Carvan
 @data_app.command("split")
 def data_split(
     root: Annotated[Path, typer.Argument(help="A folder in the Carvana layout.")],
-    out: Annotated[Path, typer.Option(help="Where to write splits.json.")] = Path("splits.json"),
+    out: Annotated[Path, typer.Option(help="Where to write: splits.json, or a folds CSV (id,fold) "
+                                           "when the name ends in .csv.")] = Path("splits.json"),
     folds: Annotated[int, typer.Option(help="Number of folds.")] = 5,
-    method: Annotated[str, typer.Option(help="rank_by_area or stratified_by_area.")] = "rank_by_area",
+    method: Annotated[str, typer.Option(help="rank_by_area, stratified_by_area, rank_mod_k, kfold or file "
+                                              "(as the recipe's folds.method).")] = "rank_by_area",
     seed: Annotated[int, typer.Option(help="Seed of the fold assignment.")] = 0,
+    view: Annotated[Optional[str], typer.Option(help="rank_mod_k: rank by this view's mask area, e.g. 05 "
+                                                     "(default: the total over all views).")] = None,
+    file: Annotated[Optional[Path], typer.Option(help="file: the folds CSV to read (id,fold).")] = None,
 ) -> None:
-    """Split the training cars into folds by car id and write splits.json with its content hash."""
-    from harness.data.carvana import car_mask_areas, open_carvana
-    from harness.data.splits import make_splits, write_splits
+    """Split the training cars into folds by car id and write splits.json with its content hash,
+    or a folds CSV that a recipe reads with folds.method = "file"."""
+    from typing import get_args
 
-    if method not in ("rank_by_area", "stratified_by_area"):
-        raise BenchError(f"--method {method}: expected rank_by_area or stratified_by_area")
-    splits = make_splits(car_mask_areas(open_carvana(root)), folds, method, seed)
-    write_splits(splits, out)
-    console.print(f"wrote {out}: {folds} folds ({method}, seed {seed}), hash {splits.hash[:16]}")
+    from harness.data.carvana import open_carvana
+    from harness.data.splits import SplitMethod, splits_for, write_folds_csv, write_splits
+
+    if method not in get_args(SplitMethod):
+        raise BenchError(f"--method {method}: expected one of {', '.join(get_args(SplitMethod))}")
+    if view is not None and method != "rank_mod_k":
+        raise BenchError(f"--view {view}: only --method rank_mod_k ranks by one view, not {method}")
+    if (file is not None) != (method == "file"):
+        raise BenchError("--method file reads --file, and --file goes with --method file only")
+    splits = splits_for(open_carvana(root), method, folds, seed, view=view, file=file)
+    how = ", ".join(filter(None, [method, view and f"view {view}", file and str(file),
+                                  splits.seed is not None and f"seed {seed}"]))
+    if out.suffix.lower() == ".csv":
+        write_folds_csv(splits, out)
+        console.print(f"wrote {out}: {folds} folds ({how}), one id,fold row per car", highlight=False)
+    else:
+        write_splits(splits, out)
+        console.print(f"wrote {out}: {folds} folds ({how}), hash {splits.hash[:16]}", highlight=False)
 
 
 def main() -> None:

@@ -85,5 +85,29 @@ def test_synth_refuses_non_empty_folder_and_bad_size(bench, tmp_path):
     assert not (tmp_path / "new").exists()
 
 
+def test_split_writes_a_folds_csv_that_splits_again_to_the_same_folds(bench, synthetic_set, tmp_path):
+    csv_path, json_path = tmp_path / "folds.csv", tmp_path / "splits.json"
+    made = bench("data", "split", synthetic_set, "--folds", 2, "--method", "rank_mod_k", "--view", "05", "--out", csv_path)
+    assert made.code == 0, made.err
+    assert "2 folds (rank_mod_k, view 05)" in made.out
+    assert csv_path.read_text().startswith("id,fold\n")
+    again = bench("data", "split", synthetic_set, "--folds", 2, "--method", "file", "--file", csv_path, "--out", json_path)
+    assert again.code == 0, again.err
+    direct = bench("data", "split", synthetic_set, "--folds", 2, "--method", "rank_mod_k", "--view", "05",
+                   "--out", tmp_path / "direct.json")
+    assert direct.code == 0, direct.err
+    from_file, ranked = read_splits(json_path), read_splits(tmp_path / "direct.json")
+    assert from_file.folds == ranked.folds and (from_file.method, ranked.method) == ("file", "rank_mod_k")
+    assert json.loads(json_path.read_text())["file"]["path"] == str(csv_path)
+
+
+def test_split_flags_of_another_method(bench, synthetic_set, tmp_path):
+    assert_one_line_error(bench("data", "split", synthetic_set, "--view", "05", "--out", tmp_path / "s.json"),
+                          "--view 05: only --method rank_mod_k")
+    assert_one_line_error(bench("data", "split", synthetic_set, "--method", "file", "--out", tmp_path / "s.json"),
+                          "--method file reads --file")
+    assert not (tmp_path / "s.json").exists()
+
+
 def test_unknown_split_method(bench, synthetic_set, tmp_path):
     assert_one_line_error(bench("data", "split", synthetic_set, "--method", "random", "--out", tmp_path / "s.json"), "random")

@@ -100,6 +100,15 @@ def test_resolved_recipe_round_trips(plugins, tmp_path):
          "equal to 32; Input should be 'original' (got 16)"),
         ("[train]", "[tune.space]\n'optimizer.lr' = { type = 'float', low = 'x', high = 1.0 }\n[train]",
          "key 'tune.space.optimizer.lr.float.low': Input should be a valid number"),
+        ("[train]", "[folds]\nmethod = 'file'\n[train]", "key 'folds.file': Value error, method 'file' needs folds.file"),
+        ("[train]", "[folds]\nfile = 'f.csv'\n[train]",
+         "key 'folds.file': Value error, a folds file is read only by method 'file', not 'rank_by_area'"),
+        ("[train]", "[folds]\nmethod = 'kfold'\nview = '05'\n[train]",
+         "key 'folds.view': Value error, a view is used only by method 'rank_mod_k', not 'kfold'"),
+        ("[train]", "[folds]\nmethod = 'rank_mod_k'\nview = 'front'\n[train]",
+         "key 'folds.view': Value error, a view is two digits, as in <carid>_05.jpg (got 'front')"),
+        ("[train]", "[folds]\nmethod = 'random'\n[train]",
+         "key 'folds.method': Input should be 'rank_by_area', 'stratified_by_area', 'rank_mod_k', 'kfold' or 'file'"),
     ],
 )
 def test_bad_recipe_is_one_line_naming_file_and_key(tmp_path, plugins, old, new, message):
@@ -108,6 +117,47 @@ def test_bad_recipe_is_one_line_naming_file_and_key(tmp_path, plugins, old, new,
         load_recipe(path, plugins)
     assert message in str(error.value)
     assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+FOLDS_PROFILES = """
+[folds]
+method = "rank_mod_k"
+view = 5
+[profiles.quick]
+folds = { k = 3, method = "rank_by_area" }
+[profiles.total.folds]
+method = "rank_mod_k"
+[profiles.own_file.folds]
+method = "file"
+file = "folds.csv"
+[profiles.bad.folds]
+method = "kfold"
+file = "folds.csv"
+"""
+
+
+def test_folds_keys_of_one_method_go_when_a_profile_or_set_changes_the_method(tmp_path, plugins):
+    """A profile cannot delete a key: one that changes folds.method drops view and file that the new
+    method does not read, unless it sets them itself (then they are checked as usual)."""
+    path = write(tmp_path, MINIMAL + FOLDS_PROFILES)
+    folds = load_recipe(path, plugins).folds
+    assert (folds.method, folds.view, folds.file) == ("rank_mod_k", "05", None)  # view 5 is view "05"
+    quick = load_recipe(path, plugins, ["quick"])
+    assert (quick.folds.k, quick.folds.method, quick.folds.view) == (3, "rank_by_area", None)
+    assert "view" not in quick.to_toml()
+    assert load_recipe(path, plugins, ["total"]).folds.view == "05", "same method: the view stays"
+    own = load_recipe(path, plugins, ["own_file"]).folds
+    assert (own.method, own.file, own.view) == ("file", "folds.csv", None)
+    assert load_recipe(path, plugins, [], ["folds.method=kfold"]).folds.view is None
+    assert load_recipe(path, plugins, [], ["folds.view=16"]).folds.view == "16"
+    with pytest.raises(BenchError, match=r"profile 'bad' of .*r.toml: key 'folds.file': .*not 'kfold'"):
+        load_recipe(path, plugins, ["bad"])
+
+
+def test_unset_folds_keys_leave_the_resolved_recipe_as_it_was(tmp_path, plugins):
+    """view and file are None unless given, and None is left out of the TOML the recipe hash is of."""
+    recipe = load_recipe(write(tmp_path, MINIMAL), plugins)
+    assert tomllib.loads(recipe.to_toml())["folds"] == {"k": 5, "method": "rank_by_area", "seed": 0}
 
 
 def test_missing_key_and_bad_toml(tmp_path, plugins):

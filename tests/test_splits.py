@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
+import shutil
+from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+from PIL import Image
 
-from harness.data.carvana import CarvanaSet
-from harness.data.splits import Splits, area_bins, make_splits, read_splits, write_splits
+from harness.data.carvana import CarvanaSet, car_ids, open_carvana
+from harness.data.splits import (Splits, area_bins, kfold, make_splits, rank_mod_k, read_folds_csv, read_splits,
+                                 splits_for, write_folds_csv, write_splits)
 from harness.errors import BenchError
 
 METHODS = ["rank_by_area", "stratified_by_area"]
@@ -190,3 +198,322 @@ def test_malformed_splits_json_raises_naming_the_file(tmp_path: Path, text: str)
 def test_missing_splits_file_raises(tmp_path: Path) -> None:
     with pytest.raises(BenchError, match="does not exist"):
         read_splits(tmp_path / "splits.json")
+
+
+
+# ---------------------------------------------------------------------------------------------------
+# The originals' folds: rank % k by one view or the total area, KFold, and folds files
+
+
+def _carvana_with_areas(root: Path, areas: dict[str, list[int]], size: tuple[int, int] = (16, 12)) -> Path:
+    """A Carvana-layout folder whose mask ``<car>_<NN>`` has ``areas[car][NN - 1]`` car pixels
+    (the first ones in raster order), as Carvana-style palette GIFs; images are blank JPEGs."""
+    width, height = size
+    (root / "train").mkdir(parents=True)
+    (root / "train_masks").mkdir()
+    blank = root / "blank.jpg"
+    Image.new("RGB", size).save(blank, "JPEG")
+    for car, views in areas.items():
+        for view, area in enumerate(views, start=1):
+            shutil.copy(blank, root / "train" / f"{car}_{view:02d}.jpg")
+            mask = Image.frombytes("P", size, bytes([1] * area + [0] * (width * height - area)))
+            mask.putpalette([0, 0, 0, 255, 255, 255])
+            mask.save(root / "train_masks" / f"{car}_{view:02d}_mask.gif", "GIF")
+    blank.unlink()
+    return root
+
+
+def _distinct_areas(cars: int, seed: int) -> dict[str, list[int]]:
+    """16 view areas per car, with no two cars equal in view 05 or in total (the original leaves ties
+    in set order, so a tie could not be compared)."""
+    rng = random.Random(seed)
+    while True:
+        areas = {f"{rng.getrandbits(48):012x}": [rng.randint(20, 180) for _ in range(16)] for _ in range(cars)}
+        if len({a[4] for a in areas.values()}) == len({sum(a) for a in areas.values()}) == cars:
+            return areas
+
+
+def _original_generate_folds(input_data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """kaggle_carvana_segmentation albu/src/generate_folds.py:11-32, line for line (the config file
+    replaced by the argument): the fma (all views) and f04a (view 05) tables, id,square,fold."""
+    TRAIN_DATA = os.path.join(input_data_dir, 'train_masks')
+    train_files = os.listdir(TRAIN_DATA)
+    train_ids = {s[:-12] for s in train_files}
+
+    squares_fma = {}
+    squares_f04a = {}
+    for car_idx in train_ids:
+        fma = 0
+        for view_idx in range(1, 17, 1):
+            im = np.asarray(Image.open(os.path.join(TRAIN_DATA, car_idx + "_" + str(view_idx).zfill(2) + "_mask.gif")))
+            if view_idx == 5:
+                squares_f04a[car_idx] = np.mean(im)
+            fma += np.mean(im)
+        squares_fma[car_idx] = fma
+
+    squares_fma = OrderedDict(sorted(squares_fma.items(), key=lambda x: x[1]))
+    squares_f04a = OrderedDict(sorted(squares_f04a.items(), key=lambda x: x[1]))
+    fma_rows = [(i, square * 100, fold % 5) for fold, (i, square) in enumerate(squares_fma.items())]
+    f04a_rows = [(i, square * 100, fold % 5) for fold, (i, square) in enumerate(squares_f04a.items())]
+
+    fma_df = pd.DataFrame(fma_rows, columns=['id', 'square', 'fold'])
+    f04a_df = pd.DataFrame(f04a_rows, columns=['id', 'square', 'fold'])
+    return fma_df, f04a_df
+
+
+@pytest.fixture(scope="module")
+def ranked_set(tmp_path_factory) -> Path:
+    """23 cars of 16 views (16x12): enough for several rounds of rank % 5."""
+    return _carvana_with_areas(tmp_path_factory.mktemp("ranked") / "carvana", _distinct_areas(23, seed=5))
+
+
+def _as_table(splits: Splits) -> dict[str, int]:
+    return {car: fold for fold, cars in enumerate(splits.folds) for car in cars}
+
+
+def test_rank_mod_k_by_view_05_is_the_originals_f04a(ranked_set: Path) -> None:
+    _, f04a = _original_generate_folds(ranked_set)
+    splits = splits_for(open_carvana(ranked_set), "rank_mod_k", 5, seed=0, view="05")
+    assert _as_table(splits) == dict(zip(f04a["id"], f04a["fold"]))
+    assert (splits.method, splits.view, splits.seed) == ("rank_mod_k", "05", None)
+
+
+def test_rank_mod_k_by_total_area_is_the_originals_fma(ranked_set: Path) -> None:
+    fma, f04a = _original_generate_folds(ranked_set)
+    splits = splits_for(open_carvana(ranked_set), "rank_mod_k", 5, seed=0)
+    assert _as_table(splits) == dict(zip(fma["id"], fma["fold"]))
+    assert splits.view is None
+    assert _as_table(splits) != dict(zip(f04a["id"], f04a["fold"])), "the two rankings must differ to test anything"
+
+
+def test_rank_mod_k_reads_masks_from_the_rle_csv_alike(ranked_set: Path, tmp_path: Path) -> None:
+    from harness.data.rle import encode
+    from harness.data.carvana import read_mask
+
+    gif_set = open_carvana(ranked_set)
+    copy = Path(shutil.copytree(ranked_set, tmp_path / "carvana"))
+    rows = [f"{i}.jpg,{encode(read_mask(gif_set, i))}" for i in gif_set.train]
+    (copy / "train_masks.csv").write_text("img,rle_mask\n" + "\n".join(rows) + "\n")
+    shutil.rmtree(copy / "train_masks")
+    csv_set = open_carvana(copy)
+    assert csv_set.mask_source == "csv"
+    for view in ("05", None):
+        assert splits_for(csv_set, "rank_mod_k", 5, 0, view=view) == splits_for(gif_set, "rank_mod_k", 5, 0, view=view)
+
+
+def test_rank_mod_k_is_rank_modulo_k_with_ties_by_car_id() -> None:
+    areas = {"d": 5, "a": 3, "c": 3, "b": 1, "e": 9}
+    splits = rank_mod_k(areas, 2)
+    assert splits.folds == (("b", "c", "e"), ("a", "d"))  # ranked b, a, c, d, e (a before c: equal areas)
+    assert rank_mod_k(dict(reversed(areas.items())), 2) == splits
+    assert splits.seed is None and splits.hash == rank_mod_k(areas, 2).hash
+    assert rank_mod_k(areas, 2, view="05").hash != splits.hash, "the view is part of how the folds were made"
+
+
+# sklearn.model_selection.KFold(n_splits=k, shuffle=True, random_state=seed).split(np.arange(n)), test
+# indices, recorded with scikit-learn 1.9.1 (not a dependency): the same with random_state=
+# np.random.RandomState(seed), as artsiom passed it
+SKLEARN_KFOLD = {
+    (23, 7, 1993): [[8, 13, 20, 21], [5, 6, 11, 14], [2, 15, 18], [4, 10, 19], [0, 9, 12], [3, 7, 16], [1, 17, 22]],
+    (10, 3, 0): [[2, 4, 8, 9], [1, 6, 7], [0, 3, 5]],
+}
+# sha256 of the compact JSON of those lists for 318 cars (Carvana's), 7 folds, seed 1993 (artsiom's UNet)
+SKLEARN_KFOLD_CARVANA = "5f62796f88a68f01c59ad589b515df4169c57252835fc948e4d3840a35746cf6"
+
+
+def _kfold_indices(n: int, k: int, seed: int) -> list[list[int]]:
+    cars = [f"car{i:03d}" for i in range(n)]
+    splits = kfold(list(reversed(cars)), k, seed)  # the order given does not matter: sorted first
+    return [[cars.index(car) for car in fold] for fold in splits.folds]
+
+
+@pytest.mark.parametrize("n, k, seed", list(SKLEARN_KFOLD))
+def test_kfold_is_sklearns_kfold(n: int, k: int, seed: int) -> None:
+    assert _kfold_indices(n, k, seed) == SKLEARN_KFOLD[(n, k, seed)]
+
+
+def test_kfold_on_carvanas_318_cars_is_sklearns() -> None:
+    folds = json.dumps(_kfold_indices(318, 7, 1993), separators=(",", ":"))
+    assert hashlib.sha256(folds.encode()).hexdigest() == SKLEARN_KFOLD_CARVANA
+
+
+def test_kfold_against_installed_sklearn() -> None:
+    model_selection = pytest.importorskip("sklearn.model_selection")
+    for n, k, seed in [(23, 7, 1993), (318, 7, 1993), (40, 5, 7), (5, 5, 0)]:
+        expected = [sorted(test.tolist()) for _, test in
+                    model_selection.KFold(n_splits=k, shuffle=True, random_state=seed).split(np.arange(n))]
+        assert _kfold_indices(n, k, seed) == expected
+
+
+def test_kfold_is_seeded_over_the_sorted_cars_of_a_data_set(tmp_path: Path) -> None:
+    dataset = _dataset(tmp_path, [f"car{i}" for i in range(9)])
+    splits = splits_for(dataset, "kfold", 3, seed=4)
+    assert splits == kfold(car_ids(dataset), 3, 4) and (splits.method, splits.seed) == ("kfold", 4)
+    assert splits.hash != kfold(car_ids(dataset), 3, 5).hash
+    with pytest.raises(BenchError, match="seed -1"):
+        kfold(car_ids(dataset), 3, -1)
+
+
+def test_folds_file_round_trips(tmp_path: Path) -> None:
+    cars = [f"car{i:02d}" for i in range(11)]
+    made = kfold(cars, 4, seed=0)
+    write_folds_csv(made, tmp_path / "a.csv")
+    assert (tmp_path / "a.csv").read_text().splitlines()[:2] == ["id,fold", f"car00,{made.fold_of('car00')}"]
+    first = read_folds_csv(tmp_path / "a.csv", cars, 4)
+    assert first.folds == made.folds and (first.method, first.k, first.seed) == ("file", 4, None)
+    write_folds_csv(first, tmp_path / "b.csv")
+    second = read_folds_csv(tmp_path / "b.csv", cars, 4)
+    assert second == first and second.hash == first.hash
+    assert second.source.path == str(tmp_path / "b.csv")
+    assert second.source.sha256 == hashlib.sha256((tmp_path / "b.csv").read_bytes()).hexdigest()
+    write_splits(second, tmp_path / "splits.json")
+    stored = json.loads((tmp_path / "splits.json").read_text())
+    assert stored["file"] == {"path": str(tmp_path / "b.csv"), "sha256": second.source.sha256}
+    assert stored["seed"] is None and stored["hash"] == second.hash
+    loaded = read_splits(tmp_path / "splits.json")
+    assert loaded == second and loaded.source == second.source
+
+
+def test_folds_file_in_the_originals_format_is_read(ranked_set: Path, tmp_path: Path) -> None:
+    """The table generate_folds.py writes (to_csv, index=False) is the file a recipe names."""
+    fma, f04a = _original_generate_folds(ranked_set)
+    cars = car_ids(open_carvana(ranked_set))
+    for table in (fma, f04a):
+        table.to_csv(tmp_path / "folds.csv", index=False)
+        assert (tmp_path / "folds.csv").read_text().startswith("id,square,fold\n")
+        splits = read_folds_csv(tmp_path / "folds.csv", cars, 5)
+        assert _as_table(splits) == dict(zip(table["id"], table["fold"]))
+    # the same folds with other digits in the ignored column: the same splits, the same hash
+    f04a.assign(square=f04a["square"].round(3)).to_csv(tmp_path / "other.csv", index=False)
+    assert read_folds_csv(tmp_path / "other.csv", cars, 5).hash == splits.hash
+
+
+def test_splits_of_the_older_methods_keep_their_json(tmp_path: Path) -> None:
+    """splits.json of rank_by_area and stratified_by_area has no new key, so old hashes still hold."""
+    splits = make_splits(_areas(cars=20), 2, "rank_by_area", seed=0)
+    write_splits(splits, tmp_path / "splits.json")
+    assert sorted(json.loads((tmp_path / "splits.json").read_text())) == ["folds", "hash", "k", "method", "seed"]
+
+
+CARS = ["car0", "car1", "car2", "car3"]
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("id,fold\ncar0,0\ncar1,1\ncar2,0\n", "car car3 of the data has no row"),
+    ("id,fold\ncar0,0\ncar1,1\ncar2,0\ncar3,1\ncar9,0\n", "line 6 names car 'car9', which is not in the data"),
+    ("id,fold\ncar0_05,0\n", "an image id: ids are car ids, e.g. car0"),
+    ("id,fold\ncar0,0\ncar1,1\ncar0,0\n", "line 4 names car 'car0' a second time"),
+    ("id,fold\ncar0,0\ncar1,x\n", "line 3 (car car1) has fold 'x'; expected a fold number 0..1"),
+    ("id,fold\ncar0,0\ncar1,-1\n", "has fold '-1'"),
+    ("id,fold\ncar0,0\ncar1,1\ncar2,5\ncar3,0\n", "car car2 has fold 5; with folds.k = 2 a fold is 0..1"),
+    ("id,fold\ncar0,0\ncar1,1\ncar2,2\ncar3,0\n", "has 3 folds (0..2) but folds.k = 2; set folds.k = 3"),
+    ("id,fold\ncar0,1\ncar1,1\ncar2,1\ncar3,1\n", "no car is in fold 0"),
+    ("car,fold\ncar0,0\n", "no column id; expected a header 'id,fold'"),
+    ("{\"folds\": [[\"car0\"]]}\n", "no column id or fold"),
+    ("id,fold\ncar0,0,9\n", "line 2 has 3 fields, the header 2"),
+    ("", "the file is empty"),
+    ("id,fold\n\"car0,0\n", "not a valid CSV"),
+])
+def test_bad_folds_file_is_one_line_naming_the_file(tmp_path: Path, text: str, needle: str) -> None:
+    path = tmp_path / "folds.csv"
+    path.write_text(text)
+    with pytest.raises(BenchError) as caught:
+        read_folds_csv(path, CARS, 2)
+    message = str(caught.value)
+    assert message.startswith(f"folds.file {path}") and needle in message and "\n" not in message, message
+
+
+def test_unreadable_folds_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "binary.csv").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    for path, needle in [(tmp_path / "nowhere.csv", "no such file (a relative path is read from the current directory"),
+                         (tmp_path / "binary.csv", "not a CSV text file"),
+                         (tmp_path, "cannot read it")]:
+        with pytest.raises(BenchError) as caught:
+            read_folds_csv(path, CARS, 2)
+        assert str(caught.value).startswith(f"folds.file {path}") and needle in str(caught.value), str(caught.value)
+
+
+def test_a_view_no_car_has_or_one_car_lacks(ranked_set: Path, tmp_path: Path) -> None:
+    with pytest.raises(BenchError, match=r"^folds.view = '17': no training image in .* is view 17 .*views there are 01, 02"):
+        splits_for(open_carvana(ranked_set), "rank_mod_k", 5, 0, view="17")
+    copy = Path(shutil.copytree(ranked_set, tmp_path / "carvana"))
+    lacking = sorted(copy.glob("train/*_05.jpg"))[3]
+    lacking.unlink()
+    (copy / "train_masks" / f"{lacking.stem}_mask.gif").unlink()
+    with pytest.raises(BenchError, match=rf"^folds.view = '05': car {lacking.stem[:-3]} has no view 05, .*is missing"):
+        splits_for(open_carvana(copy), "rank_mod_k", 5, 0, view="05")
+
+
+@pytest.fixture
+def tiny_run_recipe(tmp_path, synthetic_set, tiny_recipe) -> Path:
+    return tiny_recipe(tmp_path / "tiny.toml", synthetic_set, epochs=1)
+
+
+def _no_run_folder(results: Path) -> bool:
+    return not results.exists() or not any(results.iterdir())
+
+
+@pytest.mark.parametrize("folds_file, needle", [
+    ("missing", "car {car} of the data has no row"),
+    ("unknown", "names car 'stranger', which is not in the data"),
+    ("bad_fold", "has fold 'two'"),
+    ("not_csv", "no column id or fold"),
+    ("nowhere", "no such file"),
+])
+def test_bench_run_with_a_bad_folds_file_writes_nothing(bench, synthetic_set, tiny_run_recipe, tmp_path,
+                                                        folds_file, needle):
+    cars = car_ids(open_carvana(synthetic_set))
+    rows = {"missing": [f"{car},{i % 2}" for i, car in enumerate(cars[1:])],
+            "unknown": [f"{car},{i % 2}" for i, car in enumerate(cars)] + ["stranger,0"],
+            "bad_fold": [f"{car},{'two' if i else 0}" for i, car in enumerate(cars)]}
+    path = tmp_path / "folds.csv"
+    if folds_file in rows:
+        path.write_text("id,square,fold\n" + "".join(f"{row.split(',')[0]},1.5,{row.split(',')[1]}\n"
+                                                     for row in rows[folds_file]))
+    elif folds_file == "not_csv":
+        path.write_bytes(b"just some words\n")
+    results = tmp_path / "results"
+    result = bench("run", tiny_run_recipe, "--results", results, "--set", "folds.method=file",
+                   "--set", f"folds.file={path}")
+    lines = result.err.strip().splitlines()
+    assert result.code == 2 and len(lines) == 1, result.err
+    assert f"folds.file {path}" in lines[0] and needle.format(car=cars[0]) in lines[0], lines[0]
+    assert _no_run_folder(results)
+
+
+def test_bench_run_with_a_view_no_car_has_writes_nothing(bench, tiny_run_recipe, tmp_path):
+    results = tmp_path / "results"
+    result = bench("run", tiny_run_recipe, "--results", results, "--set", "folds.method=rank_mod_k",
+                   "--set", "folds.view=17")
+    lines = result.err.strip().splitlines()
+    assert result.code == 2 and len(lines) == 1, result.err
+    assert "folds.view = '17': no training image in" in lines[0]
+    assert _no_run_folder(results)
+
+
+def test_bench_run_with_k_other_than_the_files(bench, synthetic_set, tiny_run_recipe, tmp_path):
+    path = tmp_path / "folds.csv"
+    write_folds_csv(splits_for(open_carvana(synthetic_set), "kfold", 4, 0), path)
+    results = tmp_path / "results"
+    result = bench("run", tiny_run_recipe, "--results", results, "--set", "folds.method=file",
+                   "--set", f"folds.file={path}")
+    assert result.code == 2 and f"folds.file {path} has 4 folds (0..3) but folds.k = 2; set folds.k = 4" in result.err
+    assert _no_run_folder(results)
+
+
+@pytest.mark.slow
+def test_bench_run_records_the_folds_file(bench, synthetic_set, tiny_run_recipe, tmp_path):
+    """A run on a folds file keeps the file's path and sha256 in splits.json, beside the folds' hash."""
+    from harness.runs.folder import RunFolder
+
+    path = tmp_path / "folds.csv"
+    made = splits_for(open_carvana(synthetic_set), "rank_mod_k", 2, 0, view="05")
+    write_folds_csv(made, path)
+    result = bench("run", tiny_run_recipe, "--results", tmp_path / "results", "--name", "from-file",
+                   "--set", "folds.method=file", "--set", f"folds.file={path}")
+    assert result.code == 0, result.err
+    folder = RunFolder(tmp_path / "results" / "from-file")
+    stored = json.loads(folder.splits.read_text())
+    assert stored["method"] == "file" and stored["folds"] == [list(fold) for fold in made.folds]
+    assert stored["file"] == {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    assert folder.read_summary()["splits_hash"] == stored["hash"] == read_splits(folder.splits).hash

@@ -72,6 +72,12 @@ def car_id(image_id: str) -> str:
     return match.group("car")
 
 
+def view_of(image_id: str) -> str:
+    """The view an image shows, as its two digits (``"05"`` for ``<carid>_05``)."""
+    car_id(image_id)  # the same check, the same message
+    return _IMAGE_ID.match(image_id).group("view")
+
+
 def car_ids(dataset: CarvanaSet) -> list[str]:
     """Sorted distinct car ids of the training set; folds are made over these, never over images."""
     return sorted({car_id(image_id) for image_id in dataset.train})
@@ -148,6 +154,28 @@ def car_mask_areas(dataset: CarvanaSet) -> dict[str, int]:
         car = car_id(image_id)
         areas[car] = areas.get(car, 0) + mask_area(dataset, image_id)
     return areas
+
+
+def view_mask_areas(dataset: CarvanaSet, view: str, key: str = "view") -> dict[str, int]:
+    """Mask area of one view (``"05"``) per car, one mask in memory at a time.
+
+    alexander's "f04a" folds, which vladimir trained on too, rank cars by the mask of view 05 alone
+    (kaggle_carvana_segmentation, albu/src/generate_folds.py:21-22). Every car must have that view:
+    a car without it could not be ranked, so it is an error naming the missing image (and ``key``,
+    the setting that asked for the view).
+    """
+    images = {car_id(image_id): image_id for image_id in dataset.train if view_of(image_id) == view}
+    if not images:
+        present = sorted({view_of(image_id) for image_id in dataset.train})
+        raise BenchError(f"{key} = {view!r}: no training image in {dataset.root / 'train'} is view {view} "
+                         f"(<carid>_{view}.jpg); the views there are {', '.join(present)}")
+    missing = [car for car in car_ids(dataset) if car not in images]
+    if missing:
+        more = f" (and {len(missing) - 1} more cars)" if len(missing) > 1 else ""
+        image = dataset.root / "train" / f"{missing[0]}_{view}.jpg"
+        raise BenchError(f"{key} = {view!r}: car {missing[0]} has no view {view}, {image} is missing{more}; "
+                         f"ranking cars by one view needs it for every car")
+    return {car: mask_area(dataset, image_id) for car, image_id in sorted(images.items())}
 
 
 def _scan_ids(folder: Path) -> tuple[str, ...]:

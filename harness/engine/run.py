@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from harness.data.carvana import CarvanaSet, car_id, car_mask_areas, open_carvana
+from harness.data.carvana import CarvanaSet, car_id, open_carvana
 from harness.data.geometry import Fit
 from harness.data.loading import (CachedImage, EpochSampler, Images, Normalise, PhasedAugment, PredictionSamples,
                                   TestImage, TrainingSamples, shapes_of_test_images)
-from harness.data.splits import Splits, make_splits, read_splits, write_splits
+from harness.data.splits import Splits, read_splits, splits_for, write_splits
 from harness.engine import compute_choice
 from harness.engine.assembly import CACHE_BYTES, Assembly, loader
 from harness.engine.device import Compute, check_precision, resolve_device
@@ -118,7 +118,9 @@ def run(request: RunRequest, plugins: Plugins, console: Console) -> Path:
         raise BenchError(f"[pseudo_label] needs unlabelled test images, and {dataset.root}/test has none; "
                          "remove the [pseudo_label] table or use data with a test/ folder")
     fit = parts.fit_for(dataset)
-    splits = make_splits(car_mask_areas(dataset), recipe.folds.k, recipe.folds.method, recipe.folds.seed)
+    # before _prepare creates the run folder: a bad folds file or view leaves nothing behind
+    folds = recipe.folds
+    splits = splits_for(dataset, folds.method, folds.k, folds.seed, view=folds.view, file=folds.file)
     height, width = fit.input_shape(*next(iter(dataset.sizes.values())))
     compute, decision = parts.choose_compute(device, parts.timing_workload(height, width, recipe.train.batch_size),
                                              console)
@@ -197,7 +199,8 @@ def _prepare(stage: _Stage, decision: compute_choice.Decision | None, resume: bo
             raise BenchError(f"{folder.recipe_toml} differs from this recipe; resume with the same recipe, profiles "
                              "and --set")
         if read_splits(folder.splits).hash != stage.splits.hash:
-            raise BenchError(f"{folder.splits} differs from this data's folds; the data changed since the run started")
+            raise BenchError(f"{folder.splits} differs from this data's folds; the data (or the folds file) changed "
+                             "since the run started")
         return
     folder.path.mkdir(parents=True, exist_ok=True)
     write_splits(stage.splits, folder.splits)

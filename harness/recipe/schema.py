@@ -21,6 +21,7 @@ import pydantic
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field
 
+from harness.data.splits import SplitMethod
 from harness.data.tiling import Tiling, tiling_problem
 from harness.errors import BenchError
 from harness.recipe import components
@@ -58,9 +59,56 @@ class DataSpec(_Strict):
 
 
 class FoldsSpec(_Strict):
-    k: Annotated[int, Field(ge=2)] = 5
-    method: Literal["rank_by_area", "stratified_by_area"] = "rank_by_area"
-    seed: int = 0
+    """How the training cars are cut into folds (``harness.data.splits``, which cites the originals)."""
+
+    k: Annotated[int, Field(ge=2)] = Field(
+        5, description="Number of folds; with method 'file', the file's number of folds (a mismatch is an error)."
+    )
+    method: SplitMethod = Field(
+        "rank_by_area", description="rank_by_area, stratified_by_area (artsiom's VGG): seeded, area-balanced; "
+                                    "rank_mod_k: cars ranked by mask area, fold = rank % k, no randomness "
+                                    "(alexander's and vladimir's fixed folds); kfold: seeded random KFold over "
+                                    "cars, as scikit-learn's (artsiom's scratch UNet); file: read from folds.file."
+    )
+    seed: int = Field(0, description="Seed of rank_by_area, stratified_by_area and kfold; ignored by rank_mod_k "
+                                     "and file, which draw nothing.")
+    view: str | None = Field(
+        None, description="rank_mod_k only: rank cars by the mask area of this one view, two digits ('05': "
+                    "alexander's f04a folds, vladimir's folds_csv.csv); unset: by the total over all views "
+                    "(alexander's fma)."
+    )
+    file: str | None = Field(  # validate_default: method 'file' without a file is caught too
+        None, validate_default=True,
+        description="method 'file' only: a CSV with a header and columns id (car id) and fold (0..k-1), other "
+                    "columns ignored, such as the originals' folds_csv.csv, f04a.csv and fma.csv; a relative path "
+                    "is read from the current directory, as data.root is."
+    )
+
+    @pydantic.field_validator("view", mode="before")
+    @classmethod
+    def _two_digit_view(cls, view: Any, info: pydantic.ValidationInfo) -> Any:
+        """``view = 5`` and ``view = "5"`` mean view ``"05"``, as the image ids spell it."""
+        if view is None:
+            return view
+        if "method" in info.data and info.data["method"] != "rank_mod_k":
+            raise ValueError(f"a view is used only by method 'rank_mod_k', not {info.data['method']!r}")
+        if isinstance(view, int) and not isinstance(view, bool):
+            view = str(view)
+        if isinstance(view, str) and view.isdigit() and len(view) <= 2:
+            view = view.zfill(2)
+        if isinstance(view, str) and not re.fullmatch(r"\d\d", view):
+            raise ValueError("a view is two digits, as in <carid>_05.jpg")
+        return view
+
+    @pydantic.field_validator("file")
+    @classmethod
+    def _file_iff_method_file(cls, file: str | None, info: pydantic.ValidationInfo) -> str | None:
+        method = info.data.get("method")
+        if method == "file" and file is None:
+            raise ValueError("method 'file' needs folds.file, the path of a CSV with columns id,fold")
+        if method is not None and method != "file" and file is not None:
+            raise ValueError(f"a folds file is read only by method 'file', not {method!r}")
+        return file
 
 
 Size = tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]]
@@ -226,13 +274,32 @@ def load_recipe(
         if profile not in available:
             raise BenchError(f"{path}: no profile {profile!r}{_suggest(profile, list(available), 'profiles')}")
         raw = _merge(raw, available[profile], origins, f"profile {profile!r} of {path}")
+        folds = available[profile].get("folds")
+        _drop_keys_of_other_methods(raw, set(folds) if isinstance(folds, dict) else set())
     for override in overrides:
         key, value = _parse_override(override)
         set_key(raw, key, value, f"--set {'.'.join(map(str, key))}", path)
         origins.mark(key, f"--set {override}")
+        _drop_keys_of_other_methods(raw, {key[1]} if len(key) == 2 and key[0] == "folds" else set())
     recipe = _validate(raw, origins)
     _check_phases(recipe, origins)
     return _check_components(recipe, plugins, origins)
+
+
+# [folds] keys that one method alone reads. A profile cannot delete a key, so a profile or --set that
+# changes folds.method, and does not set the key itself, drops it: a quick profile can switch a recipe
+# from rank_mod_k by view 05 to rank_by_area. Given with another method in one layer, it is an error.
+_METHOD_ONLY_KEYS = {"view": "rank_mod_k", "file": "file"}
+
+
+def _drop_keys_of_other_methods(raw: dict, layer: set) -> None:
+    """``layer``: the [folds] keys that the profile or --set just applied sets."""
+    folds = raw.get("folds")
+    if "method" not in layer or not isinstance(folds, dict):
+        return
+    for key, method in _METHOD_ONLY_KEYS.items():
+        if key not in layer and folds.get("method") != method:
+            folds.pop(key, None)
 
 
 def recipe_from_dict(raw: dict[str, Any], plugins: Plugins, origin: str) -> Recipe:
