@@ -20,6 +20,7 @@ from rich.console import Console
 
 from harness.data.carvana import CarvanaSet
 from harness.data.geometry import Fit
+from harness.data.loading import Normalise
 from harness.engine import compute_choice
 from harness.engine.device import Compute
 from harness.errors import BenchError
@@ -132,6 +133,11 @@ def recipe_fit(recipe: Recipe) -> Fit:
     if isinstance(size, int):
         return Fit(spec.fit, None, spec.pad_mode, short_side=size)
     return Fit(spec.fit, None if size == "original" else tuple(size), spec.pad_mode)
+
+
+def recipe_normalise(recipe: Recipe) -> Normalise:
+    """``input.normalize`` and ``input.channels``: what every batch goes through on the device."""
+    return Normalise(recipe.input.normalize, recipe.input.channels or "rgb")
 
 
 def loader(samples, compute: Compute, workers: int, batch_size: int, sampler=None) -> torch.utils.data.DataLoader:

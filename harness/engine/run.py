@@ -23,11 +23,11 @@ from rich.console import Console
 
 from harness.data.carvana import CarvanaSet, car_id, car_mask_areas, open_carvana
 from harness.data.geometry import Fit
-from harness.data.loading import (CachedImage, EpochSampler, Images, Normalise, PredictionSamples, TestImage,
-                                  TrainingSamples, shapes_of_test_images)
+from harness.data.loading import (CachedImage, EpochSampler, Images, PredictionSamples, TestImage, TrainingSamples,
+                                  shapes_of_test_images)
 from harness.data.splits import Splits, make_splits, read_splits, write_splits
 from harness.engine import compute_choice
-from harness.engine.assembly import CACHE_BYTES, Assembly, loader
+from harness.engine.assembly import CACHE_BYTES, Assembly, loader, recipe_normalise
 from harness.engine.device import Compute, check_precision, resolve_device
 from harness.engine.environment import describe_environment
 from harness.engine.predict import TTA, predict_loader
@@ -341,7 +341,7 @@ def _fold_setup(stage: _Stage, training: _Training, fold: int) -> FoldSetup:
     return FoldSetup(
         fold=fold, seed=recipe.seed, epochs=recipe.train.epochs, accumulate=recipe.train.accumulate,
         grad_clip=recipe.train.grad_clip, threshold=recipe.predict.threshold, tta=recipe.predict.tta,
-        average=recipe.predict.average, compute=compute, fit=fit, normalise=Normalise(recipe.input.normalize),
+        average=recipe.predict.average, compute=compute, fit=fit, normalise=recipe_normalise(recipe),
         model=model, optimizer=parts.optimizer(model.parameters()), multiplier=parts.schedule(),
         loss=parts.loss(), callbacks=parts.callbacks(), train_loader=loader(samples, compute, workers, batch, sampler),
         validation=validation(val_ids), epoch_validation=None if sample is None else validation(sample),
@@ -371,7 +371,7 @@ def _predict_test(stage: _Stage, folds: list[FoldFolder]) -> None:
     store = folder.open_maps("test", mode="r+")  # allocated by _allocate_maps
     samples = PredictionSamples(TestImage(dataset, parts.transforms("preprocess")), len(dataset.test), stage.fit)
     test_loader = loader(samples, compute, parts.loader_workers(compute), recipe.train.batch_size)
-    normalise = Normalise(recipe.input.normalize).to(compute.device)
+    normalise = recipe_normalise(recipe).to(compute.device)
     ordered_shapes = [store.shapes[i] for i in dataset.test]
     started = time.perf_counter()
     for index, probability in predict_loader(models, test_loader, ordered_shapes, stage.fit, normalise,

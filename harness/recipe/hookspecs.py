@@ -61,7 +61,8 @@ def bench_models() -> Mapping[str, Callable[..., torch.nn.Module]]:
     """Segmentation networks, by name.
 
     ``factory(**params) -> torch.nn.Module``. The module maps a float batch ``(N, 3, H, W)``,
-    normalised as the recipe's ``input.normalize`` says, to logits ``(N, 1, H, W)`` at the same size.
+    normalised as the recipe's ``input.normalize`` says and in its ``input.channels`` order (RGB
+    unless it says ``bgr``), to logits ``(N, 1, H, W)`` at the same size.
     The harness pads or resizes inputs so that ``H`` and ``W`` are multiples of 32.
 
     A factory that accepts ``encoder_weights: str`` should resolve it with

@@ -67,6 +67,10 @@ Size = tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]]
 
 
 class InputSpec(_Strict):
+    # Keys added after run folders existed default to None, meaning the behaviour from before them:
+    # ``Recipe.to_toml`` leaves None out, so an existing recipe keeps its TOML, its run folder's hash
+    # (``--resume`` finds it) and its tuning fingerprint. Stating the default explicitly
+    # (``channels = "rgb"``) behaves the same but is another recipe text, hence another hash.
     size: Size | Annotated[int, Field(ge=32)] | Literal["original"] = Field(
         "original", description="[width, height] fed to the model; one number: each image resized so its short "
                                 "side is about that (torchvision's Resize(int)), both sides rounded to a multiple "
@@ -74,7 +78,15 @@ class InputSpec(_Strict):
     )
     fit: Literal["pad", "resize"] = "pad"
     pad_mode: Literal["reflect", "constant"] = "constant"
-    normalize: Literal["imagenet", "none"] = "imagenet"
+    channels: Literal["rgb", "bgr"] | None = Field(
+        None, description="The order of the colour channels fed to the model ('bgr': OpenCV's, as cv2.imread gives "
+                          "them). Unset: rgb."
+    )
+    normalize: Literal["imagenet", "scale", "none"] = Field(
+        "imagenet", description="'imagenet': x/255, then minus ImageNet's mean and over its std, per colour; 'scale': "
+                                "x/255 only, in [0, 1]; 'none': no mean and std, i.e. x/255 as well (its older name, "
+                                "kept so recipes that say it keep their meaning)."
+    )
 
     @pydantic.model_validator(mode="after")
     def _check_short_side(self) -> InputSpec:

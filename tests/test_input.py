@@ -1,0 +1,87 @@
+"""Input options: the channel order and the scaling every batch goes through."""
+
+from __future__ import annotations
+
+import tomllib
+
+import numpy as np
+import pytest
+import torch
+
+from harness.data.geometry import Fit
+from harness.data.loading import Normalise, PredictionSamples
+from harness.engine.assembly import recipe_fit, recipe_normalise
+from harness.engine.device import Compute
+from harness.engine.predict import predict_loader
+from harness.errors import BenchError
+from harness.recipe.schema import load_recipe, recipe_from_dict
+
+CPU = Compute(torch.device("cpu"), "fp32", channels_last=False)
+RED, GREEN, BLUE = 200, 100, 10
+
+
+def recipe(plugins, augment=(), **input_keys):
+    return recipe_from_dict({
+        "name": "input", "input": input_keys, "augment": list(augment),
+        "model": {"name": "unet", "base_filters": 8, "depth": 3}, "loss": {"name": "bce_dice"},
+        "optimizer": {"name": "adam", "lr": 1e-3}, "train": {"epochs": 1, "batch_size": 1},
+    }, plugins, "test")
+
+
+def rgb_image(height: int = 32, width: int = 64) -> np.ndarray:
+    image = np.empty((height, width, 3), np.uint8)
+    image[...] = (RED, GREEN, BLUE)
+    return image
+
+
+class Recorder(torch.nn.Module):
+    """Remembers what it was fed; its logits are its first input channel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen = x.clone()
+        return x[:, :1]
+
+
+def test_unset_keys_keep_the_behaviour_and_the_text_of_existing_recipes(plugins):
+    plain = recipe(plugins)
+    assert recipe_fit(plain) == Fit("pad", None, "constant")
+    resolved = tomllib.loads(plain.to_toml())
+    assert set(resolved["input"]) == {"size", "fit", "pad_mode", "normalize"} and "images" not in resolved["data"]
+    normalise = recipe_normalise(plain)
+    assert not normalise.bgr and torch.allclose(normalise.mean.flatten(), torch.tensor([0.485, 0.456, 0.406]) * 255)
+
+
+def test_bgr_model_receives_the_channels_reversed_through_the_prediction_path(plugins):
+    """The same Normalise serves training, validation and test prediction; here a batch goes the test way."""
+    spec = recipe(plugins, channels="bgr", normalize="scale")
+    fit, model = recipe_fit(spec), Recorder()
+    samples = PredictionSamples(lambda position: rgb_image(), 1, fit)
+    loader = torch.utils.data.DataLoader(samples, batch_size=1)
+    list(predict_loader([model], loader, [(32, 64)], fit, recipe_normalise(spec), "none", "logits", CPU))
+    assert model.seen.shape == (1, 3, 32, 64)
+    assert [model.seen[0, c, 0, 0].item() for c in range(3)] == pytest.approx([BLUE / 255, GREEN / 255, RED / 255])
+
+
+def test_bgr_keeps_each_colours_own_imagenet_statistics():
+    batch = torch.from_numpy(rgb_image(2, 2).transpose(2, 0, 1).copy())[None]
+    rgb, bgr = Normalise("imagenet")(batch), Normalise("imagenet", "bgr")(batch)
+    torch.testing.assert_close(bgr, rgb.flip(1))
+    assert bgr[0, 0, 0, 0].item() == pytest.approx((BLUE / 255 - 0.406) / 0.225, rel=1e-5)
+
+
+@pytest.mark.parametrize("how", ["scale", "none"])
+def test_scale_and_none_are_x_over_255_in_0_1(how):
+    batch = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).expand(2, 3, 16, 16)
+    out = Normalise(how)(batch)
+    assert out.dtype == torch.float32 and out.min().item() == 0.0 and out.max().item() == 1.0
+    torch.testing.assert_close(out, batch.float() / 255)
+
+
+def test_unknown_channel_order_is_one_line_naming_file_and_key(tmp_path, plugins):
+    path = tmp_path / "r.toml"
+    path.write_text('name = "x"\n[input]\nchannels = "bgrr"\n[model]\nname = "unet"\n[loss]\nname = "bce_dice"\n'
+                    '[optimizer]\nname = "adam"\n[train]\nepochs = 1\nbatch_size = 1\n')
+    with pytest.raises(BenchError) as error:
+        load_recipe(path, plugins)
+    message = str(error.value)
+    assert message.startswith(f"{path}: key 'input.channels': Input should be 'rgb' or 'bgr'") and "\n" not in message
