@@ -1,4 +1,4 @@
-"""Input options: the channel order and the scaling every batch goes through."""
+"""Input options: channel order, scaling, padding side and align_corners."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import tomllib
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from harness.data.geometry import Fit
 from harness.data.loading import Normalise, PredictionSamples
@@ -85,3 +86,39 @@ def test_unknown_channel_order_is_one_line_naming_file_and_key(tmp_path, plugins
         load_recipe(path, plugins)
     message = str(error.value)
     assert message.startswith(f"{path}: key 'input.channels': Input should be 'rgb' or 'bgr'") and "\n" not in message
+
+
+@pytest.mark.parametrize("pad_mode", ["constant", "reflect"])
+def test_right_padding_is_on_the_right_and_bottom_and_restore_crops_it(pad_mode):
+    """62 -> 64 wide (as 1918 -> 1920) and 40 -> 64 high: every padded pixel right of or below the image."""
+    image = np.random.default_rng(0).integers(1, 256, (40, 62, 3), dtype=np.uint8)
+    right, centre = Fit("pad", None, pad_mode, pad_side="right"), Fit("pad", None, pad_mode)
+    padded = right.array(image)
+    assert padded.shape == (64, 64, 3)
+    np.testing.assert_array_equal(padded[:40, :62], image)
+    if pad_mode == "constant":
+        assert not padded[:, 62:].any() and not padded[40:].any()
+    np.testing.assert_array_equal(centre.array(image)[12:52, 1:63], image)  # centred: 12 + 12 rows, 1 + 1 columns
+    logits = torch.arange(64 * 64, dtype=torch.float32).view(1, 1, 64, 64)
+    torch.testing.assert_close(right.restore(logits, 40, 62), logits[..., :40, :62])
+    torch.testing.assert_close(centre.restore(logits, 40, 62), logits[..., 12:52, 1:63])
+
+
+def test_right_padding_from_the_recipe(plugins):
+    fit = recipe_fit(recipe(plugins, pad_side="right"))
+    assert fit.pad_side == "right" and fit.array(rgb_image(32, 62))[:, 62:].sum() == 0
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_restore_upsamples_logits_with_the_recipes_align_corners(align_corners):
+    logits = torch.randn(2, 1, 32, 64, generator=torch.Generator().manual_seed(0))
+    fit = Fit("resize", (64, 32), align_corners=align_corners)
+    expected = F.interpolate(logits, size=(40, 62), mode="bilinear", align_corners=align_corners)
+    torch.testing.assert_close(fit.restore(logits, 40, 62), expected)
+    other = F.interpolate(logits, size=(40, 62), mode="bilinear", align_corners=not align_corners)
+    assert not torch.allclose(fit.restore(logits, 40, 62), other)
+
+
+def test_align_corners_from_the_recipe(plugins):
+    assert recipe_fit(recipe(plugins, fit="resize", size=[64, 32], align_corners=True)).align_corners
+    assert not recipe_fit(recipe(plugins, fit="resize", size=[64, 32])).align_corners

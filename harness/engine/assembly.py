@@ -128,11 +128,13 @@ class Assembly:
 
 
 def recipe_fit(recipe: Recipe) -> Fit:
-    """``input.size``: a fixed [width, height], a short side (one number), or ``original``."""
+    """``input.size``: a fixed [width, height], a short side (one number), or ``original``; with the
+    recipe's padding side and logits upsampling (unset: centre, false)."""
     size, spec = recipe.input.size, recipe.input
+    options = dict(pad_side=spec.pad_side or "centre", align_corners=bool(spec.align_corners))
     if isinstance(size, int):
-        return Fit(spec.fit, None, spec.pad_mode, short_side=size)
-    return Fit(spec.fit, None if size == "original" else tuple(size), spec.pad_mode)
+        return Fit(spec.fit, None, spec.pad_mode, short_side=size, **options)
+    return Fit(spec.fit, None if size == "original" else tuple(size), spec.pad_mode, **options)
 
 
 def recipe_normalise(recipe: Recipe) -> Normalise:

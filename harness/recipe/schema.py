@@ -78,6 +78,10 @@ class InputSpec(_Strict):
     )
     fit: Literal["pad", "resize"] = "pad"
     pad_mode: Literal["reflect", "constant"] = "constant"
+    pad_side: Literal["centre", "right"] | None = Field(
+        None, description="fit = 'pad': 'centre' splits the padding between the two sides (the odd pixel bottom or "
+                          "right); 'right' puts all of it on the right and bottom. Unset: centre."
+    )
     channels: Literal["rgb", "bgr"] | None = Field(
         None, description="The order of the colour channels fed to the model ('bgr': OpenCV's, as cv2.imread gives "
                           "them). Unset: rgb."
@@ -86,6 +90,11 @@ class InputSpec(_Strict):
         "imagenet", description="'imagenet': x/255, then minus ImageNet's mean and over its std, per colour; 'scale': "
                                 "x/255 only, in [0, 1]; 'none': no mean and std, i.e. x/255 as well (its older name, "
                                 "kept so recipes that say it keep their meaning)."
+    )
+    align_corners: bool | None = Field(
+        None, description="align_corners of the bilinear upsampling of logits back to the image size (fit = "
+                          "'resize'); true is PyTorch 0.2's behaviour. The input's resize (OpenCV) is not affected. "
+                          "Unset: false."
     )
 
     @pydantic.model_validator(mode="after")
