@@ -1,4 +1,4 @@
-"""Input options: channel order, scaling, padding side and align_corners."""
+"""Input options: channel order, scaling, padding side, soft masks and align_corners."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from harness.data.geometry import Fit
-from harness.data.loading import Normalise, PredictionSamples
-from harness.engine.assembly import recipe_fit, recipe_normalise
+from harness.data.loading import Normalise, PredictionSamples, TrainingSamples
+from harness.engine.assembly import Assembly, recipe_fit, recipe_normalise
 from harness.engine.device import Compute
 from harness.engine.predict import predict_loader
 from harness.errors import BenchError
@@ -122,3 +122,47 @@ def test_restore_upsamples_logits_with_the_recipes_align_corners(align_corners):
 def test_align_corners_from_the_recipe(plugins):
     assert recipe_fit(recipe(plugins, fit="resize", size=[64, 32], align_corners=True)).align_corners
     assert not recipe_fit(recipe(plugins, fit="resize", size=[64, 32])).align_corners
+
+
+def _rotated_mask(plugins, **input_keys) -> torch.Tensor:
+    """A square car rotated by 30 degrees, through the recipe's augmentation and TrainingSamples."""
+    spec = recipe(plugins, [{"name": "shift_scale_rotate", "shift": 0.0, "scale": [1.0, 1.0], "rotate": 30.0,
+                             "p": 1.0}], **input_keys)
+    mask = np.zeros((32, 64), np.uint8)
+    mask[8:24, 16:48] = 1
+    samples = TrainingSamples([(rgb_image(), mask)], [0], Assembly(spec, plugins).transforms("augment"),
+                              recipe_fit(spec), seed=0)
+    return samples[(0, 0)][1]
+
+
+def test_linear_mask_interpolation_gives_soft_edges_after_a_rotation(plugins):
+    soft = _rotated_mask(plugins, mask_interpolation="linear")
+    assert soft.dtype == torch.float32 and soft.shape == (1, 32, 64)
+    assert soft.min() >= 0 and soft.max() <= 1
+    between = ((soft > 0) & (soft < 1)).sum().item()
+    assert between > 10, "the rotated edges should be blended"
+    assert (soft == 1).any() and (soft == 0).any()
+
+
+@pytest.mark.parametrize("how", [None, "nearest"])
+def test_nearest_mask_interpolation_keeps_the_mask_binary(plugins, how):
+    hard = _rotated_mask(plugins, **({} if how is None else {"mask_interpolation": how}))
+    assert hard.dtype == torch.uint8 and set(hard.unique().tolist()) == {0, 1}
+
+
+def test_linear_mask_interpolation_also_softens_the_resize(plugins):
+    mask = np.zeros((40, 62), np.uint8)
+    mask[10:30, 11:50] = 1
+    soft = Fit("resize", (32, 32), mask_interpolation="linear").array(mask.astype(np.float32), is_mask=True)
+    hard = Fit("resize", (32, 32)).array(mask, is_mask=True)
+    assert ((soft > 0) & (soft < 1)).any() and set(np.unique(hard)) == {0, 1}
+
+
+def test_soft_targets_go_through_every_loss(plugins):
+    from plugins.components import losses
+
+    logits = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    soft = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    for loss in (losses.bce_dice(), losses.bce_log_dice(), losses.weighted_bce_dice(), losses.top_k_bce()):
+        value = loss(logits, soft)
+        assert value.ndim == 0 and torch.isfinite(value)

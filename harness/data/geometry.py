@@ -13,9 +13,10 @@ cropped ``[:1280, :1918]`` back, ``albu/src/carvana_eval.py:37``); ``restore`` c
 away. A mask is padded with the image's mode, so that reflected car pixels are labelled as car
 (zero-padding pads the mask with 0, as the image with black).
 
-Resizing is bilinear for the image (OpenCV) and nearest for a mask, so it stays in {0, 1}. Logits
-go back to the image's size bilinearly with torch, by default with ``align_corners=False``;
-``input.align_corners = true`` is PyTorch 0.2's ``F.upsample`` (artsiom,
+Resizing is bilinear for the image (OpenCV). A mask is resized with nearest neighbour, so it stays
+in {0, 1}, or bilinearly with ``input.mask_interpolation = "linear"`` (a float mask: soft targets in
+[0, 1] along the edges). Logits go back to the image's size bilinearly with torch, by default with
+``align_corners=False``; ``input.align_corners = true`` is PyTorch 0.2's ``F.upsample`` (artsiom,
 ``asanakoy/generate_sub.py:49``, which predates the flag and behaved as ``align_corners=True``).
 Only that upsampling follows the flag: the input's resize is OpenCV's, which has no such flag (it
 aligns pixel centres, as ``align_corners=False`` does).
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 
 MULTIPLE = 32
 CV2_BORDERS = {"reflect": cv2.BORDER_REFLECT_101, "constant": cv2.BORDER_CONSTANT}
+CV2_INTERPOLATIONS = {"nearest": cv2.INTER_NEAREST, "linear": cv2.INTER_LINEAR}
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class Fit:
     pad_mode: Literal["reflect", "constant"] = "constant"
     short_side: int | None = None  # resize: the image scaled so its short side is about this
     pad_side: Literal["centre", "right"] = "centre"  # pad: split evenly, or all on the right and bottom
+    mask_interpolation: Literal["nearest", "linear"] = "nearest"  # resize: how a mask is resampled
     align_corners: bool = False  # resize: of the bilinear upsampling of logits in ``restore``
 
     def input_shape(self, height: int, width: int) -> tuple[int, int]:
@@ -67,11 +70,11 @@ class Fit:
         return None
 
     def array(self, image: np.ndarray, is_mask: bool = False) -> np.ndarray:
-        """Fit an HxW(xC) uint8 array to the network input."""
+        """Fit an HxW(xC) array (uint8; a mask uint8 0/1, or float32 in [0, 1]) to the network input."""
         height, width = image.shape[:2]
         target_h, target_w = self.input_shape(height, width)
         if self.mode == "resize":
-            interpolation = cv2.INTER_NEAREST if is_mask else cv2.INTER_LINEAR
+            interpolation = CV2_INTERPOLATIONS[self.mask_interpolation if is_mask else "linear"]
             return cv2.resize(image, (target_w, target_h), interpolation=interpolation)
         top, bottom, left, right = _pads(height, width, target_h, target_w, self.pad_side)
         if not (top or bottom or left or right):

@@ -9,8 +9,9 @@ Three decisions shape this module:
   pass over the data (the epoch, unless epochs have a fixed length), and its augmentation is
   seeded from ``(seed, draw, index)``, so what a model sees does not depend on the number of
   workers or on which worker ran first, and a resumed run repeats the interrupted one exactly.
-* **uint8 to the device.** Samples stay uint8 (4x less to copy); the engine converts, normalises and
-  orders the channels on the device (``Normalise``), where that is nearly free.
+* **uint8 to the device.** Samples stay uint8 (4x less to copy; only a soft training mask is float32);
+  the engine converts, normalises and orders the channels on the device (``Normalise``), where that
+  is nearly free.
 """
 
 from __future__ import annotations
@@ -80,7 +81,14 @@ class Images:
 
 
 class TrainingSamples(torch.utils.data.Dataset):
-    """Augmented, fitted (image, mask) pairs addressed by ``(draw, i)`` (``EpochSampler``); see the module docstring."""
+    """Augmented, fitted (image, mask) pairs addressed by ``(draw, i)`` (``EpochSampler``); see the module docstring.
+
+    The mask is uint8 0/1, or, with ``input.mask_interpolation = "linear"`` (``fit.mask_interpolation``),
+    float32 in [0, 1]: a float mask is what linear resampling turns into soft edges (a uint8 0/1 one
+    would round back to 0/1). alexander warped a uint8 0/255 mask (``albu/src/transforms.py:229-231``)
+    and divided by 255 (``albu/src/dataset/neural_dataset.py:37``): the same targets up to his rounding
+    to uint8 (at most 1/510).
+    """
 
     def __init__(self, images: Images, indices: Sequence[int], augment: A.Compose | None, fit: Fit, seed: int):
         self.images, self.indices, self.augment, self.fit, self.seed = images, list(indices), augment, fit, seed
@@ -92,6 +100,8 @@ class TrainingSamples(torch.utils.data.Dataset):
         draw, position = key
         index = self.indices[position]
         image, mask = self.images[index]
+        if self.fit.mask_interpolation == "linear":  # soft targets: a float mask, which resampling blends
+            mask = mask.astype(np.float32)
         if self.augment is not None:
             self.augment.set_random_seed(sample_seed(self.seed, draw, index))
             out = self.augment(image=image, mask=mask)

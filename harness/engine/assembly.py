@@ -19,7 +19,7 @@ import torch
 from rich.console import Console
 
 from harness.data.carvana import CarvanaSet
-from harness.data.geometry import Fit
+from harness.data.geometry import CV2_INTERPOLATIONS, Fit
 from harness.data.loading import Normalise
 from harness.engine import compute_choice
 from harness.engine.device import Compute
@@ -68,12 +68,17 @@ class Assembly:
         return [self.build("callback", f"callbacks.{i}", spec) for i, spec in enumerate(self.recipe.callbacks)]
 
     def transforms(self, key: str) -> A.Compose | None:
-        """``preprocess`` or ``augment``: the recipe's transforms in order, or None when it lists none."""
+        """``preprocess`` or ``augment``: the recipe's transforms in order, or None when it lists none.
+
+        ``input.mask_interpolation``, when set, is how every augmentation that resamples the mask does it
+        (albumentations' ``Compose(mask_interpolation=...)`` sets it on each transform that has one)."""
         kind = {"preprocess": "preprocessor", "augment": "augmentation"}[key]
         specs = getattr(self.recipe, key)
         if not specs:
             return None
-        return A.Compose([self.build(kind, f"{key}.{i}", spec) for i, spec in enumerate(specs)])
+        how = self.recipe.input.mask_interpolation if key == "augment" else None
+        return A.Compose([self.build(kind, f"{key}.{i}", spec) for i, spec in enumerate(specs)],
+                         mask_interpolation=None if how is None else CV2_INTERPOLATIONS[how])
 
     def data_root(self) -> Path:
         if self.recipe.data.root:
@@ -129,9 +134,10 @@ class Assembly:
 
 def recipe_fit(recipe: Recipe) -> Fit:
     """``input.size``: a fixed [width, height], a short side (one number), or ``original``; with the
-    recipe's padding side and logits upsampling (unset: centre, false)."""
+    recipe's padding side, mask resampling and logits upsampling (unset: centre, nearest, false)."""
     size, spec = recipe.input.size, recipe.input
-    options = dict(pad_side=spec.pad_side or "centre", align_corners=bool(spec.align_corners))
+    options = dict(pad_side=spec.pad_side or "centre", mask_interpolation=spec.mask_interpolation or "nearest",
+                   align_corners=bool(spec.align_corners))
     if isinstance(size, int):
         return Fit(spec.fit, None, spec.pad_mode, short_side=size, **options)
     return Fit(spec.fit, None if size == "original" else tuple(size), spec.pad_mode, **options)

@@ -91,6 +91,12 @@ class InputSpec(_Strict):
                                 "x/255 only, in [0, 1]; 'none': no mean and std, i.e. x/255 as well (its older name, "
                                 "kept so recipes that say it keep their meaning)."
     )
+    mask_interpolation: Literal["nearest", "linear"] | None = Field(
+        None, description="How training masks are resampled by geometric augmentations and by fit = 'resize': "
+                          "'nearest' keeps them in {0, 1}; 'linear' gives soft targets in [0, 1] along the edges. "
+                          "Validation always scores against the binary ground truth. Unset: each transform's own "
+                          "(nearest for all built-in ones), nearest for the resize."
+    )
     align_corners: bool | None = Field(
         None, description="align_corners of the bilinear upsampling of logits back to the image size (fit = "
                           "'resize'); true is PyTorch 0.2's behaviour. The input's resize (OpenCV) is not affected. "
