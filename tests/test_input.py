@@ -1,7 +1,9 @@
-"""Input options: channel order, scaling, padding side, soft masks and align_corners."""
+"""Input options: channel order, scaling, padding side, soft masks, align_corners, and the hq image folders."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import tomllib
 
 import numpy as np
@@ -166,3 +168,41 @@ def test_soft_targets_go_through_every_loss(plugins):
     for loss in (losses.bce_dice(), losses.bce_log_dice(), losses.weighted_bce_dice(), losses.top_k_bce()):
         value = loss(logits, soft)
         assert value.ndim == 0 and torch.isfinite(value)
+
+
+def _with_hq(source, tmp_path):
+    """A copy of the tiny set whose train/ and test/ also exist as train_hq/ and test_hq/."""
+    root = shutil.copytree(source, tmp_path / "carvana")
+    for split in ("train", "test"):
+        shutil.copytree(root / split, root / f"{split}_hq")
+    return root
+
+
+def test_a_run_with_every_input_option_trains_validates_and_predicts(bench, synthetic_set, tmp_path, tiny_recipe):
+    """alexander's input (BGR, /255, zeros on the right, soft masks, hq JPEGs), end to end, one epoch."""
+    root = _with_hq(synthetic_set, tmp_path)
+    test_images = len(list((root / "test").iterdir()))
+    shutil.rmtree(root / "train")  # only the hq images: a run that read train/ would fail
+    shutil.rmtree(root / "test")
+    recipe_path = tiny_recipe(tmp_path / "r.toml", root, epochs=1, extra="""
+[input]
+channels = "bgr"
+normalize = "scale"
+pad_side = "right"
+mask_interpolation = "linear"
+[[augment]]
+name = "shift_scale_rotate"
+p = 1.0
+""")
+    result = bench("run", recipe_path, "--results", tmp_path / "results", "--name", "hq", "--set", "data.images=hq")
+    assert result.code == 0, result.err
+    summary = json.loads((tmp_path / "results/hq/summary.json").read_text())
+    assert summary["complete"] and summary["test_images"] == test_images > 0
+
+
+def test_missing_hq_folder_is_one_line_and_writes_nothing(bench, synthetic_set, tmp_path, tiny_recipe):
+    result = bench("run", tiny_recipe(tmp_path / "r.toml", synthetic_set), "--results", tmp_path / "results",
+                   "--set", "data.images=hq")
+    assert result.code == 2 and result.out == ""
+    assert len(result.err.strip().splitlines()) == 1 and "train_hq/" in result.err
+    assert not (tmp_path / "results").exists()

@@ -185,7 +185,7 @@ def shapes_of_test_images(dataset: CarvanaSet) -> dict[str, tuple[int, int]]:
     """(height, width) of every test image, from the file headers (cheap: no decoding)."""
     shapes = {}
     for image_id in dataset.test:
-        path = dataset.root / "test" / f"{image_id}.jpg"
+        path = dataset.image_dir("test") / f"{image_id}.jpg"
         try:
             with Image.open(path) as image:
                 shapes[image_id] = (image.height, image.width)

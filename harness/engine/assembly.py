@@ -18,7 +18,7 @@ import albumentations as A
 import torch
 from rich.console import Console
 
-from harness.data.carvana import CarvanaSet
+from harness.data.carvana import CarvanaSet, open_carvana
 from harness.data.geometry import CV2_INTERPOLATIONS, Fit
 from harness.data.loading import Normalise
 from harness.engine import compute_choice
@@ -84,6 +84,10 @@ class Assembly:
         if self.recipe.data.root:
             return Path(self.recipe.data.root)
         return self.build("dataset", "data.source", self.recipe.data.source)
+
+    def dataset(self) -> CarvanaSet:
+        """The recipe's data, opened and checked, its images read from the folders ``data.images`` names."""
+        return open_carvana(self.data_root(), self.recipe.data.images or "standard")
 
     def fit_for(self, dataset: CarvanaSet) -> Fit:
         """The recipe's fit, checked against every image size of the data."""

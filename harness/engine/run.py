@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from harness.data.carvana import CarvanaSet, car_id, car_mask_areas, open_carvana
+from harness.data.carvana import CarvanaSet, car_id, car_mask_areas
 from harness.data.geometry import Fit
 from harness.data.loading import (CachedImage, EpochSampler, Images, PredictionSamples, TestImage, TrainingSamples,
                                   shapes_of_test_images)
@@ -114,10 +114,11 @@ def run(request: RunRequest, plugins: Plugins, console: Console) -> Path:
     parts = Assembly(recipe, plugins)
     device = resolve_device(request.device)
     check_precision(device, recipe.train.precision)
-    dataset = open_carvana(parts.data_root())
+    dataset = parts.dataset()
     if recipe.pseudo_label is not None and not dataset.test:
-        raise BenchError(f"[pseudo_label] needs unlabelled test images, and {dataset.root}/test has none; "
-                         "remove the [pseudo_label] table or use data with a test/ folder")
+        test_dir = dataset.image_dir("test")
+        raise BenchError(f"[pseudo_label] needs unlabelled test images, and {test_dir} has none; "
+                         f"remove the [pseudo_label] table or use data with a {test_dir.name}/ folder")
     fit = parts.fit_for(dataset)
     splits = make_splits(car_mask_areas(dataset), recipe.folds.k, recipe.folds.method, recipe.folds.seed)
     height, width = fit.input_shape(*next(iter(dataset.sizes.values())))

@@ -55,6 +55,11 @@ class DataSpec(_Strict):
         None, description="A folder in the Carvana layout, read as-is; unset: made by `source`."
     )
     source: SourceSpec = SourceSpec()
+    images: Literal["standard", "hq"] | None = Field(
+        None, description="Which JPEGs: 'standard' reads train/ and test/; 'hq' reads train_hq/ and test_hq/, the "
+                          "competition's high-quality JPEGs of the same images, as both seed teams did (masks stay in "
+                          "train_masks/). Unset: standard."
+    )
 
 
 class FoldsSpec(_Strict):
