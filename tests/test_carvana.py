@@ -131,9 +131,51 @@ def test_test_folder_is_optional(tmp_path: Path) -> None:
     assert dataset.test == () and dataset.metadata is None
 
 
-def _error(root: Path) -> str:
+def _with_hq(root: Path) -> Path:
+    """train_hq/ and test_hq/ beside train/ and test/, their images in other colours so a mix-up shows."""
+    for split in ("train", "test"):
+        (root / f"{split}_hq").mkdir()
+        for path in (root / split).iterdir():
+            Image.fromarray(255 - np.asarray(Image.open(path))).save(root / f"{split}_hq" / path.name, quality=95)
+    return root
+
+
+def test_hq_reads_train_hq_and_test_hq_and_the_same_masks(tmp_path: Path) -> None:
+    root = _with_hq(build_carvana(tmp_path / "data"))
+    standard, hq = open_carvana(root), open_carvana(root, "hq")
+    assert (hq.train, hq.test, hq.sizes) == (standard.train, standard.test, standard.sizes)
+    assert hq.image_dir("train") == root / "train_hq" and hq.image_dir("test") == root / "test_hq"
+    for image_id in hq.train:
+        plain = read_image(standard, image_id).astype(int)
+        assert np.abs(read_image(hq, image_id).astype(int) - (255 - plain)).max() <= 3
+        np.testing.assert_array_equal(read_mask(hq, image_id), read_mask(standard, image_id))
+    test_id = hq.test[0]
+    assert np.abs(read_image(hq, test_id, "test").astype(int) - (255 - read_image(standard, test_id, "test"))).max() <= 3
+
+
+def test_missing_hq_folder_names_it(tmp_path: Path) -> None:
+    root = build_carvana(tmp_path / "data")
+    message = _error(root, "hq")
+    assert f"{root} has no train_hq/ folder" in message and "data.images = 'hq'" in message
+
+
+def test_test_folder_without_its_hq_twin_is_an_error_not_a_run_without_test_images(tmp_path: Path) -> None:
+    root = _with_hq(build_carvana(tmp_path / "data"))
+    for path in (root / "test_hq").iterdir():
+        path.unlink()
+    (root / "test_hq").rmdir()
+    assert f"{root} has test/ but no test_hq/ folder" in _error(root, "hq")
+
+
+def test_hq_image_without_mask_names_the_hq_image(tmp_path: Path) -> None:
+    root = _with_hq(build_carvana(tmp_path / "data"))
+    Image.fromarray(_image_for(0)).save(root / "train_hq" / "zzz999_01.jpg")
+    assert str(root / "train_hq" / "zzz999_01.jpg") in _error(root, "hq")
+
+
+def _error(root: Path, images: str = "standard") -> str:
     with pytest.raises(BenchError) as caught:
-        open_carvana(root)
+        open_carvana(root, images)
     message = str(caught.value)
     assert "\n" not in message
     return message

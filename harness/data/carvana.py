@@ -7,6 +7,12 @@ Layout::
     root/train_masks.csv                    ``img,rle_mask``; used only when train_masks/ is absent
     root/test/<carid>_<NN>.jpg              unlabelled images (optional)
     root/metadata.csv                       one row per car (optional)
+    root/train_hq/, root/test_hq/           the same images as high-quality JPEGs (read with images="hq")
+
+``images = "hq"`` (the recipe's ``data.images``) reads the images from ``train_hq/`` and ``test_hq/``,
+as both seed teams did (``albu/src/train.py:232``, ``albu/src/carvana_eval.py:40,45``;
+``asanakoy/dataset.py:104,180-181`` unless ``--no_hq``, which their scripts never pass); the masks
+are the same ``train_masks/`` either way.
 
 ``open_carvana`` checks the whole training set up front (names, a mask for every image, image and
 mask sizes from the file headers, every RLE row), so a broken folder fails in a second with one line
@@ -31,6 +37,8 @@ from harness.errors import BenchError
 
 MaskSource = Literal["gif", "csv"]
 Split = Literal["train", "test"]
+ImageSet = Literal["standard", "hq"]
+_SUFFIX: dict[str, str] = {"standard": "", "hq": "_hq"}  # the image folders are train<suffix>, test<suffix>
 
 _IMAGE_ID = re.compile(r"^(?P<car>.+)_(?P<view>\d{2})$")
 _CSV_COLUMNS = ("img", "rle_mask")
@@ -55,12 +63,19 @@ class CarvanaSet:
     sizes: dict[str, tuple[int, int]] = field(default_factory=dict, compare=False, repr=False)
     rle_masks: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     metadata: Path | None = None
+    images: ImageSet = "standard"
+
+    def image_dir(self, split: Split) -> Path:
+        """The folder of a split's images: ``train/`` or ``test/``, or ``train_hq/`` or ``test_hq/``."""
+        if split not in ("train", "test"):
+            raise BenchError(f"unknown split {split!r}; expected 'train' or 'test'")
+        return self.root / f"{split}{_SUFFIX[self.images]}"
 
     def __repr__(self) -> str:
         # The default repr would print 100,064 test ids.
         return (
             f"CarvanaSet(root={str(self.root)!r}, train={len(self.train)} images, "
-            f"test={len(self.test)} images, mask_source={self.mask_source!r})"
+            f"test={len(self.test)} images, mask_source={self.mask_source!r}, images={self.images!r})"
         )
 
 
@@ -83,21 +98,32 @@ def car_ids(dataset: CarvanaSet) -> list[str]:
     return sorted({car_id(image_id) for image_id in dataset.train})
 
 
-def open_carvana(root: Path | str) -> CarvanaSet:
-    """Scan and check a Carvana-layout folder; raise ``BenchError`` naming the first bad file."""
+def open_carvana(root: Path | str, images: ImageSet = "standard") -> CarvanaSet:
+    """Scan and check a Carvana-layout folder; raise ``BenchError`` naming the first bad file.
+
+    ``images``: which image folders (see the module docstring). With ``hq``, a ``test/`` folder
+    without its ``test_hq/`` is an error rather than a run without test images.
+    """
     root = Path(root)
     if not root.is_dir():
         raise BenchError(f"data folder {root} does not exist or is not a folder")
-    train_dir = root / "train"
+    if images not in _SUFFIX:
+        raise BenchError(f"unknown image set {images!r}; expected 'standard' or 'hq'")
+    train_name, test_name = f"train{_SUFFIX[images]}", f"test{_SUFFIX[images]}"
+    chosen = "" if images == "standard" else f"; data.images = {images!r} reads {train_name}/ and {test_name}/"
+    train_dir = root / train_name
     if not train_dir.is_dir():
-        raise BenchError(f"data folder {root} has no train/ folder (expected train/<carid>_<NN>.jpg)")
+        raise BenchError(f"data folder {root} has no {train_name}/ folder "
+                         f"(expected {train_name}/<carid>_<NN>.jpg{chosen})")
     train = _scan_ids(train_dir)
     if not train:
         raise BenchError(f"{train_dir} holds no training images (expected <carid>_<NN>.jpg files)")
-    test_dir = root / "test"
+    test_dir = root / test_name
+    if images != "standard" and not test_dir.is_dir() and (root / "test").is_dir():
+        raise BenchError(f"data folder {root} has test/ but no {test_name}/ folder{chosen}")
     test = _scan_ids(test_dir) if test_dir.is_dir() else ()
     sizes = {image_id: _header_size(train_dir / f"{image_id}.jpg") for image_id in train}
-    mask_source, rle_masks = _open_masks(root, sizes)
+    mask_source, rle_masks = _open_masks(root, sizes, train_dir)
     metadata = root / "metadata.csv"
     return CarvanaSet(
         root=root,
@@ -107,6 +133,7 @@ def open_carvana(root: Path | str) -> CarvanaSet:
         sizes=sizes,
         rle_masks=rle_masks,
         metadata=metadata if metadata.is_file() else None,
+        images=images,
     )
 
 
@@ -202,10 +229,11 @@ def _header_size(path: Path) -> tuple[int, int]:
     return height, width
 
 
-def _open_masks(root: Path, sizes: dict[str, tuple[int, int]]) -> tuple[MaskSource, dict[str, str]]:
+def _open_masks(root: Path, sizes: dict[str, tuple[int, int]],
+                image_dir: Path) -> tuple[MaskSource, dict[str, str]]:
     """The gif folder wins when both exist: it is what the competition shipped as ground truth."""
     if (root / "train_masks").is_dir():
-        _check_gif_masks(root / "train_masks", sizes)
+        _check_gif_masks(root / "train_masks", sizes, image_dir)
         return "gif", {}
     csv_path = root / "train_masks.csv"
     if csv_path.is_file():
@@ -217,9 +245,8 @@ def _gif_path(mask_dir: Path, image_id: str) -> Path:
     return mask_dir / f"{image_id}_mask.gif"
 
 
-def _check_gif_masks(mask_dir: Path, sizes: dict[str, tuple[int, int]]) -> None:
+def _check_gif_masks(mask_dir: Path, sizes: dict[str, tuple[int, int]], image_dir: Path) -> None:
     """Every training image needs a readable mask of exactly its size."""
-    image_dir = mask_dir.parent / "train"
     for image_id, image_size in sizes.items():
         path = _gif_path(mask_dir, image_id)
         if not path.is_file():
@@ -297,9 +324,7 @@ def _rle_of(dataset: CarvanaSet, image_id: str) -> str:
 
 
 def _image_path(dataset: CarvanaSet, image_id: str, split: Split) -> Path:
-    if split not in ("train", "test"):
-        raise BenchError(f"unknown split {split!r}; expected 'train' or 'test'")
-    return dataset.root / split / f"{image_id}.jpg"
+    return dataset.image_dir(split) / f"{image_id}.jpg"
 
 
 def _wxh(size: tuple[int, int]) -> str:

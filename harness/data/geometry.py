@@ -6,8 +6,20 @@ upsample the logits bilinearly back (artsiom). A third resizes each image by its
 quick profile costs the same whatever the data's resolution. Training and prediction use these
 same functions, so a model never sees a different geometry at test time than it trained on.
 
-Padding is centred; a mask is padded with the image's mode, so that reflected car pixels are
-labelled as car (zero-padding pads the mask with 0, as the image with black).
+Padding is centred by default (``input.pad_side = "centre"``: vladimir's 1 px left and 1 px right,
+1918 -> 1920) or all on the right and bottom (``"right"``: alexander pasted the image into the
+top-left corner of a 1280x1920 array of zeros, ``albu/src/dataset/abstract_dataset.py:13-19``, and
+cropped ``[:1280, :1918]`` back, ``albu/src/carvana_eval.py:37``); ``restore`` crops the same pixels
+away. A mask is padded with the image's mode, so that reflected car pixels are labelled as car
+(zero-padding pads the mask with 0, as the image with black).
+
+Resizing is bilinear for the image (OpenCV). A mask is resized with nearest neighbour, so it stays
+in {0, 1}, or bilinearly with ``input.mask_interpolation = "linear"`` (a float mask: soft targets in
+[0, 1] along the edges). Logits go back to the image's size bilinearly with torch, by default with
+``align_corners=False``; ``input.align_corners = true`` is PyTorch 0.2's ``F.upsample`` (artsiom,
+``asanakoy/generate_sub.py:49``, which predates the flag and behaved as ``align_corners=True``).
+Only that upsampling follows the flag: the input's resize is OpenCV's, which has no such flag (it
+aligns pixel centres, as ``align_corners=False`` does).
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ import torch.nn.functional as F
 
 MULTIPLE = 32
 CV2_BORDERS = {"reflect": cv2.BORDER_REFLECT_101, "constant": cv2.BORDER_CONSTANT}
+CV2_INTERPOLATIONS = {"nearest": cv2.INTER_NEAREST, "linear": cv2.INTER_LINEAR}
 
 
 @dataclass(frozen=True)
@@ -32,6 +45,9 @@ class Fit:
     size: tuple[int, int] | None  # (width, height) of the network input; None: the image's own
     pad_mode: Literal["reflect", "constant"] = "constant"
     short_side: int | None = None  # resize: the image scaled so its short side is about this
+    pad_side: Literal["centre", "right"] = "centre"  # pad: split evenly, or all on the right and bottom
+    mask_interpolation: Literal["nearest", "linear"] = "nearest"  # resize: how a mask is resampled
+    align_corners: bool = False  # resize: of the bilinear upsampling of logits in ``restore``
 
     def input_shape(self, height: int, width: int) -> tuple[int, int]:
         """(height, width) the network sees for an image of this size."""
@@ -54,13 +70,13 @@ class Fit:
         return None
 
     def array(self, image: np.ndarray, is_mask: bool = False) -> np.ndarray:
-        """Fit an HxW(xC) uint8 array to the network input."""
+        """Fit an HxW(xC) array (uint8; a mask uint8 0/1, or float32 in [0, 1]) to the network input."""
         height, width = image.shape[:2]
         target_h, target_w = self.input_shape(height, width)
         if self.mode == "resize":
-            interpolation = cv2.INTER_NEAREST if is_mask else cv2.INTER_LINEAR
+            interpolation = CV2_INTERPOLATIONS[self.mask_interpolation if is_mask else "linear"]
             return cv2.resize(image, (target_w, target_h), interpolation=interpolation)
-        top, bottom, left, right = _pads(height, width, target_h, target_w)
+        top, bottom, left, right = _pads(height, width, target_h, target_w, self.pad_side)
         if not (top or bottom or left or right):
             return image
         return cv2.copyMakeBorder(image, top, bottom, left, right, CV2_BORDERS[self.pad_mode], value=0)
@@ -70,8 +86,8 @@ class Fit:
         if self.mode == "resize":
             if logits.shape[-2:] == (height, width):
                 return logits
-            return F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
-        top, _, left, _ = _pads(height, width, logits.shape[-2], logits.shape[-1])
+            return F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=self.align_corners)
+        top, _, left, _ = _pads(height, width, logits.shape[-2], logits.shape[-1], self.pad_side)
         return logits[..., top : top + height, left : left + width]
 
 
@@ -83,6 +99,9 @@ def _round_nearest(side: float) -> int:
     return max(MULTIPLE, round(side / MULTIPLE) * MULTIPLE)
 
 
-def _pads(height: int, width: int, target_h: int, target_w: int) -> tuple[int, int, int, int]:
+def _pads(height: int, width: int, target_h: int, target_w: int, side: str = "centre") -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) padding; centred puts the odd pixel at the bottom or right."""
+    if side == "right":
+        return 0, target_h - height, 0, target_w - width
     top, left = (target_h - height) // 2, (target_w - width) // 2
     return top, target_h - height - top, left, target_w - width - left

@@ -9,8 +9,9 @@ Three decisions shape this module:
   pass over the data (the epoch, unless epochs have a fixed length), and its augmentation is
   seeded from ``(seed, draw, index)``, so what a model sees does not depend on the number of
   workers or on which worker ran first, and a resumed run repeats the interrupted one exactly.
-* **uint8 to the device.** Samples stay uint8 (4x less to copy); the engine converts and normalises
-  on the device, where it is nearly free.
+* **uint8 to the device.** Samples stay uint8 (4x less to copy; only a soft training mask is float32);
+  the engine converts, normalises and orders the channels on the device (``Normalise``), where that
+  is nearly free.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ from harness.errors import BenchError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# input.normalize -> (mean, std) per RGB channel, on the 0..1 scale; "none" has always meant x / 255
+NORMALISATIONS = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "scale": ((0.0,) * 3, (1.0,) * 3),
+    "none": ((0.0,) * 3, (1.0,) * 3),
+}
 
 
 def sample_seed(*parts: int) -> int:
@@ -89,7 +96,14 @@ class PhasedAugment:
 
 class TrainingSamples(torch.utils.data.Dataset):
     """Augmented, fitted (image, mask) pairs addressed by ``(epoch, draw, i)`` (``EpochSampler``); see the
-    module docstring."""
+    module docstring.
+
+    The mask is uint8 0/1, or, with ``input.mask_interpolation = "linear"`` (``fit.mask_interpolation``),
+    float32 in [0, 1]: a float mask is what linear resampling turns into soft edges (a uint8 0/1 one
+    would round back to 0/1). alexander warped a uint8 0/255 mask (``albu/src/transforms.py:229-231``)
+    and divided by 255 (``albu/src/dataset/neural_dataset.py:37``): the same targets up to his rounding
+    to uint8 (at most 1/510).
+    """
 
     def __init__(self, images: Images, indices: Sequence[int], augment: PhasedAugment | A.Compose | None, fit: Fit,
                  seed: int):
@@ -103,6 +117,8 @@ class TrainingSamples(torch.utils.data.Dataset):
         epoch, draw, position = key
         index = self.indices[position]
         image, mask = self.images[index]
+        if self.fit.mask_interpolation == "linear":  # soft targets: a float mask, which resampling blends
+            mask = mask.astype(np.float32)
         augment = self.augment.at(epoch)
         if augment is not None:
             augment.set_random_seed(sample_seed(self.seed, draw, index))
@@ -188,7 +204,7 @@ def shapes_of_test_images(dataset: CarvanaSet) -> dict[str, tuple[int, int]]:
     """(height, width) of every test image, from the file headers (cheap: no decoding)."""
     shapes = {}
     for image_id in dataset.test:
-        path = dataset.root / "test" / f"{image_id}.jpg"
+        path = dataset.image_dir("test") / f"{image_id}.jpg"
         try:
             with Image.open(path) as image:
                 shapes[image_id] = (image.height, image.width)
@@ -198,13 +214,32 @@ def shapes_of_test_images(dataset: CarvanaSet) -> dict[str, tuple[int, int]]:
 
 
 class Normalise(torch.nn.Module):
-    """uint8 NCHW on the device -> float, scaled and normalised as the recipe says."""
+    """uint8 NCHW RGB on the device -> the model's input: float, scaled, normalised and in the channel
+    order the recipe says (``input.normalize``, ``input.channels``).
 
-    def __init__(self, how: str):
+    Every path into a model goes through it (training, validation, test prediction), so the order
+    and scaling a model was trained with are the ones it is evaluated with. ``imagenet``:
+    ``(x / 255 - mean) / std`` with ImageNet's RGB statistics; ``scale`` and ``none``: ``x / 255``.
+    ``bgr`` reverses the channels after normalising, so each colour keeps its own mean and std.
+    Samples stay RGB up to here: augmentations and preprocessors see the colours they were written for.
+
+    The seed's inputs: alexander fed BGR (``cv2.imread``, ``albu/src/dataset/carvana_dataset.py:21``)
+    divided by 255 and nothing else (``albu/src/dataset/neural_dataset.py:27-28``): ``bgr`` with
+    ``scale``. artsiom's scratch UNet got RGB (PIL) through ``ToTensor``, i.e. x/255, and ImageNet
+    statistics only for the VGG encoders (``asanakoy/data_utils.py:227,275-279``,
+    ``asanakoy/run_train.py:327``, ``asanakoy/generate_sub.py:177-209``): ``scale``.
+    """
+
+    def __init__(self, how: str, channels: str = "rgb"):
         super().__init__()
-        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if how == "imagenet" else ((0.0,) * 3, (1.0,) * 3)
+        if how not in NORMALISATIONS or channels not in ("rgb", "bgr"):
+            raise ValueError(f"normalisation {how!r} with channels {channels!r}: expected one of "
+                             f"{', '.join(NORMALISATIONS)} with rgb or bgr")
+        mean, std = NORMALISATIONS[how]
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255)
+        self.bgr = channels == "bgr"
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() - self.mean) / self.std
+        normalised = (images.float() - self.mean) / self.std
+        return normalised.flip(1) if self.bgr else normalised

@@ -18,8 +18,9 @@ import albumentations as A
 import torch
 from rich.console import Console
 
-from harness.data.carvana import CarvanaSet
-from harness.data.geometry import Fit
+from harness.data.carvana import CarvanaSet, open_carvana
+from harness.data.geometry import CV2_INTERPOLATIONS, Fit
+from harness.data.loading import Normalise
 from harness.engine import compute_choice
 from harness.engine.device import Compute
 from harness.errors import BenchError
@@ -88,7 +89,10 @@ class Assembly:
         return [self.build("callback", f"callbacks.{i}", spec) for i, spec in enumerate(self.recipe.callbacks)]
 
     def transforms(self, key: str) -> A.Compose | None:
-        """``preprocess`` or ``augment``: the recipe's transforms in order, or None when it lists none."""
+        """``preprocess`` or ``augment``: the recipe's transforms in order, or None when it lists none.
+
+        ``input.mask_interpolation``, when set, is how every augmentation that resamples the mask does it
+        (albumentations' ``Compose(mask_interpolation=...)`` sets it on each transform that has one)."""
         kind = {"preprocess": "preprocessor", "augment": "augmentation"}[key]
         return self._compose(kind, key, getattr(self.recipe, key))
 
@@ -100,12 +104,18 @@ class Assembly:
     def _compose(self, kind: str, key: str, specs) -> A.Compose | None:
         if not specs:
             return None
-        return A.Compose([self.build(kind, f"{key}.{i}", spec) for i, spec in enumerate(specs)])
+        how = self.recipe.input.mask_interpolation if kind == "augmentation" else None
+        return A.Compose([self.build(kind, f"{key}.{i}", spec) for i, spec in enumerate(specs)],
+                         mask_interpolation=None if how is None else CV2_INTERPOLATIONS[how])
 
     def data_root(self) -> Path:
         if self.recipe.data.root:
             return Path(self.recipe.data.root)
         return self.build("dataset", "data.source", self.recipe.data.source)
+
+    def dataset(self) -> CarvanaSet:
+        """The recipe's data, opened and checked, its images read from the folders ``data.images`` names."""
+        return open_carvana(self.data_root(), self.recipe.data.images or "standard")
 
     def fit_for(self, dataset: CarvanaSet) -> Fit:
         """The recipe's fit, checked against every image size of the data."""
@@ -155,11 +165,19 @@ class Assembly:
 
 
 def recipe_fit(recipe: Recipe) -> Fit:
-    """``input.size``: a fixed [width, height], a short side (one number), or ``original``."""
+    """``input.size``: a fixed [width, height], a short side (one number), or ``original``; with the
+    recipe's padding side, mask resampling and logits upsampling (unset: centre, nearest, false)."""
     size, spec = recipe.input.size, recipe.input
+    options = dict(pad_side=spec.pad_side or "centre", mask_interpolation=spec.mask_interpolation or "nearest",
+                   align_corners=bool(spec.align_corners))
     if isinstance(size, int):
-        return Fit(spec.fit, None, spec.pad_mode, short_side=size)
-    return Fit(spec.fit, None if size == "original" else tuple(size), spec.pad_mode)
+        return Fit(spec.fit, None, spec.pad_mode, short_side=size, **options)
+    return Fit(spec.fit, None if size == "original" else tuple(size), spec.pad_mode, **options)
+
+
+def recipe_normalise(recipe: Recipe) -> Normalise:
+    """``input.normalize`` and ``input.channels``: what every batch goes through on the device."""
+    return Normalise(recipe.input.normalize, recipe.input.channels or "rgb")
 
 
 def loader(samples, compute: Compute, workers: int, batch_size: int, sampler=None) -> torch.utils.data.DataLoader:

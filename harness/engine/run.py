@@ -20,13 +20,13 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from harness.data.carvana import CarvanaSet, car_id, open_carvana
+from harness.data.carvana import CarvanaSet, car_id
 from harness.data.geometry import Fit
-from harness.data.loading import (CachedImage, EpochSampler, Images, Normalise, PhasedAugment, PredictionSamples,
-                                  TestImage, TrainingSamples, shapes_of_test_images)
+from harness.data.loading import (CachedImage, EpochSampler, Images, PhasedAugment, PredictionSamples, TestImage,
+                                  TrainingSamples, shapes_of_test_images)
 from harness.data.splits import Splits, read_splits, splits_for, write_splits
 from harness.engine import compute_choice
-from harness.engine.assembly import CACHE_BYTES, Assembly, loader
+from harness.engine.assembly import CACHE_BYTES, Assembly, loader, recipe_normalise
 from harness.engine.device import Compute, check_precision, resolve_device
 from harness.engine.environment import describe_environment
 from harness.engine.predict import TTA, predict_loader
@@ -113,10 +113,11 @@ def run(request: RunRequest, plugins: Plugins, console: Console) -> Path:
     parts = Assembly(recipe, plugins)
     device = resolve_device(request.device)
     check_precision(device, recipe.train.precision)
-    dataset = open_carvana(parts.data_root())
+    dataset = parts.dataset()
     if recipe.pseudo_label is not None and not dataset.test:
-        raise BenchError(f"[pseudo_label] needs unlabelled test images, and {dataset.root}/test has none; "
-                         "remove the [pseudo_label] table or use data with a test/ folder")
+        test_dir = dataset.image_dir("test")
+        raise BenchError(f"[pseudo_label] needs unlabelled test images, and {test_dir} has none; "
+                         f"remove the [pseudo_label] table or use data with a {test_dir.name}/ folder")
     fit = parts.fit_for(dataset)
     # before _prepare creates the run folder: a bad folds file or view leaves nothing behind
     folds = recipe.folds
@@ -347,7 +348,7 @@ def _fold_setup(stage: _Stage, training: _Training, fold: int) -> FoldSetup:
     return FoldSetup(
         fold=fold, seed=recipe.seed, epochs=recipe.train.epochs, accumulate=recipe.train.accumulate,
         grad_clip=recipe.train.grad_clip, threshold=recipe.predict.threshold, tta=recipe.predict.tta,
-        average=recipe.predict.average, compute=compute, fit=fit, normalise=Normalise(recipe.input.normalize),
+        average=recipe.predict.average, compute=compute, fit=fit, normalise=recipe_normalise(recipe),
         model=model, make_optimizer=parts.optimizers(), builds_optimizer=parts.builds_optimizer(),
         accumulation=recipe.train.accumulation, checkpoint=recipe.train.checkpoint, multiplier=parts.schedule(),
         loss=parts.loss(), callbacks=parts.callbacks(), train_loader=loader(samples, compute, workers, batch, sampler),
@@ -378,7 +379,7 @@ def _predict_test(stage: _Stage, folds: list[FoldFolder]) -> None:
     store = folder.open_maps("test", mode="r+")  # allocated by _allocate_maps
     samples = PredictionSamples(TestImage(dataset, parts.transforms("preprocess")), len(dataset.test), stage.fit)
     test_loader = loader(samples, compute, parts.loader_workers(compute), recipe.train.batch_size)
-    normalise = Normalise(recipe.input.normalize).to(compute.device)
+    normalise = recipe_normalise(recipe).to(compute.device)
     ordered_shapes = [store.shapes[i] for i in dataset.test]
     started = time.perf_counter()
     for index, probability in predict_loader(models, test_loader, ordered_shapes, stage.fit, normalise,

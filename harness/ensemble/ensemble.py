@@ -325,7 +325,7 @@ def _test_size(dataset: CarvanaSet, image_id: str) -> tuple[int, int]:
     """(height, width) of a test image from its header: no decoding, so checking 100,064 rows stays fast."""
     from PIL import Image
 
-    with Image.open(dataset.root / "test" / f"{image_id}.jpg") as image:
+    with Image.open(dataset.image_dir("test") / f"{image_id}.jpg") as image:
         width, height = image.size
     return height, width
 

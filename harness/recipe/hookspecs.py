@@ -61,7 +61,8 @@ def bench_models() -> Mapping[str, Callable[..., torch.nn.Module]]:
     """Segmentation networks, by name.
 
     ``factory(**params) -> torch.nn.Module``. The module maps a float batch ``(N, 3, H, W)``,
-    normalised as the recipe's ``input.normalize`` says, to logits ``(N, 1, H, W)`` at the same size.
+    normalised as the recipe's ``input.normalize`` says and in its ``input.channels`` order (RGB
+    unless it says ``bgr``), to logits ``(N, 1, H, W)`` at the same size.
     The harness pads or resizes inputs so that ``H`` and ``W`` are multiples of 32.
 
     A factory that accepts ``encoder_weights: str`` should resolve it with
@@ -77,7 +78,8 @@ def bench_losses() -> Mapping[str, Callable[..., Loss]]:
     """Training losses, by name.
 
     ``factory(**params) -> loss``, where ``loss(logits, target) -> scalar tensor``; ``logits`` and
-    ``target`` are ``(N, 1, H, W)``, ``target`` is float in {0, 1}. A loss that needs pixel weights
+    ``target`` are ``(N, 1, H, W)``, ``target`` is float in {0, 1}, or in [0, 1] (soft along the
+    edges) when the recipe says ``input.mask_interpolation = "linear"``. A loss that needs pixel weights
     (a border weight map, say) derives them from ``target`` itself.
 
     Example: plugins/components/losses.py (``bce_dice``), registered by plugins/alexander.py.
@@ -166,7 +168,9 @@ def bench_augmentations() -> Mapping[str, Callable[..., albumentations.BasicTran
     """Training-time augmentations, by name.
 
     ``factory(**params) -> albumentations transform``. It is applied to ``image`` (uint8 HxWx3 RGB)
-    and ``mask`` (uint8 HxW, values 0/1) together, in the order the recipe lists them, on training
+    and ``mask`` (uint8 HxW, values 0/1; float32 in [0, 1] when the recipe says
+    ``input.mask_interpolation = "linear"``, which also sets the ``mask_interpolation`` of every
+    transform that has one) together, in the order the recipe lists them, on training
     images only. A transform that must see the mask to change the image (recolouring only the car's
     pixels, say) is a ``DualTransform`` that reads it.
 

@@ -56,6 +56,11 @@ class DataSpec(_Strict):
         None, description="A folder in the Carvana layout, read as-is; unset: made by `source`."
     )
     source: SourceSpec = SourceSpec()
+    images: Literal["standard", "hq"] | None = Field(
+        None, description="Which JPEGs: 'standard' reads train/ and test/; 'hq' reads train_hq/ and test_hq/, the "
+                          "competition's high-quality JPEGs of the same images, as both seed teams did (masks stay in "
+                          "train_masks/). Unset: standard."
+    )
 
 
 class FoldsSpec(_Strict):
@@ -115,6 +120,10 @@ Size = tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]]
 
 
 class InputSpec(_Strict):
+    # Keys added after run folders existed default to None, meaning the behaviour from before them:
+    # ``Recipe.to_toml`` leaves None out, so an existing recipe keeps its TOML, its run folder's hash
+    # (``--resume`` finds it) and its tuning fingerprint. Stating the default explicitly
+    # (``channels = "rgb"``) behaves the same but is another recipe text, hence another hash.
     size: Size | Annotated[int, Field(ge=32)] | Literal["original"] = Field(
         "original", description="[width, height] fed to the model; one number: each image resized so its short "
                                 "side is about that (torchvision's Resize(int)), both sides rounded to a multiple "
@@ -122,7 +131,30 @@ class InputSpec(_Strict):
     )
     fit: Literal["pad", "resize"] = "pad"
     pad_mode: Literal["reflect", "constant"] = "constant"
-    normalize: Literal["imagenet", "none"] = "imagenet"
+    pad_side: Literal["centre", "right"] | None = Field(
+        None, description="fit = 'pad': 'centre' splits the padding between the two sides (the odd pixel bottom or "
+                          "right); 'right' puts all of it on the right and bottom. Unset: centre."
+    )
+    channels: Literal["rgb", "bgr"] | None = Field(
+        None, description="The order of the colour channels fed to the model ('bgr': OpenCV's, as cv2.imread gives "
+                          "them). Unset: rgb."
+    )
+    normalize: Literal["imagenet", "scale", "none"] = Field(
+        "imagenet", description="'imagenet': x/255, then minus ImageNet's mean and over its std, per colour; 'scale': "
+                                "x/255 only, in [0, 1]; 'none': no mean and std, i.e. x/255 as well (its older name, "
+                                "kept so recipes that say it keep their meaning)."
+    )
+    mask_interpolation: Literal["nearest", "linear"] | None = Field(
+        None, description="How training masks are resampled by geometric augmentations and by fit = 'resize': "
+                          "'nearest' keeps them in {0, 1}; 'linear' gives soft targets in [0, 1] along the edges. "
+                          "Validation always scores against the binary ground truth. Unset: each transform's own "
+                          "(nearest for all built-in ones), nearest for the resize."
+    )
+    align_corners: bool | None = Field(
+        None, description="align_corners of the bilinear upsampling of logits back to the image size (fit = "
+                          "'resize'); true is PyTorch 0.2's behaviour. The input's resize (OpenCV) is not affected. "
+                          "Unset: false."
+    )
 
     @pydantic.model_validator(mode="after")
     def _check_short_side(self) -> InputSpec:

@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 
-from harness.data.carvana import open_carvana
 from harness.data.loading import EpochSampler, Images, TrainingSamples
 from harness.engine import compute_choice
 from harness.engine.assembly import CACHE_BYTES, Assembly, recipe_fit
@@ -68,7 +67,7 @@ def benchmark_recipe(recipe: Recipe, plugins: Plugins, console, *, device: str |
     for name in names:  # a bad --variants is one line before anything is measured
         parse_variant(name, where)
     parts = Assembly(recipe, plugins)
-    dataset = open_carvana(parts.data_root())
+    dataset = parts.dataset()
     fit = parts.fit_for(dataset)
     image_height, image_width = next(iter(dataset.sizes.values()))
     height, width = (size[1], size[0]) if size else fit.input_shape(image_height, image_width)

@@ -2,7 +2,8 @@
 
 Factories for ``bench_augmentations`` (random, training only) and ``bench_preprocessors``
 (deterministic, every split). Each returns an albumentations transform applied to ``image``
-(uint8 HxWx3 RGB) and ``mask`` (uint8 HxW, 0/1) together.
+(uint8 HxWx3 RGB) and ``mask`` (uint8 HxW, 0/1; float32 in [0, 1] with the recipe's
+``input.mask_interpolation = "linear"``) together.
 
 Most are albumentations built-ins under the recipes' parameter names. Two are custom because
 albumentations has nothing equivalent: ``car_hsv_or_gray`` recolours only the car's pixels, so it
@@ -52,7 +53,11 @@ def shift_scale_rotate(
     Defaults are alexander's (0.0625, x0.9-1.1, 5 deg, p=0.75); artsiom's is ``scale = [0.91, 1.21]``,
     ``rotate = 10``. ``reflect`` (OpenCV's REFLECT_101, as both originals used) fills the uncovered
     corners with plausible studio background; ``constant`` fills them with zeros. The mask is
-    resampled with nearest neighbour, so it stays in {0, 1}.
+    resampled with nearest neighbour, so it stays in {0, 1}, unless the recipe says
+    ``input.mask_interpolation = "linear"``: then it is a float mask resampled bilinearly, with soft
+    values along the edges, as alexander's ``cv2.warpPerspective(mask, ..., INTER_LINEAR,
+    BORDER_REFLECT_101)`` (``albu/src/transforms.py:229-231``). The border mode applies to the mask
+    too (a reflected car is labelled car).
     """
     _check_probability(p)
     _check_non_negative(shift=shift, rotate=rotate)

@@ -1,7 +1,10 @@
 """Segmentation losses of the three Carvana recipes, as factories for ``bench_losses``.
 
 Every factory returns ``loss(logits, target) -> scalar tensor`` with ``logits`` and ``target`` of
-shape ``(N, 1, H, W)`` and ``target`` float in {0, 1}. The returned loss is a ``functools.partial``
+shape ``(N, 1, H, W)`` and ``target`` float in {0, 1}, or in [0, 1] with soft masks
+(``input.mask_interpolation = "linear"``): BCE with logits and the soft Dice take soft targets as they
+are, and the border band (``border_weights``) is where the pooled target is in [0.01, 0.99], soft or
+not. The returned loss is a ``functools.partial``
 of a module-level function, so it pickles (DataLoader workers, DDP) and its repr shows its settings.
 
 Losses are computed in fp32 even under autocast: sums of a million sigmoid probabilities and
