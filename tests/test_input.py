@@ -134,7 +134,7 @@ def _rotated_mask(plugins, **input_keys) -> torch.Tensor:
     mask[8:24, 16:48] = 1
     samples = TrainingSamples([(rgb_image(), mask)], [0], Assembly(spec, plugins).transforms("augment"),
                               recipe_fit(spec), seed=0)
-    return samples[(0, 0)][1]
+    return samples[(0, 0, 0)][1]
 
 
 def test_linear_mask_interpolation_gives_soft_edges_after_a_rotation(plugins):

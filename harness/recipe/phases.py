@@ -31,7 +31,7 @@ def phases_of(recipe: Recipe) -> list[Phase]:
     """The recipe's phases in order, the first one (epoch 0) made of its top-level keys."""
     current = Phase(0, recipe.optimizer, "optimizer", tuple(recipe.augment), "augment", True)
     resolved = [current]
-    for index, spec in enumerate(recipe.phases):
+    for index, spec in enumerate(recipe.phases or []):
         key = f"phases.{index}"
         current = Phase(
             start=spec.start_epoch,
@@ -52,7 +52,7 @@ def phase_at(phases: list[Phase], epoch: int) -> Phase:
 
 def builds_optimizer(recipe: Recipe, phases: list[Phase], epoch: int) -> bool:
     """Whether ``epoch`` starts with a freshly built optimizer (empty moments)."""
-    if recipe.train.new_optimizer_every_epoch:
+    if recipe.train.new_optimizer_every_epoch:  # unset: false
         return True
     return any(phase.start == epoch and phase.new_optimizer for phase in phases)
 

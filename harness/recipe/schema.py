@@ -177,19 +177,20 @@ class TrainSpec(_Strict):
                           "best weights, for the out-of-fold maps. Unset: the whole fold every epoch."
     )
     accumulate: Annotated[int, Field(ge=1)] = 1
-    accumulation: Literal["mean", "sum_from_first"] = Field(
-        "mean", description="How `accumulate` batches make a step. 'mean': each loss divided by `accumulate`, a "
+    accumulation: Literal["mean", "sum_from_first"] | None = Field(
+        None, description="How `accumulate` batches make a step. 'mean': each loss divided by `accumulate`, a "
                             "step every `accumulate` batches and at the epoch's end. 'sum_from_first' (artsiom): "
                             "losses summed, a step after the first batch and then every `accumulate`, gradients "
-                            "left over at the epoch's end dropped."
+                            "left over at the epoch's end dropped. Unset: 'mean'."
     )
-    new_optimizer_every_epoch: bool = Field(
-        False, description="Build a fresh optimizer (empty moments) at the start of every epoch (vladimir)."
+    new_optimizer_every_epoch: bool | None = Field(
+        None, description="Build a fresh optimizer (empty moments) at the start of every epoch (vladimir). "
+                          "Unset: false."
     )
-    checkpoint: Literal["best_val_dice", "best_val_loss", "last"] = Field(
-        "best_val_dice", description="The epoch whose weights a fold keeps (out-of-fold maps, test predictions): "
+    checkpoint: Literal["best_val_dice", "best_val_loss", "last"] | None = Field(
+        None, description="The epoch whose weights a fold keeps (out-of-fold maps, test predictions): "
                                      "the best validation Dice, the lowest validation loss (the recipe's own loss "
-                                     "on the held-out images), or the last epoch."
+                                     "on the held-out images), or the last epoch. Unset: 'best_val_dice'."
     )
     grad_clip: Annotated[float, Field(gt=0)] | None = None
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -272,8 +273,8 @@ class Recipe(_Strict):
     preprocess: list[ComponentSpec] = []
     callbacks: list[ComponentSpec] = []
     train: TrainSpec
-    phases: list[PhaseSpec] = Field(
-        [], description="Changes from a given epoch on, in order (harness.recipe.phases)."
+    phases: list[PhaseSpec] | None = Field(
+        None, description="Changes from a given epoch on, in order (harness.recipe.phases)."
     )
     predict: PredictSpec = PredictSpec()
     pseudo_label: PseudoLabelSpec | None = None
@@ -461,8 +462,10 @@ def _describe(problem: dict, key: Key) -> str:
         return f"unknown key {dotted!r}{_suggest(str(key[-1]), _fields_at(key[:-1]), '.'.join(map(str, key[:-1])))}"
     if problem["type"] == "missing":
         return f"missing key {dotted!r}"
-    if problem["type"] == "value_error":  # a validator's own sentence; its input is a whole table
-        return f"key {dotted!r}: {problem['msg'].removeprefix('Value error, ')}"
+    if problem["type"] == "value_error":  # a validator's own sentence, and the value unless it is a whole table
+        value = problem.get("input")
+        shown = "" if isinstance(value, (dict, list)) else f" (got {value!r})"
+        return f"key {dotted!r}: {problem['msg'].removeprefix('Value error, ')}{shown}"
     return f"key {dotted!r}: {problem['msg']} (got {problem.get('input')!r})"
 
 
@@ -497,7 +500,7 @@ def _suggest(word: str, known: list[str], where: str) -> str:
 def _check_phases(recipe: Recipe, origins: _Origins) -> None:
     """Phases start inside the run, in increasing order (checked here: it takes train.epochs too)."""
     previous = 0
-    for index, phase in enumerate(recipe.phases):
+    for index, phase in enumerate(recipe.phases or []):
         key = ("phases", index, "start_epoch")
         where = f"{origins.of(key)}: key 'phases.{index}.start_epoch' = {phase.start_epoch}"
         if phase.start_epoch >= recipe.train.epochs:
@@ -540,7 +543,7 @@ def _check_components(recipe: Recipe, plugins: Plugins, origins: _Origins) -> Re
 def _component_slots(recipe: Recipe):
     """``(key, kind, owner, slot)`` of every component the recipe names, phases included: the spec
     is ``owner[slot]`` (a list item) or ``getattr(owner, slot)``."""
-    tables = [((), recipe)] + [(("phases", i), phase) for i, phase in enumerate(recipe.phases)]
+    tables = [((), recipe)] + [(("phases", i), phase) for i, phase in enumerate(recipe.phases or [])]
     for prefix, table in tables:
         for dotted, kind in RECIPE_KEYS.items():
             *parents, last = dotted.split(".")
