@@ -622,6 +622,7 @@ def _build_beside(out: Path, cars: int, test_cars: int, size: tuple[int, int], s
     temporary = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
         _generate(temporary, cars, test_cars, size, seed, workers or _default_workers())
+        link_hq_folders(temporary)
         try:
             os.replace(temporary, out)
         except OSError:
@@ -631,6 +632,19 @@ def _build_beside(out: Path, cars: int, test_cars: int, size: tuple[int, int], s
         return True
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
+
+
+def link_hq_folders(root: Path) -> None:
+    """``train_hq`` and ``test_hq`` as links to ``train`` and ``test``: synthetic images come in one
+    quality, and the links let a recipe that reads Carvana's high-quality folders (``data.images =
+    "hq"``, as the seed teams did) run on the built-in data unchanged."""
+    for split in ("train", "test"):
+        link = root / f"{split}_hq"
+        if (root / split).is_dir() and not link.exists():
+            try:
+                link.symlink_to(split, target_is_directory=True)  # relative: the folder may move
+            except FileExistsError:  # another process linked it first
+                pass
 
 
 def write_synthetic_carvana(out: Path, *, cars: int, test_cars: int, size: tuple[int, int], seed: int,
@@ -670,4 +684,5 @@ def cached_synthetic_carvana(*, cars: int, test_cars: int, size: tuple[int, int]
     out = root / "synthetic" / f"v{GENERATOR_VERSION}" / f"c{cars}-t{test_cars}-{width}x{height}-s{seed}"
     if not (out.is_dir() and any(out.iterdir())):
         _build_beside(out, cars, test_cars, (width, height), seed, workers)
+    link_hq_folders(out)  # folders cached before the links existed
     return out
