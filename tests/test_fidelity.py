@@ -6,10 +6,33 @@ asanakoy/kaggle_carvana_segmentation), and compared with what segbench trains, e
 
 from __future__ import annotations
 
+import re
+import tomllib
+from pathlib import Path
+
 import pytest
 
 from harness.engine.assembly import Assembly
 from harness.recipe.schema import load_recipe
+
+FIDELITY_PAGE = Path(__file__).resolve().parent.parent / "docs" / "fidelity.md"
+STATED = re.compile(r"`([a-z_][a-z0-9_.]*) = ([^`]+)`")  # `train.epochs = 52` in the segbench column
+
+
+def stated_values() -> list[tuple[str, str, str, str]]:
+    """``(recipe file, profile, dotted key, TOML value)`` of every value docs/fidelity.md says a recipe
+    holds: the backticked assignments of each table's third column, under the heading naming the
+    recipe; those after `` `--profile NAME`: `` hold with that profile ("" for none)."""
+    stated, recipe = [], None
+    for line in FIDELITY_PAGE.read_text().splitlines():
+        heading = re.match(r"## .*`(recipes/[a-z_]+\.toml)`", line)
+        if heading or line.startswith("## "):
+            recipe = heading.group(1) if heading else None
+        elif recipe and line.startswith("| ") and not line.startswith("| item"):
+            parts = re.split(r"`--profile ([a-z0-9_]+)`:", line.split(" | ")[2])
+            for profile, text in zip([""] + parts[1::2], parts[0::2]):
+                stated += [(recipe, profile, key, value) for key, value in STATED.findall(text)]
+    return stated
 
 
 def vladimir_lr(epoch: int) -> float:
@@ -70,3 +93,22 @@ def test_artsiom_vgg_drops_colour_augmentation_at_epoch_15(plugins):
     table = Assembly(load_recipe("recipes/artsiom.toml", plugins), plugins).epoch_table()
     assert table[14]["augment"] == ["hflip", "shift_scale_rotate", "brightness", "contrast", "saturation", "grayscale"]
     assert table[15]["augment"] == table[59]["augment"] == ["hflip", "shift_scale_rotate"]
+
+
+def _resolved(recipe, dotted: str):
+    value = recipe.model_dump(mode="json")
+    for part in dotted.split("."):
+        value = value[int(part)] if isinstance(value, list) else value[part]
+    return value
+
+
+@pytest.mark.parametrize("recipe, profile, key, value", stated_values(), ids=lambda item: str(item))
+def test_the_fidelity_page_states_what_the_recipes_hold(plugins, recipe, profile, key, value):
+    resolved = load_recipe(recipe, plugins, [profile] if profile else [])
+    assert _resolved(resolved, key) == tomllib.loads(f"v = {value}")["v"]
+
+
+def test_the_fidelity_page_states_values_for_every_recipe():
+    recipes = {recipe for recipe, *_ in stated_values()}
+    assert recipes == {f"recipes/{name}.toml" for name in ("vladimir", "alexander", "artsiom", "artsiom_unet")}
+    assert len(stated_values()) > 80

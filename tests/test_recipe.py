@@ -55,7 +55,7 @@ def test_faithful_values_survive_validation(plugins):
     assert [a.name for a in alexander.augment] == ["hflip", "shift_scale_rotate", "brightness", "hsv"]
     artsiom = load_recipe(REPO / "recipes/artsiom.toml", plugins)
     assert (artsiom.folds.k, artsiom.folds.method) == (7, "stratified_by_area")
-    assert (artsiom.train.batch_size, artsiom.train.accumulate, artsiom.train.accumulation) == (2, 2, "sum_from_first")
+    assert (artsiom.train.batch_size, artsiom.train.accumulate, artsiom.train.accumulation) == (1, 4, "sum_from_first")
     vladimir = load_recipe(REPO / "recipes/vladimir.toml", plugins)
     assert vladimir.pseudo_label is None  # no code for it in the original: a profile, off by default
     enabled = load_recipe(REPO / "recipes/vladimir.toml", plugins, ["quick", "pseudo"])
