@@ -316,10 +316,14 @@ def _read_resume(setup: FoldSetup, reporter: Reporter) -> tuple[TrainState, dict
             saved = setup.folder.read_checkpoint(path)
         except UnreadableCheckpoint as error:
             reporter.warn(f"{error.path} cannot be read back; fold {setup.fold} starts again from its first epoch")
-    if saved is None:
-        torch.manual_seed(sample_seed(setup.seed, setup.fold))
-        return TrainState(), None
-    return TrainState(**saved["state"]), saved
+    if saved is not None:
+        try:
+            return TrainState(**saved["state"]), saved
+        except TypeError:  # fields renamed since (best_dice became best_score)
+            reporter.warn(f"{path} was written by an older segbench; fold {setup.fold} starts again from its "
+                          "first epoch")
+    torch.manual_seed(sample_seed(setup.seed, setup.fold))
+    return TrainState(), None
 
 
 def _restore(setup: FoldSetup, scaler, saved: dict) -> None:
