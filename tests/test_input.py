@@ -172,8 +172,9 @@ def test_soft_targets_go_through_every_loss(plugins):
 
 def _with_hq(source, tmp_path):
     """A copy of the tiny set whose train/ and test/ also exist as train_hq/ and test_hq/."""
-    root = shutil.copytree(source, tmp_path / "carvana")
-    for split in ("train", "test"):
+    root = shutil.copytree(source, tmp_path / "carvana", symlinks=True)
+    for split in ("train", "test"):  # real folders in place of the synthetic set's links
+        (root / f"{split}_hq").unlink()
         shutil.copytree(root / split, root / f"{split}_hq")
     return root
 
@@ -201,7 +202,9 @@ p = 1.0
 
 
 def test_missing_hq_folder_is_one_line_and_writes_nothing(bench, synthetic_set, tmp_path, tiny_recipe):
-    result = bench("run", tiny_recipe(tmp_path / "r.toml", synthetic_set), "--results", tmp_path / "results",
+    root = shutil.copytree(synthetic_set, tmp_path / "carvana", symlinks=True)
+    (root / "train_hq").unlink()
+    result = bench("run", tiny_recipe(tmp_path / "r.toml", root), "--results", tmp_path / "results",
                    "--set", "data.images=hq")
     assert result.code == 2 and result.out == ""
     assert len(result.err.strip().splitlines()) == 1 and "train_hq/" in result.err

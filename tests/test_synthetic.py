@@ -38,8 +38,10 @@ def _digest(root: Path, names: list[str]) -> dict[str, str]:
 
 
 def test_layout_and_names_are_carvanas(data: Path) -> None:
-    assert sorted(p.name for p in data.iterdir()) == ["metadata.csv", "test", "train", "train_masks",
-                                                      "train_masks.csv"]
+    assert sorted(p.name for p in data.iterdir()) == ["metadata.csv", "test", "test_hq", "train", "train_hq",
+                                                      "train_masks", "train_masks.csv"]
+    # one image quality: the high-quality folders a faithful recipe reads are links to the others
+    assert all((data / f"{split}_hq").readlink() == Path(split) for split in ("train", "test"))
     train = sorted(p.name for p in (data / "train").iterdir())
     assert all(re.fullmatch(r"[0-9a-f]{12}_(0[1-9]|1[0-6])\.jpg", name) for name in train)
     masks = sorted(p.name for p in (data / "train_masks").iterdir())
