@@ -179,9 +179,9 @@ class TrainSpec(_Strict):
     accumulate: Annotated[int, Field(ge=1)] = 1
     accumulation: Literal["mean", "sum_from_first"] | None = Field(
         None, description="How `accumulate` batches make a step. 'mean': each loss divided by `accumulate`, a "
-                            "step every `accumulate` batches and at the epoch's end. 'sum_from_first' (artsiom): "
-                            "losses summed, a step after the first batch and then every `accumulate`, gradients "
-                            "left over at the epoch's end dropped. Unset: 'mean'."
+                          "step every `accumulate` batches and at the epoch's end. 'sum_from_first' (artsiom): "
+                          "losses summed, a step after the first batch and then every `accumulate`, gradients "
+                          "left over at the epoch's end dropped. Unset: 'mean'."
     )
     new_optimizer_every_epoch: bool | None = Field(
         None, description="Build a fresh optimizer (empty moments) at the start of every epoch (vladimir). "
