@@ -79,8 +79,8 @@ class FoldsSpec(_Strict):
                                      "and file, which draw nothing.")
     view: str | None = Field(
         None, description="rank_mod_k only: rank cars by the mask area of this one view, two digits ('05': "
-                    "alexander's f04a folds, vladimir's folds_csv.csv); unset: by the total over all views "
-                    "(alexander's fma)."
+                          "alexander's f04a folds, vladimir's folds_csv.csv); unset: by the total over all views "
+                          "(alexander's fma)."
     )
     file: str | None = Field(  # validate_default: method 'file' without a file is caught too
         None, validate_default=True,
@@ -189,8 +189,8 @@ class TrainSpec(_Strict):
     )
     checkpoint: Literal["best_val_dice", "best_val_loss", "last"] | None = Field(
         None, description="The epoch whose weights a fold keeps (out-of-fold maps, test predictions): "
-                                     "the best validation Dice, the lowest validation loss (the recipe's own loss "
-                                     "on the held-out images), or the last epoch. Unset: 'best_val_dice'."
+                          "the best validation Dice, the lowest validation loss (the recipe's own loss "
+                          "on the held-out images), or the last epoch. Unset: 'best_val_dice'."
     )
     grad_clip: Annotated[float, Field(gt=0)] | None = None
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
