@@ -107,7 +107,8 @@ def test_resolved_recipe_round_trips(plugins, tmp_path):
         ("[train]", "[folds]\nmethod = 'rank_mod_k'\nview = 'front'\n[train]",
          "key 'folds.view': a view is two digits, as in <carid>_05.jpg (got 'front')"),
         ("[train]", "[folds]\nmethod = 'random'\n[train]",
-         "key 'folds.method': Input should be 'rank_by_area', 'stratified_by_area', 'rank_mod_k', 'kfold' or 'file'"),
+         "key 'folds.method': Input should be 'rank_by_area', 'stratified_by_area', 'rank_mod_k', 'kfold', "
+         "'stratified_kfold' or 'file'"),
     ],
 )
 def test_bad_recipe_is_one_line_naming_file_and_key(tmp_path, plugins, old, new, message):
