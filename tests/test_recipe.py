@@ -54,7 +54,7 @@ def test_faithful_values_survive_validation(plugins):
     assert alexander.schedule.params["lead"] == ((1.0, 12), (0.1, 11))
     assert [a.name for a in alexander.augment] == ["hflip", "shift_scale_rotate", "brightness", "hsv"]
     artsiom = load_recipe(REPO / "recipes/artsiom.toml", plugins)
-    assert (artsiom.folds.k, artsiom.folds.method) == (7, "stratified_by_area")
+    assert (artsiom.folds.k, artsiom.folds.method, artsiom.folds.seed) == (7, "stratified_kfold", 1993)
     assert (artsiom.train.batch_size, artsiom.train.accumulate, artsiom.train.accumulation) == (1, 4, "sum_from_first")
     vladimir = load_recipe(REPO / "recipes/vladimir.toml", plugins)
     assert vladimir.pseudo_label is None  # no code for it in the original: a profile, off by default
