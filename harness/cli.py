@@ -410,8 +410,8 @@ def data_split(
     out: Annotated[Path, typer.Option(help="Where to write: splits.json, or a folds CSV (id,fold) "
                                            "when the name ends in .csv.")] = Path("splits.json"),
     folds: Annotated[int, typer.Option(help="Number of folds.")] = 5,
-    method: Annotated[str, typer.Option(help="rank_by_area, stratified_by_area, rank_mod_k, kfold or file "
-                                              "(as the recipe's folds.method).")] = "rank_by_area",
+    method: Annotated[str, typer.Option(help="rank_by_area, stratified_by_area, rank_mod_k, kfold, "
+                                              "stratified_kfold or file (as the recipe's folds.method).")] = "rank_by_area",
     seed: Annotated[int, typer.Option(help="Seed of the fold assignment.")] = 0,
     view: Annotated[Optional[str], typer.Option(help="rank_mod_k: rank by this view's mask area, e.g. 05 "
                                                      "(default: the total over all views).")] = None,

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.data.splits import read_splits
+from harness.data.carvana import car_mask_areas, open_carvana
+from harness.data.splits import read_splits, stratified_kfold
 
 
 def assert_one_line_error(result, *needles):
@@ -111,3 +112,14 @@ def test_split_flags_of_another_method(bench, synthetic_set, tmp_path):
 
 def test_unknown_split_method(bench, synthetic_set, tmp_path):
     assert_one_line_error(bench("data", "split", synthetic_set, "--method", "random", "--out", tmp_path / "s.json"), "random")
+
+
+def test_split_makes_artsioms_stratified_kfold(bench, synthetic_set, tmp_path):
+    out = tmp_path / "splits.json"
+    result = bench("data", "split", synthetic_set, "--folds", 2, "--method", "stratified_kfold", "--seed", 1993,
+                   "--out", out)
+    assert result.code == 0, result.err
+    assert "(stratified_kfold, seed 1993)" in result.out
+    splits = read_splits(out)
+    assert (splits.method, splits.k, splits.seed) == ("stratified_kfold", 2, 1993)
+    assert splits == stratified_kfold(car_mask_areas(open_carvana(synthetic_set)), 2, 1993)

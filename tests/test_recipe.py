@@ -54,7 +54,7 @@ def test_faithful_values_survive_validation(plugins):
     assert alexander.schedule.params["lead"] == ((1.0, 12), (0.1, 11))
     assert [a.name for a in alexander.augment] == ["hflip", "shift_scale_rotate", "brightness", "hsv"]
     artsiom = load_recipe(REPO / "recipes/artsiom.toml", plugins)
-    assert (artsiom.folds.k, artsiom.folds.method) == (7, "stratified_by_area")
+    assert (artsiom.folds.k, artsiom.folds.method, artsiom.folds.seed) == (7, "stratified_kfold", 1993)
     assert (artsiom.train.batch_size, artsiom.train.accumulate, artsiom.train.accumulation) == (1, 4, "sum_from_first")
     vladimir = load_recipe(REPO / "recipes/vladimir.toml", plugins)
     assert vladimir.pseudo_label is None  # no code for it in the original: a profile, off by default
@@ -107,7 +107,8 @@ def test_resolved_recipe_round_trips(plugins, tmp_path):
         ("[train]", "[folds]\nmethod = 'rank_mod_k'\nview = 'front'\n[train]",
          "key 'folds.view': a view is two digits, as in <carid>_05.jpg (got 'front')"),
         ("[train]", "[folds]\nmethod = 'random'\n[train]",
-         "key 'folds.method': Input should be 'rank_by_area', 'stratified_by_area', 'rank_mod_k', 'kfold' or 'file'"),
+         "key 'folds.method': Input should be 'rank_by_area', 'stratified_by_area', 'rank_mod_k', 'kfold', "
+         "'stratified_kfold' or 'file'"),
     ],
 )
 def test_bad_recipe_is_one_line_naming_file_and_key(tmp_path, plugins, old, new, message):

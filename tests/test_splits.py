@@ -17,7 +17,7 @@ from PIL import Image
 
 from harness.data.carvana import CarvanaSet, car_ids, open_carvana
 from harness.data.splits import (Splits, area_bins, kfold, make_splits, rank_mod_k, read_folds_csv, read_splits,
-                                 splits_for, write_folds_csv, write_splits)
+                                 splits_for, stratified_kfold, write_folds_csv, write_splits)
 from harness.errors import BenchError
 
 METHODS = ["rank_by_area", "stratified_by_area"]
@@ -386,6 +386,238 @@ def test_folds_file_in_the_originals_format_is_read(ranked_set: Path, tmp_path: 
     # the same folds with other digits in the ignored column: the same splits, the same hash
     f04a.assign(square=f04a["square"].round(3)).to_csv(tmp_path / "other.csv", index=False)
     assert read_folds_csv(tmp_path / "other.csv", cars, 5).hash == splits.hash
+
+
+# ---------------------------------------------------------------------------------------------------
+# artsiom's VGG11-UNet folds: his area classes, then scikit-learn 0.19's StratifiedKFold
+
+
+def _original_areas_df(input_data_dir: Path, car_ids: np.ndarray) -> pd.DataFrame:
+    """kaggle_carvana_segmentation asanakoy/calc_car_area.py:15-31 and 56, line for line (Python 3, no
+    progress bar): each view's mask as 8-bit grey, summed and divided by 255, and 'sum' over the views."""
+    masks_dir = os.path.join(input_data_dir, 'train_masks')
+    areas = np.zeros((len(car_ids), 16))
+    for i, car_id in enumerate(car_ids):
+        for j in range(1, 17):
+            p = os.path.join(masks_dir, '{}_{:02d}_mask.gif'.format(car_id, j))
+            mask = Image.open(p)
+            mask = np.asarray(mask.convert('L'))
+            assert mask is not None, p
+            assert len(mask.shape) == 2
+            assert mask.max() == 255
+            areas[i, j - 1] = mask.sum() // 255  # Python 2's / of two integers
+
+    df = pd.DataFrame(index=car_ids, data=areas, columns=['view_{:02d}'.format(x) for x in range(1, 17)])
+    df['sum'] = df.values.sum(axis=1)
+    return df
+
+
+def _kfold_019(n_samples: int, n_splits: int, rng: np.random.RandomState):
+    """scikit-learn 0.19's KFold(n_splits, shuffle=True, random_state=rng).split(np.zeros(n_samples)),
+    test indices only (sklearn/model_selection/_split.py:421-434): a generator, so it shuffles with the
+    shared rng only when first advanced."""
+    indices = np.arange(n_samples)
+    rng.shuffle(indices)  # check_random_state(rng) is rng itself
+    fold_sizes = (n_samples // n_splits) * np.ones(n_splits, dtype=int)
+    fold_sizes[:n_samples % n_splits] += 1
+    current = 0
+    for fold_size in fold_sizes:
+        start, stop = current, current + fold_size
+        yield indices[start:stop]
+        current = stop
+
+
+class _StratifiedKFold019:
+    """scikit-learn 0.19's StratifiedKFold with shuffle=True (the same in 0.18.2 to 0.19.2), transcribed
+    step by step from sklearn/model_selection/_split.py:581-636 as the reference for ``stratified_kfold``;
+    only the target-type checks and the warning are left out."""
+
+    def __init__(self, n_splits: int, shuffle: bool, random_state: np.random.RandomState) -> None:
+        assert shuffle
+        self.n_splits, self.random_state = n_splits, random_state
+
+    def _make_test_folds(self, X, y):
+        rng = self.random_state
+        y = np.asarray(y)
+        n_samples = y.shape[0]
+        unique_y, y_inversed = np.unique(y, return_inverse=True)
+        y_counts = np.bincount(y_inversed)
+        if np.all(self.n_splits > y_counts):
+            raise ValueError("n_splits=%d cannot be greater than the number of members in each class." % self.n_splits)
+        per_cls_cvs = [_kfold_019(max(count, self.n_splits), self.n_splits, rng) for count in y_counts]
+        test_folds = np.zeros(n_samples, dtype=int)
+        for test_fold_indices, per_cls_splits in enumerate(zip(*per_cls_cvs)):
+            for cls, test_split in zip(unique_y, per_cls_splits):
+                cls_test_folds = test_folds[y == cls]
+                test_split = test_split[test_split < len(cls_test_folds)]
+                cls_test_folds[test_split] = test_fold_indices
+                test_folds[y == cls] = cls_test_folds
+        return test_folds
+
+    def split(self, X, y):
+        indices = np.arange(len(X))
+        test_folds = self._make_test_folds(X, y)
+        for i in range(self.n_splits):
+            test_index = indices[test_folds == i]
+            yield np.setdiff1d(indices, test_index), test_index
+
+
+def _original_area_class(df: pd.DataFrame, min_bin_size: int = 7) -> pd.Series:
+    """asanakoy/dataset.py:31-56, line for line (print left out): the area class of each car of df."""
+    freq, bins = np.histogram(df['sum'], bins=35)
+    new_bins = [bins[0]]
+    new_bin_hs = []
+    pos = 0
+    cur_bin_right = 0
+    cur_bin_h = 0
+    while pos < len(freq):
+        cur_bin_right = max(cur_bin_right, bins[pos + 1])
+        cur_bin_h += freq[pos]
+        if cur_bin_h >= min_bin_size or pos == len(freq) - 1:
+            new_bin_hs.append(cur_bin_h)
+            cur_bin_h = 0
+            new_bins.append(cur_bin_right)
+        pos += 1
+    if new_bin_hs[-1] < min_bin_size:
+        new_bin_hs[-2] += new_bin_hs[-1]
+        del new_bin_hs[-1]
+        new_bins[-2] = new_bins[-1]
+        del new_bins[-1]
+
+    new_bins[0] -= 1
+    assert max(new_bins) == max(bins)
+    assert freq.sum() == np.sum(new_bin_hs) == len(df)
+    assert len(new_bin_hs) >= min_bin_size, len(new_bin_hs)
+    return pd.cut(df['sum'], new_bins, labels=False)
+
+
+def _original_stratified_by_area_folds(areas_df: pd.DataFrame, car_ids, n_splits, fold_id, random_state,
+                                       min_bin_size=7):
+    """asanakoy/dataset.py:18-62 (get_stratified_by_area_folds): the areas table given instead of read
+    from areas_df.hdf5, lines 31-56 in _original_area_class, scikit-learn 0.19's StratifiedKFold as above."""
+    df = areas_df
+    assert len(car_ids) == len(df)
+    df = df.loc[car_ids]
+    df['area_class'] = _original_area_class(df, min_bin_size)
+
+    kf = _StratifiedKFold019(n_splits=n_splits, shuffle=True, random_state=random_state)
+    folds = list(kf.split(X=np.arange(len(df)), y=df['area_class'].values))[fold_id]
+    car_indices = {'train': folds[0], 'val': folds[1]}
+    return car_indices
+
+
+def _original_classes(car_areas: dict[str, int], min_bin_size: int = 7) -> list[list[str]]:
+    """The cars of each of artsiom's area classes, smallest areas first."""
+    cars = np.unique(list(car_areas))
+    classes = _original_area_class(pd.DataFrame({'sum': [float(car_areas[car]) for car in cars]}, index=cars),
+                                   min_bin_size)
+    return [sorted(cars[classes.values == label].tolist()) for label in sorted(set(classes))]
+
+
+def _original_vgg_folds(car_areas: dict[str, int], n_splits: int, seed: int, min_bin_size: int = 7) -> dict[str, int]:
+    """Each car's fold as artsiom's CARVANA dataset (asanakoy/dataset.py:98,119-124) got it: cars
+    sorted by np.unique, a fresh RandomState(seed) for every fold's dataset, the validation cars."""
+    car_ids = np.unique(list(car_areas))
+    areas_df = pd.DataFrame({'sum': [float(car_areas[car]) for car in car_ids]}, index=car_ids)
+    table = {}
+    for fold_id in range(n_splits):
+        car_indices = _original_stratified_by_area_folds(areas_df.copy(), car_ids, n_splits, fold_id,
+                                                         np.random.RandomState(seed), min_bin_size)
+        table.update((car_ids[i], fold_id) for i in car_indices['val'])
+    return table
+
+
+# 70 cars, car00..car69, of area 1,000,000 + 10,000 * V[i] pixels: a 35-bin histogram of width 20,000,
+# so every car of even V lies on a bin edge, some on an edge of the merged bins, where pd.cut's
+# right-closed bins put it in the lower class and the histogram counted it in the upper one.
+V = [32, 24, 31, 16, 19, 53, 18, 36, 29, 24, 0, 55, 39, 4, 44, 22, 38, 43, 55, 8, 20, 49, 23, 34, 28, 32, 32, 6, 42,
+     70, 27, 16, 11, 27, 46, 32, 25, 33, 40, 45, 51, 20, 35, 59, 36, 34, 30, 47, 48, 30, 36, 19, 37, 51, 18, 48, 32,
+     17, 28, 22, 25, 34, 50, 27, 31, 32, 42, 27, 67, 43]
+VGG_AREAS = {f"car{i:02d}": 1_000_000 + 10_000 * v for i, v in enumerate(V)}
+# The fold of car00..car69, k = 7, seed 1993, recorded by running scikit-learn 0.19.2's own
+# sklearn/model_selection/_split.py (StratifiedKFold with random_state=np.random.RandomState(1993)) on
+# the classes of pandas.cut over artsiom's merged bins; scikit-learn is not a dependency.
+VGG_FOLDS_1993 = "0622106614014223556052060423001110055114514424353102124635306514063236"
+# sha256 of the compact JSON of the 7 folds (sorted car ids) of _areas(318, seed=0), Carvana's number of
+# cars, for seeds 1993 and 7, recorded the same way.
+VGG_FOLDS_318 = {1993: "747f4f8d77352b0bda94074d3353f0ab5ac35900d83b5a440e2d13c3e9513b24",
+                 7: "14512f2fd7aa4c5c2d54f1d5561277528cb568d24cb94a50a23e06dc071acce1"}
+
+
+def test_stratified_kfold_is_artsioms_pipeline() -> None:
+    for areas, seeds in [(VGG_AREAS, (1993, 0, 12345)), (_areas(318, seed=0), (1993, 2**32 - 1)),
+                         (_areas(120, seed=4), (1993,))]:
+        for seed in seeds:
+            assert _as_table(stratified_kfold(areas, 7, seed)) == _original_vgg_folds(areas, 7, seed), seed
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_stratified_kfold_with_other_k_bins_to_k_cars(k: int) -> None:
+    """His minimum bin size was a fixed 7; segbench's is k: the original with min_bin_size=k."""
+    areas = _areas(200, seed=k)
+    assert _as_table(stratified_kfold(areas, k, 1993)) == _original_vgg_folds(areas, k, 1993, min_bin_size=k)
+
+
+def test_stratified_kfold_pinned_folds() -> None:
+    splits = stratified_kfold(VGG_AREAS, 7, 1993)
+    assert "".join(str(splits.fold_of(f"car{i:02d}")) for i in range(70)) == VGG_FOLDS_1993
+    for seed, digest in VGG_FOLDS_318.items():
+        folds = json.dumps([list(fold) for fold in stratified_kfold(_areas(318, seed=0), 7, seed).folds],
+                           separators=(",", ":"))
+        assert hashlib.sha256(folds.encode()).hexdigest() == digest, seed
+
+
+def test_the_pinned_set_has_cars_on_merged_edges() -> None:
+    """The right-closed pd.cut bins put some car in another class than the histogram counted it in,
+    so the pinned folds test that rule (and segbench's left-closed area_bins are not his classes there)."""
+    classes = _original_classes(VGG_AREAS)
+    assert classes != area_bins(VGG_AREAS, 7)
+    assert min(map(len, classes)) < 7  # a class lost a car on its upper edge to the class below
+
+
+def test_stratified_kfold_fold_sizes_are_stratifiedkfolds() -> None:
+    """Each class gives every fold count // k cars and the first count % k folds one more."""
+    areas = _areas(318, seed=0)
+    splits = stratified_kfold(dict(reversed(areas.items())), 7, 1993)
+    assert sorted(car for fold in splits.folds for car in fold) == sorted(areas)
+    assert all(list(fold) == sorted(fold) for fold in splits.folds)
+    shares = [[len(cars) // 7 + (fold < len(cars) % 7) for fold in range(7)] for cars in _original_classes(areas)]
+    assert [len(fold) for fold in splits.folds] == [sum(share[fold] for share in shares) for fold in range(7)]
+    assert [len(fold) for fold in splits.folds] == [52, 50, 48, 47, 43, 40, 38]
+    for cars, share in zip(_original_classes(areas), shares):
+        assert sorted(sum(splits.fold_of(car) == fold for car in cars) for fold in range(7)) == sorted(share)
+
+
+def test_stratified_kfold_is_not_stratified_by_area() -> None:
+    """The same bins, dealt differently: the older method does not give his folds."""
+    areas = _areas(318, seed=0)
+    assert stratified_kfold(areas, 7, 1993).folds != make_splits(areas, 7, "stratified_by_area", 1993).folds
+
+
+def test_stratified_kfold_of_a_data_set_uses_his_area_sum(ranked_set: Path) -> None:
+    """splits_for reads the masks as calc_car_area.py did: the total of the 16 views' car pixels."""
+    dataset = open_carvana(ranked_set)
+    cars = np.unique(car_ids(dataset))
+    areas_df = _original_areas_df(ranked_set, cars)
+    areas = dict(zip(cars, areas_df['sum']))
+    splits = splits_for(dataset, "stratified_kfold", 3, 1993)
+    assert _as_table(splits) == _original_vgg_folds(areas, 3, 1993, min_bin_size=3)
+    assert (splits.method, splits.k, splits.seed, splits.view) == ("stratified_kfold", 3, 1993, None)
+
+
+def test_stratified_kfold_splits_json_and_seed(tmp_path: Path) -> None:
+    splits = stratified_kfold(VGG_AREAS, 7, 1993)
+    assert splits.hash != stratified_kfold(VGG_AREAS, 7, 1994).hash
+    write_splits(splits, tmp_path / "splits.json")
+    stored = json.loads((tmp_path / "splits.json").read_text())
+    assert sorted(stored) == ["folds", "hash", "k", "method", "seed"]
+    assert (stored["method"], stored["seed"]) == ("stratified_kfold", 1993)
+    assert read_splits(tmp_path / "splits.json") == splits
+    for seed in (-1, 2**32):
+        with pytest.raises(BenchError, match=f"stratified_kfold seed {seed} is out of range"):
+            stratified_kfold(VGG_AREAS, 7, seed)
+    with pytest.raises(BenchError, match=r"k=7 folds from 5 cars"):
+        stratified_kfold(_areas(cars=5), 7, 0)
 
 
 def test_splits_of_the_older_methods_keep_their_json(tmp_path: Path) -> None:

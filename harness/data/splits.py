@@ -7,17 +7,20 @@ split across folds would leak into its own validation. Every run records the spl
 The methods (``[folds] method``), and whose folds each one makes:
 
 - ``rank_by_area``, ``stratified_by_area``: balanced by total mask area, because small and large
-  cars are not equally hard (``stratified_by_area`` is artsiom's VGG11-UNet's).
+  cars are not equally hard; segbench's own seeded deals (``stratified_by_area`` deals artsiom's area
+  bins round robin, which does not give his folds).
 - ``rank_mod_k``: the originals' fixed folds, cars ranked by mask area, fold = rank % k; by view 05
   they are alexander's "f04a" folds, which vladimir trained on too, by the total area his "fma".
 - ``kfold``: a plain seeded random KFold over cars, artsiom's scratch UNet's.
+- ``stratified_kfold``: scikit-learn 0.19's StratifiedKFold over artsiom's area classes, his
+  VGG11-UNet's folds.
 - ``file``: read from a CSV of car id and fold, the originals' own format (``read_folds_csv``);
   ``write_folds_csv`` writes any splits in it.
 
 The seeded area methods shuffle with ``random.Random`` rather than NumPy: its sequence for a given
 seed has stayed the same across Python versions, so the same seed gives the same folds on another
-machine. ``kfold`` shuffles with NumPy's ``RandomState``, as scikit-learn does, to give the original's
-folds; NumPy keeps that generator's stream frozen for the same reason.
+machine. ``kfold`` and ``stratified_kfold`` shuffle with NumPy's ``RandomState``, as scikit-learn does,
+to give the original's folds; NumPy keeps that generator's stream frozen for the same reason.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from harness.errors import BenchError
 from harness.io import atomic_write_json, atomic_write_text
 
 AreaMethod = Literal["rank_by_area", "stratified_by_area"]
-SplitMethod = Literal["rank_by_area", "stratified_by_area", "rank_mod_k", "kfold", "file"]
+SplitMethod = Literal["rank_by_area", "stratified_by_area", "rank_mod_k", "kfold", "stratified_kfold", "file"]
 # Methods that draw nothing: their splits record seed None, so the recipe's seed cannot change their hash.
 UNSEEDED = ("rank_mod_k", "file")
 # The columns of the originals' folds files (ternaus/src/folds_csv.csv, albu/f04a.csv, albu/fma.csv:
@@ -117,7 +120,7 @@ def splits_for(dataset: CarvanaSet, method: SplitMethod, k: int, seed: int, view
     """The splits that a recipe's ``[folds]`` asks for, made from ``dataset``.
 
     Reads only the masks the method ranks by: none for ``kfold`` and ``file``, one view's for
-    ``rank_mod_k`` with a view.
+    ``rank_mod_k`` with a view, every mask for the others.
     """
     if method not in get_args(SplitMethod):
         raise BenchError(f"unknown split method {method!r}; expected one of {', '.join(get_args(SplitMethod))}")
@@ -127,6 +130,8 @@ def splits_for(dataset: CarvanaSet, method: SplitMethod, k: int, seed: int, view
         return read_folds_csv(Path(file), car_ids(dataset), k)
     if method == "kfold":
         return kfold(car_ids(dataset), k, seed)
+    if method == "stratified_kfold":
+        return stratified_kfold(car_mask_areas(dataset), k, seed)
     if method == "rank_mod_k":
         areas = view_mask_areas(dataset, view, key="folds.view") if view else car_mask_areas(dataset)
         return rank_mod_k(areas, k, view)
@@ -138,8 +143,8 @@ def make_splits(car_areas: Mapping[str, int], k: int, method: AreaMethod, seed: 
 
     ``rank_by_area``: sort cars by area, cut into consecutive groups of k, and give each car of a
     group a different fold (a seeded permutation), so every fold gets one car from each area rank.
-    ``stratified_by_area`` (artsiom): bin cars by area, merging sparse bins until each holds >= k
-    cars, then shuffle each bin and deal it round-robin.
+    ``stratified_by_area``: bin cars by area as artsiom did, merging sparse bins until each holds >= k
+    cars, then shuffle each bin and deal it round-robin (his folds are ``stratified_kfold``'s).
     """
     if method not in get_args(AreaMethod):
         expected = ", ".join(get_args(AreaMethod))
@@ -203,6 +208,56 @@ def kfold(cars: Collection[str], k: int, seed: int) -> Splits:
         assignment.update((ordered[i], fold) for i in indices[start:start + size])
         start += size
     return Splits(method="kfold", k=k, seed=seed, folds=_folds(assignment, k))
+
+
+def stratified_kfold(car_areas: Mapping[str, int], k: int, seed: int) -> Splits:
+    """artsiom's VGG11-UNet folds: scikit-learn 0.19's ``StratifiedKFold(n_splits=k, shuffle=True,
+    random_state=np.random.RandomState(seed))`` over the sorted cars, the class of a car its area bin.
+
+    kaggle_carvana_segmentation asanakoy/dataset.py:18-62 (``get_stratified_by_area_folds``), called at
+    lines 119-124 over ``np.unique`` of the car ids (sorted) with ``random_state=self.rs``, a
+    ``np.random.RandomState(seed)`` made fresh at line 98 and drawn from by nothing else (the training
+    and the validation set each make their own, so both get the same folds);
+    asanakoy/train_vgg11v1.sh:50 asks for ``-nf=7 -fv=2`` with the default seed 1993
+    (asanakoy/run_train.py:203,328,350). ``car_areas`` is his ``df['sum']``: the car's mask
+    pixels summed over its views (asanakoy/calc_car_area.py:15-31, ``mask.sum() / 255`` of each view's
+    mask as 8-bit grey, then line 56, ``df['sum'] = df.values.sum(axis=1)``), which ``car_mask_areas``
+    counts.
+
+    The classes (``_area_classes``): ``np.histogram(areas, bins=35)``, neighbouring bins merged left to
+    right until each holds >= k cars, a short last one joined to the one before, the first edge lowered
+    by 1, and ``pd.cut(areas, edges, labels=False)``, whose bins are closed on the right: a car on a
+    merged edge is in the lower class, although the histogram counted it in the upper one (so the
+    classes are not quite ``area_bins``, whose bins are closed on the left). NumPy 1.13's histogram,
+    his era's, bins as today's does: 36 edges ``linspace(min, max)``, bin i holding
+    ``edges[i] <= area < edges[i + 1]``, the last one closed (numpy/lib/function_base.py:671-770).
+
+    The folds (``_stratified_test_folds``), as scikit-learn 0.18.2 to 0.19.2 (one and the same code)
+    make them: sklearn/model_selection/_split.py of 0.19.2, ``StratifiedKFold._make_test_folds``
+    (lines 581-631) gives each class, in sorted order, a ``KFold(k, shuffle=True, random_state=rng)``
+    over ``np.zeros(max(count, k))`` with the one shared ``rng``; ``KFold._iter_test_indices`` (lines
+    421-434) shuffles ``np.arange(max(count, k))`` with it and cuts the result in order into k
+    chunks, the first ``max(count, k) % k`` one larger. The generators are zipped, so every class
+    shuffles, in class order, before any fold is assigned; fold i's chunk of a class (indices past
+    its count dropped) names the class members, in car order, whose test fold is i; ``split`` then
+    yields fold i's test indices as ``test_folds == i`` (lines 633-636). scikit-learn 0.22 changed
+    this shuffle, so a later scikit-learn does not give his folds; nor does ``stratified_by_area``,
+    which deals the same bins round robin with its own shuffle.
+
+    Two differences, neither of which touches his folds: his minimum bin size is a fixed 7
+    (``min_bin_size=7``), here it is k, the same for his k = 7 (with k, every class has >= k cars, as
+    StratifiedKFold wants); and he asserted at least 7 bins (line 55), which a small data set need not
+    have, so it is not checked here.
+    """
+    cars = sorted(car_areas)
+    _check_k(k, len(cars))
+    if not 0 <= seed < 2**32:
+        raise BenchError(f"stratified_kfold seed {seed} is out of range: "
+                         "StratifiedKFold's RandomState takes 0 <= seed < 2**32")
+    classes = _area_classes(np.array([car_areas[car] for car in cars], dtype=np.float64), k)
+    test_folds = _stratified_test_folds(classes, k, np.random.RandomState(seed))
+    assignment = dict(zip(cars, test_folds.tolist()))
+    return Splits(method="stratified_kfold", k=k, seed=seed, folds=_folds(assignment, k))
 
 
 def read_folds_csv(path: Path, cars: Collection[str], k: int) -> Splits:
@@ -365,6 +420,41 @@ def _rank_by_area(car_areas: Mapping[str, int], k: int, rng: random.Random) -> d
         rng.shuffle(order)
         assignment.update(zip(cars[start:start + k], order))
     return assignment
+
+
+def _area_classes(areas: np.ndarray, min_cars: int) -> np.ndarray:
+    """artsiom's area class of each car (asanakoy/dataset.py:31-56): 0, 1, ... from the smallest."""
+    counts, edges = np.histogram(areas, bins=HISTOGRAM_BINS)
+    merged = [edges[0]]  # the edges of the merged bins
+    held = last_held = 0
+    for index, count in enumerate(counts):
+        held += count
+        if held >= min_cars or index == len(counts) - 1:
+            merged.append(edges[index + 1])
+            held, last_held = 0, held
+    if last_held < min_cars and len(merged) > 2:
+        del merged[-2]  # the short last bin joins the one before
+    merged[0] -= 1
+    # pd.cut(areas, merged, labels=False): bin i is (merged[i], merged[i + 1]], closed on the right
+    return np.searchsorted(np.asarray(merged), areas, side="left") - 1
+
+
+def _stratified_test_folds(classes: np.ndarray, k: int, rng: np.random.RandomState) -> np.ndarray:
+    """scikit-learn 0.19's ``StratifiedKFold._make_test_folds``: each car's test fold."""
+    labels, inverse = np.unique(classes, return_inverse=True)
+    counts = np.bincount(inverse)
+    test_folds = np.zeros(len(classes), dtype=np.int64)
+    for label, count in zip(labels, counts):  # every class shuffles, in class order, before any fold is dealt
+        order = np.arange(max(count, k))
+        rng.shuffle(order)
+        members = np.flatnonzero(classes == label)
+        start = 0
+        for fold in range(k):
+            stop = start + len(order) // k + (1 if fold < len(order) % k else 0)
+            chunk = order[start:stop]
+            test_folds[members[chunk[chunk < count]]] = fold
+            start = stop
+    return test_folds
 
 
 def _deal_round_robin(bins: list[list[str]], k: int, rng: random.Random) -> dict[str, int]:

@@ -70,13 +70,15 @@ class FoldsSpec(_Strict):
         5, description="Number of folds; with method 'file', the file's number of folds (a mismatch is an error)."
     )
     method: SplitMethod = Field(
-        "rank_by_area", description="rank_by_area, stratified_by_area (artsiom's VGG): seeded, area-balanced; "
+        "rank_by_area", description="rank_by_area, stratified_by_area: seeded, area-balanced; "
                                     "rank_mod_k: cars ranked by mask area, fold = rank % k, no randomness "
                                     "(alexander's and vladimir's fixed folds); kfold: seeded random KFold over "
-                                    "cars, as scikit-learn's (artsiom's scratch UNet); file: read from folds.file."
+                                    "cars, as scikit-learn's (artsiom's scratch UNet); stratified_kfold: "
+                                    "scikit-learn 0.19's seeded StratifiedKFold over area bins (artsiom's VGG); "
+                                    "file: read from folds.file."
     )
-    seed: int = Field(0, description="Seed of rank_by_area, stratified_by_area and kfold; ignored by rank_mod_k "
-                                     "and file, which draw nothing.")
+    seed: int = Field(0, description="Seed of rank_by_area, stratified_by_area, kfold and stratified_kfold; "
+                                     "ignored by rank_mod_k and file, which draw nothing.")
     view: str | None = Field(
         None, description="rank_mod_k only: rank cars by the mask area of this one view, two digits ('05': "
                           "alexander's f04a folds, vladimir's folds_csv.csv); unset: by the total over all views "
