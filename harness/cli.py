@@ -170,7 +170,7 @@ def compare_command(
     resamples: Annotated[int, typer.Option(min=100, help="Bootstrap and permutation resamples.")] = 2000,
     seed: Annotated[int, typer.Option(help="Seed of the resamples: same seed, same intervals.")] = 0,
 ) -> None:
-    """Rank complete runs of one data set and one set of folds, with intervals, p-values, speed and cost."""
+    """Rank complete runs of one data set (folds may differ), with intervals, p-values, speed and cost."""
     from harness.evaluate import compare
     from harness.evaluate.results import scan
 

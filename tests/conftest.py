@@ -139,6 +139,25 @@ def tiny_runs(synthetic_set, tmp_path_factory, tiny_recipe) -> dict[str, Path]:
     return runs
 
 
+@pytest.fixture(scope="session")
+def other_data_run(tmp_path_factory, tiny_recipe) -> Path:
+    """A complete tiny run on other data (a second synthetic set, another seed: other cars and masks),
+    which readers of runs must refuse to rank or merge with ``tiny_runs``."""
+    from rich.console import Console
+
+    from harness.data.synthetic import write_synthetic_carvana
+    from harness.engine.run import RunRequest, run
+    from harness.recipe.plugins import load_plugins
+    from harness.recipe.schema import load_recipe
+
+    folder = tmp_path_factory.mktemp("other_data")
+    root = write_synthetic_carvana(folder / "carvana", cars=4, test_cars=1, size=(64, 40), seed=1)
+    plugins = load_plugins()
+    recipe = load_recipe(tiny_recipe(folder / "other_data.toml", root, name="other_data",
+                                     model=SMALL_SMP_MODELS["linknet"]), plugins)
+    return run(RunRequest(recipe, folder / "results", name="other_data"), plugins, Console(quiet=True))
+
+
 def pytest_report_header(config):
     """The CPU the suite runs on: its time, and which precisions are fast, depend on it."""
     import torch

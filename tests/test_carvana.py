@@ -14,6 +14,7 @@ from harness.data.carvana import (
     car_id,
     car_ids,
     car_mask_areas,
+    data_hash,
     mask_area,
     open_carvana,
     read_image,
@@ -112,6 +113,38 @@ def test_csv_masks_equal_gif_masks(tmp_path: Path) -> None:
     for image_id in IDS:
         np.testing.assert_array_equal(read_mask(from_gif, image_id), read_mask(from_csv, image_id))
     assert car_mask_areas(from_gif) == car_mask_areas(from_csv)
+
+
+@pytest.mark.parametrize("masks", ["gif", "csv"])
+def test_data_hash_follows_the_ids_and_masks_not_the_folder_or_the_images(tmp_path: Path, masks: str) -> None:
+    import shutil
+
+    root = build_carvana(tmp_path / "data", masks=masks)
+    original = data_hash(open_carvana(root))
+    assert len(original) == 64
+    copy = Path(shutil.copytree(root, tmp_path / "elsewhere"))
+    assert data_hash(open_carvana(copy)) == original, "a copy in another folder is the same data"
+    Image.fromarray(_image_for(4)).save(copy / "train" / f"{IDS[0]}.jpg", quality=95)  # another image, same label
+    (copy / "test" / "ccc333_02.jpg").unlink()
+    assert data_hash(open_carvana(copy)) == original, "images and test images are not the labels scored against"
+
+    redrawn = _mask_for(0)
+    redrawn[0, 0] = 1  # one pixel more car
+    if masks == "gif":
+        _write_gif(copy / "train_masks" / f"{IDS[0]}_mask.gif", redrawn)
+    else:
+        text = (copy / "train_masks.csv").read_text()
+        (copy / "train_masks.csv").write_text(text.replace(rle.encode(_mask_for(0)), rle.encode(redrawn), 1))
+    assert data_hash(open_carvana(copy)) != original, "one pixel of one mask is other data"
+    fewer = build_carvana(tmp_path / "fewer", masks=masks, ids=IDS[:-1])
+    assert data_hash(open_carvana(fewer)) != original, "one image fewer is other data"
+
+
+def test_data_hash_is_strict_about_how_masks_are_stored(tmp_path: Path) -> None:
+    """The same masks as gifs and as csv rows hash apart: refused as other data, never wrongly merged."""
+    from_gif = open_carvana(build_carvana(tmp_path / "gif", masks="gif"))
+    from_csv = open_carvana(build_carvana(tmp_path / "csv", masks="csv"))
+    assert data_hash(from_gif) != data_hash(from_csv)
 
 
 def test_any_nonzero_gif_value_is_car(tmp_path: Path) -> None:

@@ -104,20 +104,79 @@ def test_table_ranks_best_first_with_intervals_and_p_values(bench, three):
     assert f"{rows[1]['oof_dice']:.4f}" in result.out and f"{rows[1]['delta']:+.4f}" in result.out
 
 
-def test_runs_with_different_splits_are_refused_in_one_line_naming_them(bench, tiny_runs):
-    result = bench("compare", tiny_runs["linknet"], tiny_runs["unet"], tiny_runs["other_splits"])
+def test_runs_on_other_folds_are_ranked_together_and_the_note_says_what_compares(bench, tiny_runs):
+    runs = [tiny_runs[name] for name in ("linknet", "unet", "other_splits")]
+    report = _json(bench, *runs)
+    assert len(report["groups"]) == 1
+    group = report["groups"][0]
+    splits = {run.name: json.loads((run / "summary.json").read_text())["splits_hash"] for run in runs}
+    assert splits["linknet"] == splits["unet"] != splits["other_splits"]
+    assert group["splits"] == splits and group["splits_hash"] is None
+    assert group["data_hash"] == json.loads((runs[0] / "summary.json").read_text())["data_hash"]
+    # the paired statistics hold across folds: every image scored once in each run, paired by image
+    rows = {row["run"]: row for row in group["rows"]}
+    scores = {run.name: _per_image(run) for run in runs}
+    assert scores["other_splits"].keys() == scores["linknet"].keys()
+    assert any(scores["other_splits"][i][1] != scores["linknet"][i][1] for i in scores["linknet"]), "other folds"
+    best = group["rows"][0]["run"]
+    for name, row in rows.items():
+        deltas = [dice - scores[best][image][2] for image, (_, _, dice) in scores[name].items()]
+        assert row["delta"] == pytest.approx(np.mean(deltas), abs=1e-9)
+
+    table = bench("compare", *runs)
+    assert table.code == 0, table.err
+    assert "folds mean ± std †" in table.out and "splits differ †" in table.out
+    note = next(line for line in table.out.splitlines() if line.startswith("† splits differ"))
+    assert f"linknet, unet on splits {splits['linknet'][:12]} (2 folds)" in note
+    assert f"other_splits on splits {splits['other_splits'][:12]} (2 folds)" in note
+    assert "does not compare across runs" in note and "exactly one out-of-fold prediction in every run" in note
+    same = bench("compare", tiny_runs["linknet"], tiny_runs["unet"])
+    assert "†" not in same.out, "runs on one set of folds get no mark"
+
+
+def test_runs_on_different_data_are_refused_in_one_line_naming_them(bench, tiny_runs, other_data_run):
+    result = bench("compare", tiny_runs["linknet"], tiny_runs["other_splits"], other_data_run)
     assert result.code == 2
     lines = result.err.strip().splitlines()
     assert len(lines) == 1, result.err
-    assert "different splits" in lines[0]
-    assert "linknet" in lines[0] and "unet" in lines[0] and "other_splits" in lines[0]
+    assert "cannot rank runs on different data" in lines[0]
+    assert "linknet, other_splits (data " in lines[0] and "other_data (data " in lines[0]
     assert result.out == ""
 
 
-def test_default_scan_gives_each_splits_group_its_own_table(bench, tiny_runs):
-    report = _json(bench, "--results", tiny_runs["linknet"].parent)
+def test_default_scan_gives_each_data_set_its_own_table(bench, tiny_runs, other_data_run, tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    for run in [*tiny_runs.values(), other_data_run]:
+        (results / run.name).symlink_to(run, target_is_directory=True)
+    report = _json(bench, "--results", results)
     groups = {tuple(sorted(row["run"] for row in g["rows"])) for g in report["groups"]}
-    assert groups == {("fpn", "linknet", "unet"), ("other_splits",)}
+    assert groups == {("fpn", "linknet", "other_splits", "unet"), ("other_data",)}
+
+
+def _without_data_hash(run: Path, where: Path) -> Path:
+    """A copy of ``run`` as written before data hashes: its summary.json without the field."""
+    copy = Path(shutil.copytree(run, where / run.name))
+    summary = json.loads((copy / "summary.json").read_text())
+    del summary["data_hash"]
+    (copy / "summary.json").write_text(json.dumps(summary))
+    return copy
+
+
+def test_runs_without_a_data_hash_are_grouped_by_data_root_and_splits_as_before(bench, tiny_runs, tmp_path):
+    old_linknet = _without_data_hash(tiny_runs["linknet"], tmp_path)
+    old_other = _without_data_hash(tiny_runs["other_splits"], tmp_path)
+    # with a run of the same root and splits, an old run takes its data hash: it ranks with the new ones
+    report = _json(bench, old_linknet, tiny_runs["unet"], tiny_runs["other_splits"])
+    assert sorted(row["run"] for row in report["groups"][0]["rows"]) == ["linknet", "other_splits", "unet"]
+    # two old runs on other folds: nothing says they share data beyond their root, so they are refused
+    result = bench("compare", old_linknet, old_other)
+    assert result.code == 2 and len(result.err.strip().splitlines()) == 1
+    assert "no data hash, written before it" in result.err and "--filter splits_hash~" in result.err
+    # and a filter on data_hash passes over them rather than failing on the missing field
+    data_hash = json.loads((tiny_runs["unet"] / "summary.json").read_text())["data_hash"]
+    only_new = _json(bench, old_other, tiny_runs["unet"], "--filter", f"data_hash~{data_hash[:12]}*")
+    assert [row["run"] for row in only_new["groups"][0]["rows"]] == ["unet"]
 
 
 def test_unfinished_run_is_listed_apart_not_ranked(bench, tiny_runs, tmp_path):
@@ -140,7 +199,8 @@ def test_csv_and_markdown_hold_the_json_numbers(bench, three):
     assert list(table["run"]) == [row["run"] for row in rows]
     np.testing.assert_allclose(table["oof_dice"], [row["oof_dice"] for row in rows])
     np.testing.assert_allclose(table["ci_low"], [row["ci_low"] for row in rows])
-    assert set(table["splits_hash"]) == {json.loads((three[0] / "summary.json").read_text())["splits_hash"]}
+    summary = json.loads((three[0] / "summary.json").read_text())
+    assert set(table["splits_hash"]) == {summary["splits_hash"]} and set(table["data_hash"]) == {summary["data_hash"]}
 
     markdown = bench("compare", *three, "--format", "markdown")
     assert markdown.code == 0, markdown.err

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from harness.data import rle
-from harness.data.carvana import open_carvana, read_image, read_mask
+from harness.data.carvana import data_hash, open_carvana, read_image, read_mask
 from harness.ensemble import oof_search
 from harness.ensemble.submission import read_submission, write_submission
 from harness.runs.probabilities import ProbabilityMaps, binarise, quantise
@@ -33,7 +33,8 @@ def fake_run(folder: Path, data_root: Path, noise: float, seed: int, splits_hash
         test[image_id] = rng.random(shape, dtype=np.float32)
     oof.flush()
     test.flush()
-    summary = {"splits_hash": splits_hash, "data": str(data_root), "oof_dice": 0.5, "run": folder.name}
+    summary = {"splits_hash": splits_hash, "data": str(data_root), "data_hash": data_hash(dataset), "oof_dice": 0.5,
+               "run": folder.name}
     (folder / "summary.json").write_text(json.dumps(summary))
     return folder
 
@@ -75,7 +76,7 @@ def _assert_submission_matches(out: Path, plugins) -> None:
 
 def test_submission_decodes_to_the_searched_ensemble(bench, tiny_runs, plugins, tmp_path) -> None:
     results = tiny_runs["linknet"].parent
-    result = bench("ensemble", "linknet", "unet", "fpn", "--results", results, "--out", tmp_path / "ens")
+    result = bench("ensemble", "linknet", "unet", "fpn", "other_splits", "--results", results, "--out", tmp_path / "ens")
     assert result.code == 0, result.err
     assert "out-of-fold Dice" in result.out and "vs best run" in result.out
     _assert_submission_matches(tmp_path / "ens", plugins)
@@ -84,6 +85,8 @@ def test_submission_decodes_to_the_searched_ensemble(bench, tiny_runs, plugins, 
     # pooled in float32 and float64 respectively, which differ in the 8th digit (seen with 1 thread)
     assert report["oof"]["ensemble_dice_before_postprocessing"] >= report["oof"]["best_run_dice_at_own_threshold"] - 1e-6
     assert bench("ensemble", "--check", tmp_path / "ens" / "submission.csv.gz", tiny_runs["linknet"]).code == 0
+    both = bench("ensemble", "--check", tmp_path / "ens" / "submission.csv.gz", tiny_runs["linknet"], tiny_runs["other_splits"])
+    assert both.code == 0, both.err
 
 
 def test_submission_decodes_to_fixed_weights_and_forced_postprocessing(bench, noisy_runs, plugins, tmp_path) -> None:
@@ -190,11 +193,41 @@ def test_guard_drops_a_hurting_postprocessor_end_to_end(bench, noisy_runs, tmp_p
     assert post["kept"] == [] and post["decisions"][0]["gain"] < 0 and not post["decisions"][0]["kept"]
 
 
-def test_refuses_runs_with_different_splits(bench, tiny_runs, tmp_path) -> None:
-    result = bench("ensemble", tiny_runs["linknet"], tiny_runs["other_splits"], "--out", tmp_path / "ens")
+def test_merges_runs_on_other_folds_image_by_image(bench, tiny_runs, plugins, tmp_path) -> None:
+    """linknet and other_splits hold one out-of-fold map per image, each from a model that never saw its
+    car, on other folds: merged image by image, the ensemble's out-of-fold Dice is recomputed here."""
+    from harness.engine.metrics import dice
+
+    runs = [tiny_runs["linknet"], tiny_runs["other_splits"]]
+    out = tmp_path / "ens"
+    result = bench("ensemble", *runs, "--weights", "1,1", "--threshold", "0.5", "--post", "none", "--force-post",
+                   "--out", out)
+    assert result.code == 0, result.err
+    report = json.loads((out / "ensemble.json").read_text())
+    summaries = [json.loads((run / "summary.json").read_text()) for run in runs]
+    assert [m["splits_hash"] for m in report["members"]] == [s["splits_hash"] for s in summaries]
+    assert summaries[0]["splits_hash"] != summaries[1]["splits_hash"] and report["splits_hash"] is None
+    assert report["data_hash"] == summaries[0]["data_hash"] == summaries[1]["data_hash"]
+    dataset = open_carvana(summaries[0]["data"])
+    stores = [ProbabilityMaps.open(run / "oof_maps") for run in runs]
+    scores = [dice(binarise(quantise(np.float32(0.5) * stores[0][i] + np.float32(0.5) * stores[1][i])),
+                   read_mask(dataset, i)) for i in dataset.train]
+    assert report["oof"]["ensemble_dice"] == pytest.approx(np.mean(scores), abs=1e-9)
+    _assert_submission_matches(out, plugins)
+    check = bench("ensemble", "--check", out / "submission.csv.gz", *runs)
+    assert check.code == 0 and "valid" in check.out
+
+
+def test_refuses_runs_on_different_data_in_one_line(bench, tiny_runs, other_data_run, tmp_path) -> None:
+    out = tmp_path / "ens"
+    result = bench("ensemble", tiny_runs["linknet"], tiny_runs["other_splits"], other_data_run, "--out", out)
     assert result.code == 2
-    assert "do not share splits" in result.err and len(result.err.strip().splitlines()) == 1
-    assert not (tmp_path / "ens" / "submission.csv.gz").exists()
+    assert len(result.err.strip().splitlines()) == 1, result.err
+    assert "cannot merge runs on different data" in result.err
+    assert "linknet, other_splits (data " in result.err and "other_data (data " in result.err
+    assert not out.exists(), "nothing written"
+    check = bench("ensemble", "--check", tmp_path / "any.csv.gz", tiny_runs["linknet"], other_data_run)
+    assert check.code == 2 and "different data" in check.err
 
 
 @pytest.mark.parametrize("args, message", [

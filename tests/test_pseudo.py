@@ -97,6 +97,7 @@ def test_second_stage_adds_only_the_selected_images_to_training_never_to_validat
     first = json.loads((pseudo_run / "summary.json").read_text())
     assert summary["recipe"] == "pseudo+pseudo" and summary["pseudo_images"] == 5
     assert summary["splits_hash"] == first["splits_hash"]  # so bench compare ranks the two stages together
+    assert summary["data_hash"] == first["data_hash"]  # scored on the same images: the test images only train
     assert len(ProbabilityMaps.open(stage / "test_maps")) == len(dataset.test)
 
 

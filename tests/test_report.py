@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import re
@@ -69,9 +70,20 @@ def test_overlays_show_ground_truth_against_prediction(page):
     assert red.sum() > 50 and blue.sum() > 50
 
 
-def test_report_refuses_runs_with_different_splits(bench, tiny_runs, tmp_path):
-    result = bench("report", tiny_runs["linknet"], tiny_runs["other_splits"], "--out", tmp_path / "r.html")
-    assert result.code == 2 and "different splits" in result.err
+def test_report_on_runs_of_other_folds_marks_what_does_not_compare(bench, tiny_runs, tmp_path):
+    out = tmp_path / "r.html"
+    result = bench("report", tiny_runs["linknet"], tiny_runs["other_splits"], "--out", out, "--worst", "1")
+    assert result.code == 0, result.err
+    page = html.unescape(out.read_text())
+    assert "folds mean ± std †" in page and "† splits differ: linknet on splits" in page
+    assert "splits differ (see the leaderboard)" in page
+    assert "fold K holds other cars in each run" in page
+
+
+def test_report_refuses_runs_on_different_data(bench, tiny_runs, other_data_run, tmp_path):
+    result = bench("report", tiny_runs["linknet"], other_data_run, "--out", tmp_path / "r.html")
+    assert result.code == 2 and "cannot rank runs on different data" in result.err
+    assert len(result.err.strip().splitlines()) == 1
     assert not (tmp_path / "r.html").exists()
 
 

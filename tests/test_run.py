@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from harness.data.carvana import data_hash, open_carvana
 from harness.data.splits import read_splits
 from harness.runs.probabilities import ProbabilityMaps
 
@@ -72,6 +73,7 @@ def test_run_trains_to_a_useful_dice_and_writes_a_complete_folder(finished_run, 
     for name in ("recipe.toml", "environment.json", "splits.json", "per_image.csv", "test.json"):
         assert (finished_run / name).exists(), name
     assert read_splits(finished_run / "splits.json").hash == summary["splits_hash"]
+    assert summary["data_hash"] == data_hash(open_carvana(synthetic_set))  # what bench compare groups runs by
     for fold in range(2):
         history = (finished_run / f"fold-{fold}" / "history.csv").read_text().splitlines()
         assert history[0].startswith("epoch,lr,train_loss,val_dice") and len(history) == 7

@@ -21,6 +21,7 @@ naming the file, not hours later in the middle of fold 3. Pixels are decoded onl
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -169,6 +170,44 @@ def mask_area(dataset: CarvanaSet, image_id: str) -> int:
     if dataset.mask_source == "csv":
         return int(_run_lengths(_rle_of(dataset, image_id)).sum())
     return int(np.count_nonzero(read_mask(dataset, image_id)))
+
+
+DATA_HASH_VERSION = "segbench data v1"  # changes only if what is hashed changes
+
+
+def data_hash(dataset: CarvanaSet) -> str:
+    """sha256 (hex) of the labelled data a run is scored on: every training image id, its size, and
+    its mask as stored (the gif file's bytes, or the ``train_masks.csv`` row with its spaces
+    normalised), in id order, with the mask source.
+
+    Runs with equal data hashes scored the same images against the same masks, so their per-image
+    Dice pair image by image whatever their folds (``harness.runs.folder.data_groups``). The images
+    themselves are not hashed: they are the input, which a recipe may choose (``data.images = "hq"``
+    reads other JPEGs of the same cars), not the labels a run is scored against; neither are the
+    folder's path nor its test images (``bench ensemble`` checks those image by image).
+
+    Why the stored bytes rather than the decoded masks or their areas: reading 5,088 Carvana gifs
+    (about 30 MB) takes well under a second once cached, a few seconds from disk, while decoding
+    them is 12 GB of pixels (5 ms a mask to decode, about a minute with the hashing), and areas
+    alone would miss a mask redrawn with the same number of pixels. The price is strictness: the same masks
+    stored as gifs and as csv, or re-encoded, hash differently, and runs on them are refused as on
+    different data, never wrongly merged.
+    """
+    digest = hashlib.sha256(f"{DATA_HASH_VERSION} {dataset.mask_source}\n".encode())
+    mask_dir = dataset.root / "train_masks"
+    for image_id in sorted(dataset.train):
+        if dataset.mask_source == "csv":
+            stored = " ".join(_rle_of(dataset, image_id).split()).encode()
+        else:
+            path = _gif_path(mask_dir, image_id)
+            try:
+                stored = path.read_bytes()
+            except OSError as error:
+                raise BenchError(f"cannot read mask {path}: {error}") from None
+        height, width = dataset.sizes[image_id]
+        digest.update(f"{image_id} {height} {width} {len(stored)}\n".encode())
+        digest.update(stored)
+    return digest.hexdigest()
 
 
 def car_mask_areas(dataset: CarvanaSet) -> dict[str, int]:

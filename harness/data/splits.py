@@ -1,8 +1,9 @@
 """Cross-validation folds over car ids, saved once and reused by every recipe.
 
 The 16 views of one car are near-duplicates, so a fold is a set of cars, never of images: a car
-split across folds would leak into its own validation. Every run records the splits hash, and
-``bench compare`` ranks only runs that share it.
+split across folds would leak into its own validation. Every run records the splits hash;
+``bench compare`` and ``bench ensemble`` take runs on other folds of the same data too (every image
+is predicted out of fold once in each run), and mark where the folds differ.
 
 The methods (``[folds] method``), and whose folds each one makes:
 

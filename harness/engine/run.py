@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from harness.data.carvana import CarvanaSet, car_id
+from harness.data.carvana import CarvanaSet, car_id, data_hash
 from harness.data.geometry import Fit
 from harness.data.loading import (CachedImage, EpochSampler, Images, PhasedAugment, PredictionSamples, TestImage,
                                   TrainingSamples, shapes_of_test_images)
@@ -400,7 +400,8 @@ def _summarise(stage: _Stage, pseudo_images: int | None = None) -> None:
     completion mark).
 
     A pseudo-label stage (``pseudo_images`` set) is summarised like a run of its own, under the
-    recipe name ``<name>+pseudo``, so ``bench compare`` ranks it against the first stage on the same folds.
+    recipe name ``<name>+pseudo``, so ``bench compare`` ranks it against the first stage on the same folds
+    (its pseudo-labelled test images train, and are never scored: the data hash is the first stage's).
     """
     recipe, dataset, splits, folder = stage.recipe, stage.dataset, stage.splits, stage.folder
     rows, folds = [], []
@@ -425,6 +426,7 @@ def _summarise(stage: _Stage, pseudo_images: int | None = None) -> None:
         "run": folder.name,
         "splits_hash": splits.hash,
         "data": str(dataset.root),
+        "data_hash": data_hash(dataset),  # what it was scored on: runs that share it compare and merge
         "train_images": len(dataset.train),
         "test_images": len(dataset.test),
         "oof_dice": float(scores.mean()),

@@ -244,7 +244,9 @@ def _report(request, ensemble, search, dataset, dice_by_chain, kept, decisions, 
     merge_gain = stats.paired_difference(merged, best_table.assign(dice=search.single_curves[:, best, best_own]))
     threshold = oof_search.cutoff_to_threshold(ensemble.cutoff)
     members = [{"run": runs[i].name, "folder": str(runs[i].path), "weight": ensemble.weights[i],
-                "run_oof_dice": runs[i].oof_dice} for i in ensemble.members()]
+                "run_oof_dice": runs[i].oof_dice, "splits_hash": runs[i].summary.splits_hash}
+               for i in ensemble.members()]
+    splits = {run.summary.splits_hash for run in runs}
     return {
         "members": members,
         "merger": request.merger,
@@ -284,7 +286,8 @@ def _report(request, ensemble, search, dataset, dice_by_chain, kept, decisions, 
         "test": {"images": test.images, "seconds": round(test.seconds, 2),
                  "images_per_s": round(test.images / max(test.seconds, 1e-9), 2),
                  "peak_traced_mb": round(test.peak_traced_mb, 1)},
-        "splits_hash": runs[0].summary["splits_hash"],
+        "data_hash": next((run.summary.data_hash for run in runs if run.summary.data_hash), None),
+        "splits_hash": splits.pop() if len(splits) == 1 else None,  # None: the runs' folds differ (see members)
         "data": str(dataset.root),
         "submission": str(request.out / "submission.csv.gz"),
         "reproduce": {

@@ -1,9 +1,15 @@
 """The runs an ensemble is made of, and refusing any set that cannot be merged honestly.
 
 Runs are named as ``harness.runs.folder.resolve_runs`` resolves them. They can be merged only
-when they are complete (``summary.json``), were scored on the same folds (same splits hash: out-of-fold
-maps of different folds would let one run's training images leak into the other's validation), and
-hold maps of exactly the same images at the same sizes, both out-of-fold and test.
+when they are complete (``summary.json``), were scored on the same labelled data (one data hash,
+``harness.runs.folder.data_groups``), and hold maps of exactly the same images at the same sizes,
+both out-of-fold and test.
+
+Their folds may differ. A member never predicts out of fold a car it trained on, whatever its
+splits, so every image's merged out-of-fold map is made of honest predictions only, one per member,
+and weights and threshold chosen on those maps see each image once per member, never its label
+through a member's own training. Test maps average every fold's model of each member, as with one
+set of folds. results/README.md ("Runs on other folds") says where this stops being exact.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.errors import BenchError
-from harness.runs.folder import Run, RunFolder
+from harness.runs.folder import Run, RunFolder, data_groups, different_data
 
 
 def open_runs(folders: list[Path]) -> list[Run]:
@@ -19,14 +25,11 @@ def open_runs(folders: list[Path]) -> list[Run]:
     if not folders:
         raise BenchError("no runs to ensemble")
     runs = [_open_run(folder) for folder in folders]
+    groups = data_groups(runs)
+    if len(groups) > 1:
+        raise different_data(groups, "merge", "their out-of-fold maps cannot be scored against one truth")
     first = runs[0]
     for run in runs[1:]:
-        if run.summary.splits_hash != first.summary.splits_hash:
-            raise BenchError(
-                f"runs do not share splits: {run.name} (splits {run.summary.splits_hash[:12]}) vs "
-                f"{first.name} (splits {first.summary.splits_hash[:12]}); "
-                "out-of-fold maps of different folds cannot be merged"
-            )
         for kind in ("oof", "test"):
             _check_same_images(kind, first, run)
     return runs

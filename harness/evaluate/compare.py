@@ -1,8 +1,11 @@
-"""``bench compare``: rank complete runs of one data set and one set of folds, honestly.
+"""``bench compare``: rank complete runs of one data set, honestly.
 
-Honest means: runs are ranked only against runs that scored the same images in the same folds
-(same data root and splits hash), every Dice comes with a bootstrap interval over cars, and every
-run's gap to the best comes with a paired test over the same images (see ``harness.evaluate.stats``).
+Honest means: runs are ranked only against runs that scored the same images against the same masks
+(the same data hash, ``harness.runs.folder.data_groups``), every Dice comes with a bootstrap
+interval over cars, and every run's gap to the best comes with a paired test over the same images
+(see ``harness.evaluate.stats``). Their folds may differ: every image has exactly one out-of-fold
+prediction in every run, by a model that never saw its car, so the pairing holds image by image;
+what does not carry across folds is each run's fold-to-fold spread, which is marked (``SPLITS_MARK``).
 "The best" is the run with the highest out-of-fold Dice pooled over all images: the number the
 Kaggle metric gives. Unfinished runs are listed apart, never ranked.
 
@@ -17,7 +20,7 @@ import json
 import math
 import operator
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 import pandas as pd
@@ -28,7 +31,8 @@ from rich.table import Table
 from harness.errors import BenchError
 from harness.evaluate import results
 from harness.evaluate import stats
-from harness.evaluate.results import ResultsIndex, Run, UnfinishedRun, group_runs, read_per_image
+from harness.evaluate.results import ResultsIndex, Run, UnfinishedRun, read_per_image
+from harness.runs.folder import data_groups, different_data
 
 View = Literal["run", "fold", "image"]
 Format = Literal["table", "csv", "markdown", "json"]
@@ -65,29 +69,46 @@ class Options:
 
 @dataclass(frozen=True)
 class Board:
-    """One table: the runs of one (data root, splits hash) group, in one view."""
+    """One table: the runs of one data group (``harness.runs.folder.data_groups``), in one view."""
 
-    data: str
-    splits_hash: str
+    runs: list[Run]
     frame: pd.DataFrame
-    notes: list[str] = field(default_factory=list)
+
+    @property
+    def data(self) -> str:
+        """The data folder, or folders: copies of the same data may sit in several."""
+        return ", ".join(dict.fromkeys(run.summary.data for run in self.runs))
+
+    @property
+    def data_hash(self) -> str | None:
+        """None when no run of the group recorded one (runs written before data hashes)."""
+        return next((run.summary.data_hash for run in self.runs if run.summary.data_hash), None)
+
+    @property
+    def splits(self) -> dict[str, str]:
+        return {run.name: run.summary.splits_hash for run in self.runs}
+
+    @property
+    def splits_hash(self) -> str | None:
+        """The one splits hash of the group, or None when its runs' folds differ."""
+        hashes = set(self.splits.values())
+        return hashes.pop() if len(hashes) == 1 else None
 
 
 def select_groups(index: ResultsIndex, filters: tuple[str, ...], explicit: bool) -> list[list[Run]]:
-    """Filter the complete runs and group them; refuse to mix groups when the user named the runs.
+    """Filter the complete runs and group them by data; refuse to mix data when the user named the runs.
 
-    Named runs with different splits are a mistake worth stopping for (a ranking across folds is
-    meaningless); the default scan of a results folder legitimately holds several data sets, and
+    Named runs on different data are a mistake worth stopping for (their images or masks differ, so
+    nothing pairs); the default scan of a results folder legitimately holds several data sets, and
     gets one table per group instead.
     """
     runs = [run for run in index.complete if all(_matches(run, text) for text in filters)]
-    groups = list(group_runs(runs).values())
+    groups = data_groups(runs)
     if explicit and len(groups) > 1:
-        described = " | ".join(f"{', '.join(r.name for r in group)} (data {group[0].group[0]}, "
-                               f"splits {group[0].group[1][:12]})" for group in groups)
-        raise BenchError(f"cannot rank runs with different splits or data: {described}; "
-                         "compare one group at a time, e.g. --filter splits_hash~"
-                         f"{groups[0][0].group[1][:12]}*")
+        first = groups[0][0].summary
+        hint = (f"--filter data_hash~{first.data_hash[:12]}*" if first.data_hash
+                else f"--filter splits_hash~{first.splits_hash[:12]}*")
+        raise different_data(groups, "rank", f"compare one group at a time, e.g. {hint}")
     return groups
 
 
@@ -107,8 +128,7 @@ def boards(groups: list[list[Run]], options: Options) -> list[Board]:
             board = by_fold(runs, per_image, list(board["run"]))
         elif options.view == "image":
             board = worst_images_table(per_image, list(board["run"]), options.worst, dict(zip(board["run"], board["recipe"])))
-        data, splits_hash = runs[0].group
-        result.append(Board(data, splits_hash, board.reset_index(drop=True)))
+        result.append(Board(runs, board.reset_index(drop=True)))
     return result
 
 
@@ -180,23 +200,30 @@ def render(found: list[Board], unfinished: list[UnfinishedRun], fmt: Format, con
         console.out(json.dumps(_as_json(found, unfinished, options), indent=2), highlight=False)
         return
     if fmt == "csv":
-        frames = [b.frame.assign(data=b.data, splits_hash=b.splits_hash) for b in found]
+        frames = [b.frame.assign(data=b.data, data_hash=b.data_hash, splits_hash=b.frame["run"].map(b.splits))
+                  for b in found]
         text = pd.concat(frames, ignore_index=True).to_csv(index=False) if frames else ""
         console.out(text, end="", highlight=False)
+        for note in [note for b in found if (note := splits_note(b.runs))]:
+            Console(stderr=True).print(note, highlight=False)
         if unfinished:
             Console(stderr=True).print(_unfinished_line(unfinished), highlight=False)
         return
     if not found:
         console.print("no complete runs to compare", highlight=False)
     for board in found:
-        title = f"{len(board.frame['run'].unique())} runs on {board.data} (splits {board.splits_hash[:12]})"
+        data_hash = f"data {board.data_hash[:12]}, " if board.data_hash else ""
+        splits = f"splits {board.splits_hash[:12]}" if board.splits_hash else f"splits differ{SPLITS_MARK}"
+        title = f"{len(board.frame['run'].unique())} runs on {board.data} ({data_hash}{splits})"
         frame, shared = _shared_columns(board.frame)
+        mixed = board.splits_hash is None
         if fmt == "markdown":
-            console.out(f"### {title}\n\n{_markdown(frame)}\n", highlight=False)
+            console.out(f"### {title}\n\n{_markdown(frame, mixed)}\n", highlight=False)
         else:
-            console.print(_rich_table(frame, title))
-        for note in [*shared, *board_notes(board.frame)]:
-            console.print(note, highlight=False)
+            console.print(_rich_table(frame, title, mixed))
+        for note in [*shared, *board_notes(board.frame), splits_note(board.runs)]:
+            if note:
+                console.print(note, highlight=False)
     if unfinished:
         listing = "\n".join(f"- {u.path} ({u.folds_done} folds done; {u.reason})" for u in unfinished)
         if fmt == "markdown":
@@ -224,6 +251,25 @@ def board_notes(frame: pd.DataFrame) -> list[str]:
     return notes
 
 
+SPLITS_MARK = " †"  # on the folds column, and the title, of a board whose runs' folds differ
+
+
+def splits_note(runs: list[Run]) -> str | None:
+    """The line under a board whose runs were trained on different folds: which runs used which
+    splits, and which columns that leaves comparable (None when the folds are the same)."""
+    by_splits: dict[str, list[Run]] = {}
+    for run in runs:
+        by_splits.setdefault(run.summary.splits_hash, []).append(run)
+    if len(by_splits) < 2:
+        return None
+    listing = "; ".join(f"{', '.join(run.name for run in group)} on splits {splits[:12]} "
+                        f"({len(group[0].summary.folds)} folds)" for splits, group in by_splits.items())
+    return (f"{SPLITS_MARK.strip()} splits differ: {listing}. A fold holds other cars in each run, so the folds "
+            "mean ± std (and Dice @T, a mean over folds) is each run's own and does not compare across runs; "
+            "OOF Dice, its interval, Δ and p do: every image has exactly one out-of-fold prediction in every run, "
+            "by a model that never saw its car, so they pair image by image")
+
+
 RISING_NOTE = (f"↑ still rising: validation Dice gained more than {results.STILL_RISING} at the run's last epoch; "
                "it stopped before converging, so its rank measures its budget more than its recipe")
 
@@ -248,7 +294,7 @@ def _matches(run: Run, text: str) -> bool:
         raise BenchError(f"--filter {text!r}: expected FIELD OP VALUE with OP one of = != > >= < <= ~ "
                          "(e.g. recipe=vladimir, oof_dice>=0.99, device~cuda*)")
     name, op, value = match["field"], match["op"], match["value"]
-    fields = {**run.summary.fields, "run": run.name}
+    fields = {"data_hash": None, **run.summary.fields, "run": run.name}  # null in runs older than the field
     if name not in fields:
         known = sorted(k for k, v in fields.items() if not isinstance(v, (list, dict)))
         raise BenchError(f"--filter {text!r}: no field {name!r} in {run.folder.summary_path}; fields: {', '.join(known)}")
@@ -263,7 +309,8 @@ def _matches(run: Run, text: str) -> bool:
 
 def _as_json(found: list[Board], unfinished: list[UnfinishedRun], options: Options) -> dict[str, Any]:
     return {
-        "groups": [{"data": b.data, "splits_hash": b.splits_hash,
+        "groups": [{"data": b.data, "data_hash": b.data_hash, "splits_hash": b.splits_hash, "splits": b.splits,
+                    "splits_note": splits_note(b.runs),
                     "rows": json.loads(b.frame.to_json(orient="records", double_precision=15))} for b in found],
         "unfinished": [{"path": str(u.path), "folds_done": u.folds_done, "reason": u.reason} for u in unfinished],
         "statistics": {"interval": "95% percentile bootstrap over car ids, image-weighted",
@@ -314,9 +361,13 @@ def _rising(value) -> bool:
     return value is not None and not pd.isna(value) and bool(value)
 
 
-def _human_columns(frame: pd.DataFrame) -> list[tuple[str, Callable[[pd.Series], str]]]:
-    """The columns a person reads: interval parts fold into one cell, paths and flags stay in csv/json."""
+def _human_columns(frame: pd.DataFrame, mixed_splits: bool = False) -> list[tuple[str, Callable[[pd.Series], str]]]:
+    """The columns a person reads: interval parts fold into one cell, paths and flags stay in csv/json.
+    With ``mixed_splits`` (runs on different folds), the folds column's header carries ``SPLITS_MARK``."""
     formatters = _formatters()
+    if mixed_splits:
+        header, cell = formatters["fold_dice_mean"]
+        formatters["fold_dice_mean"] = (header + SPLITS_MARK, cell)
     hidden = {"ci_high", "fold_dice_std", "delta_low", "delta_high", "p_exact", "cars", "path", "still_rising",
               "equal_time_seconds"}
     if "oof_dice" in frame:
@@ -324,9 +375,9 @@ def _human_columns(frame: pd.DataFrame) -> list[tuple[str, Callable[[pd.Series],
     return [formatters[c] for c in frame.columns if c in formatters and c not in hidden]
 
 
-def human_cells(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+def human_cells(frame: pd.DataFrame, mixed_splits: bool = False) -> tuple[list[str], list[list[str]]]:
     """Headers and cell texts of a view as a person reads it (the table, markdown and HTML formats)."""
-    columns = _human_columns(frame)
+    columns = _human_columns(frame, mixed_splits)
     return [header for header, _ in columns], [[cell(row) for _, cell in columns] for _, row in frame.iterrows()]
 
 
@@ -335,8 +386,8 @@ def is_text_column(header: str) -> bool:
     return header in ("recipe", "run", "device", "image", "car")
 
 
-def _rich_table(frame: pd.DataFrame, title: str) -> Table:
-    headers, rows = human_cells(frame)
+def _rich_table(frame: pd.DataFrame, title: str, mixed_splits: bool) -> Table:
+    headers, rows = human_cells(frame, mixed_splits)
     table = Table(title=title, title_justify="left")
     for header in headers:
         table.add_column(header, justify="left" if is_text_column(header) else "right", no_wrap=header != "device")
@@ -345,8 +396,8 @@ def _rich_table(frame: pd.DataFrame, title: str) -> Table:
     return table
 
 
-def _markdown(frame: pd.DataFrame) -> str:
-    headers, rows = human_cells(frame)
+def _markdown(frame: pd.DataFrame, mixed_splits: bool) -> str:
+    headers, rows = human_cells(frame, mixed_splits)
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
     return "\n".join(lines)

@@ -44,7 +44,7 @@ _DPI = 110
 
 def write_report(runs: list[Run], out: Path, worst: int = 4, resamples: int = stats.RESAMPLES,
                  seed: int = stats.SEED) -> Path:
-    """Write the page for ``runs`` (one data root and splits hash) to ``out``; return ``out``."""
+    """Write the page for ``runs`` (one data group: ``harness.runs.folder.data_groups``) to ``out``; return ``out``."""
     if not runs:
         raise BenchError("no complete runs to report on")
     if worst < 1:
@@ -53,9 +53,10 @@ def write_report(runs: list[Run], out: Path, worst: int = 4, resamples: int = st
     board = compare.leaderboard(runs, per_image, resamples, seed)
     by_name = {run.name: run for run in runs}
     ordered = [by_name[name] for name in board["run"]]
+    splits_note = compare.splits_note(runs)
     sections = [
-        ("leaderboard", "Leaderboard", _leaderboard_html(board),
-         " ".join([_LEADERBOARD_NOTE, *compare.board_notes(board)])),
+        ("leaderboard", "Leaderboard", _leaderboard_html(board, mixed_splits=splits_note is not None),
+         " ".join([_LEADERBOARD_NOTE, *compare.board_notes(board), *filter(None, [splits_note])])),
         ("learning-curves", "Learning curves", _img(learning_curves(ordered), "learning curves"),
          "Validation Dice and training loss per epoch; thin lines are folds, thick lines their mean. "
          "On the right, the mean validation Dice against training time per fold: runs of unequal length "
@@ -67,7 +68,9 @@ def write_report(runs: list[Run], out: Path, worst: int = 4, resamples: int = st
          "Out-of-fold Dice (bars: 95% bootstrap interval over cars) against images per second. "
          "Circled runs are on the Pareto front: no other run is both more accurate and faster."),
         ("per-fold", "Per-fold Dice", _img(per_fold(ordered, per_image), "per-fold Dice"),
-         "Mean Dice of each fold's validation images; the spread is what the fold std summarises."),
+         "Mean Dice of each fold's validation images; the spread is what the fold std summarises."
+         + ("" if splits_note is None else " The runs' splits differ: fold K holds other cars in each run, "
+                                           "so bars of one fold number do not pair across runs.")),
         ("worst-images", "Worst-predicted images", _worst_images_html(ordered, per_image, worst),
          f"The {worst} lowest-Dice out-of-fold images of each run, prediction thresholded at 0.5: "
          "green where prediction and ground truth agree, red where the model adds car (false positive), "
@@ -75,8 +78,7 @@ def write_report(runs: list[Run], out: Path, worst: int = 4, resamples: int = st
     ]
     for study_folder in sorted({run.path.parent for run in runs if (run.path.parent / "trials.csv").exists()}):
         sections.append(_study_section(study_folder))
-    data, splits_hash = runs[0].group
-    atomic_write_text(out, _page(sections, data, splits_hash))
+    atomic_write_text(out, _page(sections, compare.Board(runs, board)))
     return out
 
 
@@ -212,7 +214,7 @@ def overlay(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> np.
 
 def worst_images_figure(runs: list[Run], per_image: dict[str, pd.DataFrame], count: int) -> Figure:
     """A grid: one row per run, its ``count`` lowest-Dice images with ground truth and prediction overlaid."""
-    dataset = open_carvana(runs[0].group[0])
+    dataset = open_carvana(runs[0].summary.data)
     figure = Figure(figsize=(3.1 * count, 2.35 * len(runs) + 0.5), dpi=_DPI, layout="constrained")
     grid = figure.subplots(len(runs), count, squeeze=False)
     for row, run in zip(grid, runs):
@@ -253,8 +255,8 @@ def _colours(count: int) -> list[tuple[float, float, float, float]]:
     return [palette(i % 10) for i in range(count)]
 
 
-def _leaderboard_html(board: pd.DataFrame) -> str:
-    headers, rows = compare.human_cells(board)
+def _leaderboard_html(board: pd.DataFrame, mixed_splits: bool) -> str:
+    headers, rows = compare.human_cells(board, mixed_splits)
     align = ["" if compare.is_text_column(h) else ' class="num"' for h in headers]
     head = "".join(f"<th{a}>{html.escape(h)}</th>" for h, a in zip(headers, align))
     body = "".join("<tr>" + "".join(f"<td{a}>{html.escape(c)}</td>" for c, a in zip(row, align)) + "</tr>"
@@ -279,13 +281,15 @@ figure { margin: 0; } img { max-width: 100%; display: block; }
 """
 
 
-def _page(sections: list[tuple[str, str, str, str]], data: str, splits_hash: str) -> str:
+def _page(sections: list[tuple[str, str, str, str]], group: compare.Board) -> str:
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    data_hash = f" · data hash {group.data_hash[:16]}" if group.data_hash else ""
+    splits = f"splits {group.splits_hash[:16]}" if group.splits_hash else "splits differ (see the leaderboard)"
     body = "".join(
         f'<section><h2>{html.escape(title)}</h2><figure id="{key}">{content}'
         f'<figcaption class="caption">{html.escape(caption)}</figcaption></figure></section>'
         for key, title, content, caption in sections)
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>segbench report</title>'
             f"<style>{_STYLE}</style></head><body><h1>segbench report</h1>"
-            f'<p class="meta">data {html.escape(data)} · splits {html.escape(splits_hash[:16])} · {when}</p>'
+            f'<p class="meta">data {html.escape(group.data)}{data_hash} · {html.escape(splits)} · {when}</p>'
             f"{body}</body></html>\n")

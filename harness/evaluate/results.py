@@ -5,8 +5,8 @@ one small file per run (``summary.json``, written last, so its presence is the c
 nothing else, which keeps a thousand runs well under a second; the per-image scores that the
 statistics need are read later, and only for the runs being compared.
 
-Runs are grouped by (data root, splits hash): two runs may be ranked against each other only when
-they scored the same images in the same folds, because out-of-fold Dice depends on the folds.
+Which runs may be ranked against each other is ``harness.runs.folder.data_groups``: those scored on
+the same images and masks (one data hash), whatever their folds.
 """
 
 from __future__ import annotations
@@ -35,14 +35,6 @@ def scan(targets: list[str], default: Path) -> ResultsIndex:
         entry = open_run(folder)
         (complete if isinstance(entry, Run) else unfinished).append(entry)
     return ResultsIndex(complete, unfinished)
-
-
-def group_runs(runs: list[Run]) -> dict[tuple[str, str], list[Run]]:
-    """Runs by (data root, splits hash), in the order given."""
-    grouped: dict[tuple[str, str], list[Run]] = {}
-    for run in runs:
-        grouped.setdefault(run.group, []).append(run)
-    return grouped
 
 
 def read_software(run: Run) -> str:

@@ -97,7 +97,7 @@ def paired_difference(run: pd.DataFrame, best: pd.DataFrame, resamples: int = RE
                       seed: int = SEED, level: float = LEVEL) -> Difference:
     """Mean of ``dice_run - dice_best`` over the same images, resampled and sign-flipped by car.
 
-    Both tables must hold the same images (runs of one data root and splits hash do).
+    Both tables must hold the same images (runs of one data hash do, whatever their folds).
     """
     joined = run[["image", "car", "dice"]].merge(best[["image", "dice"]], on="image", how="outer",
                                                  suffixes=("", "_best"), indicator=True)

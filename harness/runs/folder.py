@@ -8,6 +8,9 @@ here, so a change of layout is a change of this module alone.
 A folder is complete when ``summary.json`` exists: it is written last. Every stage before it leaves
 a marker of its own (``fold-K/fold.json``, ``test.json``); a pseudo-label stage is a run folder of
 its own inside its run (``RUN/pseudo``), summarised like one.
+
+Which runs may be ranked or merged together is decided here too, once, by ``data_groups``: runs on
+the same labelled data (one data hash), whatever their folds.
 """
 
 from __future__ import annotations
@@ -156,6 +159,8 @@ class Summary:
     recipe = property(lambda self: str(self.fields.get("recipe", "?")))
     data = property(lambda self: str(self.fields["data"]))
     splits_hash = property(lambda self: str(self.fields["splits_hash"]))
+    # the labelled data it was scored on (harness.data.carvana.data_hash); None in runs written before it
+    data_hash = property(lambda self: self.fields.get("data_hash"))
     oof_dice = property(lambda self: float(self.fields["oof_dice"]))
     folds = property(lambda self: list(self.fields.get("folds", [])))
     device = property(lambda self: self.fields.get("device"))
@@ -191,11 +196,6 @@ class Run:
     def oof_dice(self) -> float:
         return self.summary.oof_dice
 
-    @property
-    def group(self) -> tuple[str, str]:
-        """(data root, splits hash): runs in one group scored the same images in the same folds."""
-        return self.summary.data, self.summary.splits_hash
-
     @cached_property
     def oof(self) -> ProbabilityMaps:
         return self.folder.open_maps("oof")
@@ -203,6 +203,54 @@ class Run:
     @cached_property
     def test(self) -> ProbabilityMaps:
         return self.folder.open_maps("test")
+
+
+def data_groups(runs: list[Run]) -> list[list[Run]]:
+    """The runs that may be ranked and merged together, each group in the order given: runs scored on
+    the same labelled data (one data hash), whatever their folds.
+
+    Folds need not agree: in every run, every training image has exactly one out-of-fold prediction,
+    made by a model that never saw its car, so per-image scores pair image by image across runs on
+    the same data (results/README.md, "Runs on other folds", says why and where that stops).
+
+    A run written before data hashes were recorded is placed by the rule that held until then: with
+    the runs on the same data root and the same splits hash. It takes the data hash of such runs when
+    they agree on one; with none (or two: the data under that root changed), it forms a group with
+    the runs of its root and splits alone.
+    """
+    seen: dict[tuple[str, str], set[str]] = {}
+    for run in runs:
+        if run.summary.data_hash is not None:
+            seen.setdefault(_root_and_splits(run), set()).add(run.summary.data_hash)
+    grouped: dict[str, list[Run]] = {}
+    for run in runs:
+        hashes = seen.get(_root_and_splits(run), set())
+        if run.summary.data_hash is not None:
+            key = run.summary.data_hash
+        elif len(hashes) == 1:
+            key = next(iter(hashes))
+        else:  # no hash to take: keyed by root and splits, which never equals a hex hash
+            key = "{} {}".format(*_root_and_splits(run))
+        grouped.setdefault(key, []).append(run)
+    return list(grouped.values())
+
+
+def different_data(groups: list[list[Run]], action: str, hint: str) -> BenchError:
+    """The one line refusing to ``action`` (rank, merge) runs of several ``data_groups``, naming them all."""
+    def described(group: list[Run]) -> str:
+        names = ", ".join(run.name for run in group)
+        hashes = [run.summary.data_hash for run in group if run.summary.data_hash is not None]
+        if hashes:
+            return f"{names} (data {hashes[0][:12]})"
+        return (f"{names} (no data hash, written before it: data {group[0].summary.data}, "
+                f"splits {group[0].summary.splits_hash[:12]})")
+
+    return BenchError(f"cannot {action} runs on different data (other images or masks): "
+                      f"{' | '.join(map(described, groups))}; {hint}")
+
+
+def _root_and_splits(run: Run) -> tuple[str, str]:
+    return run.summary.data, run.summary.splits_hash
 
 
 @dataclass(frozen=True)
