@@ -221,7 +221,11 @@ def ensemble_command(
     data: Annotated[Optional[Path], typer.Option(help=f"Data folder (default: the one in the runs' {SUMMARY_FILE}).")] = None,
     check: Annotated[Optional[Path], typer.Option("--check", help="Validate this submission instead (needs --data or a run).")] = None,
 ) -> None:
-    """Choose and weigh the best runs on out-of-fold data and write a Kaggle submission (or --check one)."""
+    """Choose and weigh the best runs on out-of-fold data and write a Kaggle submission (or --check one).
+
+    With one argument SPEC.toml, build the ensemble that spec states (ensembles/seed_merge.toml is the
+    winning Carvana merge); the options it sets replace the command line's.
+    """
     import shlex
 
     from harness.ensemble import ensemble
@@ -236,9 +240,13 @@ def ensemble_command(
         force_post=force_post, tolerance=tolerance, merger=merger, data=data,
         command=shlex.join(["bench", *sys.argv[1:]]),
     )
-    report = ensemble.build_ensemble(request, _plugins(ctx), console)
+    spec = Path(runs[0]) if runs and len(runs) == 1 and runs[0].endswith(".toml") else None
+    if spec is not None:  # an ensemble spec (harness/ensemble/spec.py) states members, weights, post-processing
+        report = ensemble.build_from_spec(spec, request, _plugins(ctx), console)
+    else:
+        report = ensemble.build_ensemble(request, _plugins(ctx), console)
     oof = report["oof"]
-    members = ", ".join(f"{m['run']} {m['weight']:.3f}" for m in report["members"])
+    members = ", ".join(f"{m.get('run') or m['member']} {m['weight']:.3f}" for m in report["members"])
     if len(report["members"]) == 1:
         verdict = "merging did not help: selection kept one run"
     else:

@@ -18,7 +18,7 @@ import itertools
 import shlex
 import time
 import tracemalloc
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -30,7 +30,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from harness.data import rle
 from harness.data.carvana import CarvanaSet, car_id, open_carvana, read_mask
 from harness.ensemble import oof_search
-from harness.ensemble.members import open_runs, top_runs
+from harness.ensemble.members import Group, open_runs, runs_of, top_runs
+from harness.ensemble.spec import load_spec
 from harness.ensemble.submission import check_submission, write_submission
 from harness.errors import BenchError
 from harness.evaluate import stats
@@ -39,7 +40,7 @@ from harness.recipe.components import build, validate_params
 from harness.recipe.hookspecs import Merge, PostProcess
 from harness.recipe.plugins import Plugins, UnknownComponent
 from harness.runs.folder import Run, RunFolder, resolve_runs
-from harness.runs.probabilities import TOP_LEVEL, ProbabilityMaps, binarise, quantise
+from harness.runs.probabilities import binarise, quantise
 
 MAX_POSTPROCESSORS = 4  # every ordered subset is scored in one pass: 2^4 masks per image at most
 
@@ -64,28 +65,46 @@ class EnsembleRequest:
 
 
 @dataclass(frozen=True)
-class Ensemble:
-    """A chosen ensemble: everything needed to turn member maps into a submission mask."""
+class Post:
+    """A post-processor as the ensemble applies it: to the merged map, or to one member's (``reads``)."""
 
-    runs: list[Run]
+    name: str
+    apply: PostProcess
+    reads: int | None = None  # index of the member whose map it reads; None: the merged map
+
+    def __call__(self, ensemble: Ensemble, split: str, image_id: str, merged: np.ndarray,
+                 mask: np.ndarray) -> np.ndarray:
+        if self.reads is None:
+            return self.apply(merged, mask)
+        return self.apply(getattr(ensemble.runs[self.reads], split).read_float(image_id), mask)
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """A chosen ensemble: everything needed to turn member maps into a submission mask.
+
+    A member is a run or a ``Group`` of runs merged first (``harness.ensemble.members``).
+    """
+
+    runs: list[Run | Group]
     weights: list[float]
     merge: Merge
     cutoff: int  # mask = round(p * 255) >= cutoff
-    post: list[tuple[str, PostProcess]]
+    post: list[Post]
 
     def members(self) -> list[int]:
         return [index for index, weight in enumerate(self.weights) if weight > 0]
 
     def probability(self, split: str, image_id: str) -> np.ndarray:
         members = self.members()
-        maps = [_read_float(getattr(self.runs[i], split), image_id) for i in members]
+        maps = [getattr(self.runs[i], split).read_float(image_id) for i in members]
         return self.merge(maps, [self.weights[i] for i in members])
 
     def mask(self, split: str, image_id: str) -> np.ndarray:
         probability = self.probability(split, image_id)
         mask = quantise(probability) >= self.cutoff
-        for _, postprocess in self.post:
-            mask = postprocess(probability, mask)
+        for post in self.post:
+            mask = post(self, split, image_id, probability, mask)
         return mask
 
 
@@ -100,12 +119,70 @@ def build_ensemble(request: EnsembleRequest, plugins: Plugins, console: Console)
     _check_request(request, runs)
     dataset = _truth_set(request.data or Path(runs[0].summary["data"]), runs[0])
     merge = _component(plugins, "merger", request.merger)
-    posts = [(spec, _component(plugins, "postprocessor", spec)) for spec in request.post]
-    fixed_cutoff = None if request.threshold is None else _cutoff(request.threshold)
+    posts = [Post(spec, _component(plugins, "postprocessor", spec)) for spec in request.post]
+    return _choose_and_write(request, runs, dataset, merge, posts, console)
 
+
+def build_from_spec(path: Path, request: EnsembleRequest, plugins: Plugins, console: Console) -> dict:
+    """``bench ensemble SPEC.toml``: the ensemble a spec states (``harness.ensemble.spec``), its
+    unstated parts (weights, threshold, unforced post-processors) chosen on out-of-fold data."""
+    spec = load_spec(path)
+    found = []
+    for index, member in enumerate(spec.members):
+        try:
+            found.append(resolve_runs(member.runs, request.results))
+        except BenchError as error:
+            raise BenchError(f"{path}: key 'members.{index}.runs': {error}") from None
+    runs = open_runs([folder for folders in found for folder in folders])  # one data set, the same images
+    by_path = {str(run.path.resolve()): run for run in runs}
+    members = [Group(member.name, tuple(by_path[str(f.resolve())] for f in folders))
+               for member, folders in zip(spec.members, found)]
+    forced = {post.force for post in spec.post}
+    if len(forced) > 1:
+        raise BenchError(f"{path}: key 'post': force every post-processor or none (the out-of-fold guard "
+                         "judges a chain as a whole)")
+    names = [member.name for member in spec.members]
+    posts = []
+    for index, post in enumerate(spec.post):
+        key = f"post.{index}"
+        try:
+            component = plugins.get("postprocessor", post.name)
+        except UnknownComponent as error:
+            raise BenchError(f"{path}: key '{key}.name': unknown postprocessor {post.name!r}; {error.hint()}") from None
+        values, problems = validate_params(component, post.params)
+        if problems:
+            raise BenchError(f"{path}: key '{key}.{problems[0].key}': {problems[0].message}")
+        where = f"{path}: key '{key}'"
+        label = post.name if post.reads is None else f"{post.name}@{post.reads}"
+        reads = None if post.reads is None else names.index(post.reads)
+        try:
+            apply = build(component, values, where=where)
+        except BenchError as error:  # the factory's own one-line refusal: say where the spec asked for it
+            message = str(error)
+            raise BenchError(message if message.startswith(where) else f"{where}: {message}") from None
+        posts.append(Post(label, apply, reads))
+    labels = [post.name for post in posts]
+    if len(set(labels)) != len(labels):
+        raise BenchError(f"{path}: key 'post': a post-processor is listed twice on the same map")
+    spec_request = replace(
+        request, weights=spec.weights, max_members=spec.max_members, merger=spec.merger, post=labels,
+        threshold=None if spec.threshold == "oof" else spec.threshold, force_post=forced == {True},
+        tolerance=spec.tolerance,
+    )
+    _check_request(spec_request, members)
+    dataset = _truth_set(request.data or Path(runs[0].summary["data"]), runs[0])
+    merge = _component(plugins, "merger", spec.merger)
+    return _choose_and_write(spec_request, members, dataset, merge, posts, console, spec=path)
+
+
+def _choose_and_write(request: EnsembleRequest, runs: list[Run | Group], dataset: CarvanaSet, merge: Merge,
+                      posts: list[Post], console: Console, spec: Path | None = None) -> dict:
+    """Weights, threshold and post-processing on out-of-fold data (what the request leaves open), then the
+    submission and ``ensemble.json``."""
+    fixed_cutoff = None if request.threshold is None else _cutoff(request.threshold)
     started = time.perf_counter()
     search = _search_members(request, runs, dataset, merge, fixed_cutoff, console)
-    post_names = [name for name, _ in posts]
+    post_names = [post.name for post in posts]
     chains = _chains(post_names) if not request.force_post else [tuple(post_names[:n]) for n in range(len(posts) + 1)]
     dice_by_chain = _post_pass(Ensemble(runs, search.weights, merge, search.cutoff, posts), dataset, chains, console)
     if request.force_post:
@@ -114,11 +191,11 @@ def build_ensemble(request: EnsembleRequest, plugins: Plugins, console: Console)
         kept, decisions = oof_search.decide_postprocessing(dice_by_chain, post_names, request.tolerance)
     oof_seconds = time.perf_counter() - started
 
-    ensemble = Ensemble(runs, search.weights, merge, search.cutoff, [p for p in posts if p[0] in kept])
+    ensemble = Ensemble(runs, search.weights, merge, search.cutoff, [p for p in posts if p.name in kept])
     request.out.mkdir(parents=True, exist_ok=True)
     submission = request.out / "submission.csv.gz"
     test = write_test_submission(ensemble, submission, console)
-    report = _report(request, ensemble, search, dataset, dice_by_chain, kept, decisions, test, oof_seconds)
+    report = _report(request, ensemble, search, dataset, dice_by_chain, kept, decisions, test, oof_seconds, spec)
     atomic_write_json(request.out / "ensemble.json", report)
     return report
 
@@ -169,7 +246,7 @@ def _curves(runs: list[Run], dataset: CarvanaSet, merge: Merge, mixtures: list[d
     needed = sorted({run for mixture in mixtures for run, weight in mixture.items() if weight > 0})
     for i, image_id in enumerate(_track(ids, f"out-of-fold, {label}", console)):
         truth = read_mask(dataset, image_id)
-        maps = {run: _read_float(runs[run].oof, image_id) for run in needed}
+        maps = {run: runs[run].oof.read_float(image_id) for run in needed}
         for m, mixture in enumerate(mixtures):
             members = [run for run in sorted(mixture) if mixture[run] > 0]
             merged = merge([maps[run] for run in members], [mixture[run] for run in members])
@@ -187,7 +264,7 @@ def _post_pass(ensemble: Ensemble, dataset: CarvanaSet, chains: list[tuple[str, 
     """Per-image Dice of the chosen mixture and cutoff under every chain of post-processors."""
     from harness.engine.metrics import dice
 
-    functions = dict(ensemble.post)
+    functions = {post.name: post for post in ensemble.post}
     ids = ensemble.runs[0].oof.ids
     scores = {chain: np.empty(len(ids)) for chain in chains}
     for i, image_id in enumerate(_track(ids, "out-of-fold, post-processing", console)):
@@ -196,7 +273,7 @@ def _post_pass(ensemble: Ensemble, dataset: CarvanaSet, chains: list[tuple[str, 
         masks = {(): quantise(probability) >= ensemble.cutoff}
         for chain in chains:  # shortest first, so every chain's prefix is already computed
             if chain not in masks:
-                masks[chain] = functions[chain[-1]](probability, masks[chain[:-1]])
+                masks[chain] = functions[chain[-1]](ensemble, "oof", image_id, probability, masks[chain[:-1]])
             scores[chain][i] = dice(masks[chain], truth)
     return scores
 
@@ -224,7 +301,7 @@ def write_test_submission(ensemble: Ensemble, path: Path, console: Console) -> T
     return TestOutcome(written, seconds, peak / 2**20)
 
 
-def _report(request, ensemble, search, dataset, dice_by_chain, kept, decisions, test, oof_seconds) -> dict:
+def _report(request, ensemble, search, dataset, dice_by_chain, kept, decisions, test, oof_seconds, spec=None) -> dict:
     """ensemble.json: members, weights, threshold, post-processing, Dice with intervals, how to redo it."""
     runs = ensemble.runs
     ids = runs[0].oof.ids
@@ -243,10 +320,9 @@ def _report(request, ensemble, search, dataset, dice_by_chain, kept, decisions, 
     merged = table.assign(dice=dice_by_chain[()])
     merge_gain = stats.paired_difference(merged, best_table.assign(dice=search.single_curves[:, best, best_own]))
     threshold = oof_search.cutoff_to_threshold(ensemble.cutoff)
-    members = [{"run": runs[i].name, "folder": str(runs[i].path), "weight": ensemble.weights[i],
-                "run_oof_dice": runs[i].oof_dice, "splits_hash": runs[i].summary.splits_hash}
-               for i in ensemble.members()]
-    splits = {run.summary.splits_hash for run in runs}
+    members = [_member_entry(runs[i], ensemble.weights[i], search.single_curves[:, i]) for i in ensemble.members()]
+    every_run = [run for member in runs for run in runs_of(member)]
+    splits = {run.summary.splits_hash for run in every_run}
     return {
         "members": members,
         "merger": request.merger,
@@ -286,17 +362,30 @@ def _report(request, ensemble, search, dataset, dice_by_chain, kept, decisions, 
         "test": {"images": test.images, "seconds": round(test.seconds, 2),
                  "images_per_s": round(test.images / max(test.seconds, 1e-9), 2),
                  "peak_traced_mb": round(test.peak_traced_mb, 1)},
-        "data_hash": next((run.summary.data_hash for run in runs if run.summary.data_hash), None),
+        "data_hash": next((run.summary.data_hash for run in every_run if run.summary.data_hash), None),
         "splits_hash": splits.pop() if len(splits) == 1 else None,  # None: the runs' folds differ (see members)
         "data": str(dataset.root),
         "submission": str(request.out / "submission.csv.gz"),
+        "spec": None if spec is None else str(spec),
         "reproduce": {
             "search": request.command,
-            "apply": _apply_command(request, ensemble, kept, dataset),
+            # a spec's own command is the apply command too: what it leaves open is searched the same way
+            "apply": request.command if spec is not None else _apply_command(request, ensemble, kept, dataset),
             "check": f"bench ensemble --check {shlex.quote(str(request.out / 'submission.csv.gz'))} "
                      f"--data {shlex.quote(str(dataset.root))}",
         },
     }
+
+
+def _member_entry(member: Run | Group, weight: float, curves: np.ndarray) -> dict:
+    """A member in ensemble.json: a run as before; a group with its runs and its own out-of-fold Dice."""
+    if isinstance(member, Run):
+        return {"run": member.name, "folder": str(member.path), "weight": weight, "run_oof_dice": member.oof_dice,
+                "splits_hash": member.summary.splits_hash}
+    return {"member": member.name, "runs": [run.name for run in member.runs],
+            "folders": [str(run.path) for run in member.runs], "weight": weight,
+            "oof_dice": float(curves[:, oof_search.SEED_CUTOFF].mean()),  # its mean map alone, at 0.5
+            "splits_hash": sorted({run.summary.splits_hash for run in member.runs})}
 
 
 def _apply_command(request: EnsembleRequest, ensemble: Ensemble, kept: tuple[str, ...], dataset: CarvanaSet) -> str:
@@ -386,11 +475,6 @@ def _cutoff(threshold: float) -> int:
     if cutoff in (0, oof_search.LEVEL_COUNT):
         raise BenchError(f"--threshold {threshold}: marks every pixel or none on the uint8 scale")
     return cutoff
-
-
-def _read_float(maps: ProbabilityMaps, image_id: str) -> np.ndarray:
-    """As ``ProbabilityMaps.__getitem__``: the same float32 values, so tests can recompute exactly."""
-    return maps.read_copy(image_id).astype(np.float32) / TOP_LEVEL
 
 
 def _track(ids: list[str], label: str, console: Console) -> Iterator[str]:

@@ -14,10 +14,15 @@ set of folds. results/README.md ("Runs on other folds") says where this stops be
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+
+import numpy as np
 
 from harness.errors import BenchError
 from harness.runs.folder import Run, RunFolder, data_groups, different_data
+from harness.runs.probabilities import ProbabilityMaps
 
 
 def open_runs(folders: list[Path]) -> list[Run]:
@@ -63,3 +68,40 @@ def _check_same_images(kind: str, first: Run, run: Run) -> None:
     differ = next(image_id for image_id in a.ids if a.shapes[image_id] != b.shapes[image_id])
     raise BenchError(f"runs {first.name} and {run.name} hold {label} maps of different sizes for {differ}: "
                      f"{a.shapes[differ]} vs {b.shapes[differ]}")
+
+
+class MeanMaps:
+    """The plain mean of several runs' maps of one split, read image by image like one store."""
+
+    def __init__(self, stores: list[ProbabilityMaps]):
+        self.stores = stores
+        self.shapes, self.ids = stores[0].shapes, stores[0].ids
+
+    def read_float(self, image_id: str) -> np.ndarray:
+        total = self.stores[0].read_float(image_id)
+        for store in self.stores[1:]:
+            total += store.read_float(image_id)
+        return total / len(self.stores)
+
+
+@dataclass(frozen=True)
+class Group:
+    """An ensemble member made of several runs merged first by their plain mean, as the winning merge
+    used alexander's six configs x 5 folds: one map, one weight. It reads like a run (``name``,
+    ``oof``, ``test``) wherever the ensemble reads members."""
+
+    name: str
+    runs: tuple[Run, ...]
+
+    @cached_property
+    def oof(self) -> MeanMaps:
+        return MeanMaps([run.oof for run in self.runs])
+
+    @cached_property
+    def test(self) -> MeanMaps:
+        return MeanMaps([run.test for run in self.runs])
+
+
+def runs_of(member: Run | Group) -> tuple[Run, ...]:
+    """The runs a member is made of: itself, or a group's."""
+    return member.runs if isinstance(member, Group) else (member,)

@@ -109,6 +109,10 @@ class ProbabilityMaps:
                            offset=self.offsets[image_id])
         return flat.reshape(height, width)
 
+    def read_float(self, image_id: str) -> np.ndarray:
+        """``read_copy`` as float32 in [0, 1]: the same values as ``self[image_id]``, memory kept flat."""
+        return self.read_copy(image_id).astype(np.float32) / TOP_LEVEL
+
     def __getitem__(self, image_id: str) -> np.ndarray:
         """The probability map as float32 in [0, 1]."""
         return self._view(image_id).astype(np.float32) / TOP_LEVEL
