@@ -1,4 +1,5 @@
-"""Prediction: maps at the image's own size in every geometry, tiled == untiled, flip TTA of a symmetric model."""
+"""Prediction: maps at the image's own size in every geometry, tiled == untiled, flip TTA of a symmetric model,
+the folds merged as the originals merged them (uint8 levels per fold)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from harness.data.geometry import Fit
 from harness.data.loading import Normalise, PredictionSamples
 from harness.data.tiling import Tiling, predict_tiled, tile_starts
 from harness.engine.device import Compute
-from harness.engine.predict import TTA, combine, predict_loader, variant_logits
+from harness.engine.predict import TTA, combine, merge_folds, predict_loader, variant_logits
 from harness.errors import BenchError
 from harness.recipe.schema import load_recipe
+from harness.runs.probabilities import quantise
 
 CPU = Compute(torch.device("cpu"), "fp32", channels_last=False)
 
@@ -151,3 +153,123 @@ def test_bench_run_with_tiles_writes_maps_at_the_images_own_size(bench, syntheti
     for store in ("oof_maps", "test_maps"):
         maps = ProbabilityMaps.open(tmp_path / "tiled" / store)
         assert set(maps.shapes.values()) == {(40, 64)}
+
+
+def vladimir_merge(fold_probabilities: list[np.ndarray]) -> np.ndarray:
+    """ternaus/src/generate_png_preds.py:40 (each fold's PNG) and merge_test.py:10-16 (their mean)."""
+    result = np.zeros((len(fold_probabilities),) + fold_probabilities[0].shape)
+    for fold, outputs in enumerate(fold_probabilities):
+        result[fold] = (outputs * 255).astype(np.uint8)
+    return result.mean(axis=0).astype(np.uint8)
+
+
+def alexander_merge(fold_probabilities: list[np.ndarray]) -> np.ndarray:
+    """albu/src/carvana_eval.py:37 (each fold's PNG) and carvana_tools.py:10-16 (their mean)."""
+    ims = [(full_pred * 255).astype(np.uint8) for full_pred in fold_probabilities]
+    return (np.mean(ims, axis=0)).astype(np.uint8)
+
+
+def artsiom_merge(fold_probabilities: list[np.ndarray]) -> np.ndarray:
+    """asanakoy/generate_sub.py:56 (each fold's PNG) and generate_sub_average.py:51-64 (their mean)."""
+    probs = None
+    for probs_np in fold_probabilities:
+        mask_img = np.asarray(np.round(probs_np * 255), dtype=np.uint8).astype(np.float32)
+        if probs is None:
+            probs = mask_img
+        else:
+            probs += mask_img
+    probs /= len(fold_probabilities)
+    return np.asarray(np.round(probs), dtype=np.uint8)
+
+
+def fold_probabilities(folds: int, seed: int) -> list[np.ndarray]:
+    """float32 maps of random probabilities, every exact level k / 255 (whose ``p * 255`` may fall just
+    below k), and three folds' pixels where flooring parts from the mean of probabilities."""
+    rng = np.random.default_rng(seed)
+    maps = rng.random((folds, 24, 32), dtype=np.float32)
+    maps[:, 0, :] = rng.integers(0, 256, (folds, 32)).astype(np.float32) / np.float32(255)
+    maps[:, 1, :] = np.float32(0.50195)  # p * 255 = 127.997 in every fold: levels 127 floored, 128 rounded
+    maps[0, 2, :] = np.float32(0.4999)
+    return list(maps)
+
+
+@pytest.mark.parametrize("folds", [2, 3, 5, 7])
+@pytest.mark.parametrize("fold_average, original", [
+    ("uint8_floor", vladimir_merge), ("uint8_floor", alexander_merge), ("uint8_round", artsiom_merge),
+], ids=["vladimir", "alexander", "artsiom"])
+def test_uint8_fold_averages_store_the_originals_merged_levels(folds, fold_average, original):
+    probabilities = fold_probabilities(folds, seed=folds)
+    expected = original(probabilities)
+    merged = merge_folds(torch.from_numpy(np.stack(probabilities)), fold_average).numpy()
+    assert merged.dtype == np.float32
+    np.testing.assert_array_equal(quantise(merged), expected)  # what the run's test store holds
+    mean_of_probabilities = quantise(np.stack(probabilities).mean(0))
+    assert (mean_of_probabilities != expected).any()  # the option matters: the test can fail
+    if fold_average == "uint8_floor":
+        assert (expected[1] == 127).all() and (mean_of_probabilities[1] == 128).all()  # a pixel leaves the mask
+
+
+def test_the_three_fold_example_by_hand():
+    """p = 0.50195 twice and 0.4999: 127.997, 127.997, 127.47 at 255. The mean of probabilities (0.5013,
+    stored as level 128) is in the mask; the floored levels 127, 127, 127 average to 127, out of it;
+    rounded, 128, 128, 127 average to 127.67, rounded to 128."""
+    maps = torch.tensor([0.50195, 0.50195, 0.4999]).reshape(3, 1, 1)
+    assert quantise(merge_folds(maps).numpy()).item() == 128
+    assert quantise(merge_folds(maps, "uint8_floor").numpy()).item() == 127
+    assert quantise(merge_folds(maps, "uint8_round").numpy()).item() == 128
+
+
+def test_every_level_survives_the_stores_quantisation():
+    levels = torch.arange(256, dtype=torch.float32)
+    np.testing.assert_array_equal(quantise((levels / 255).numpy()), np.arange(256))
+
+
+@pytest.mark.parametrize("fold_average", [None, "uint8_floor", "uint8_round"])
+def test_combine_merges_the_models_maps_as_the_recipe_says(fold_average):
+    """Each model's map is its TTA-averaged sigmoid; the models are then merged by ``merge_folds``."""
+    images = torch.randn(1, 3, 32, 64)
+    models = [conv_net(3, seed=seed) for seed in range(3)]
+    per_model = variant_logits(models, images, "hflip", CPU)
+    fit = Fit("pad", None)
+    each = torch.stack([combine([logits], 0, 32, 64, fit, "logits") for logits in per_model])
+    merged = combine(per_model, 0, 32, 64, fit, "logits", fold_average)
+    assert torch.equal(merged, merge_folds(each, fold_average))
+
+
+def test_a_run_with_uint8_floor_stores_the_floored_mean_of_its_folds(bench, synthetic_set, tmp_path, tiny_recipe,
+                                                                     plugins):
+    """Each fold's best.pt predicts the test images again, alone, as ``_predict_test`` does; the stored
+    test map is vladimir's merge of those maps, bit for bit."""
+    from harness.data.loading import TestImage
+    from harness.engine.assembly import Assembly, recipe_normalise
+    from harness.runs.folder import RunFolder
+    from harness.runs.probabilities import ProbabilityMaps
+
+    recipe_path = tiny_recipe(tmp_path / "floor.toml", synthetic_set, name="floor", epochs=1)
+    result = bench("run", recipe_path, "--results", tmp_path, "--name", "floor", "--device", "cpu",
+                   "--set", "predict.fold_average=uint8_floor")
+    assert result.code == 0, result.err
+    folder = RunFolder(tmp_path / "floor")
+    recipe = load_recipe(folder.recipe_toml, plugins)
+    assert recipe.predict.fold_average == "uint8_floor"
+    parts = Assembly(recipe, plugins)
+    dataset = parts.dataset()
+    fit = parts.fit_for(dataset)
+    stored = ProbabilityMaps.open(folder.test_maps)
+    shapes = [stored.shapes[i] for i in dataset.test]
+    samples = PredictionSamples(TestImage(dataset, parts.transforms("preprocess")), len(dataset.test), fit)
+    loader = torch.utils.data.DataLoader(samples, batch_size=recipe.train.batch_size)
+    per_fold = []
+    for fold in folder.folds():
+        model = parts.model(pretrained=False)
+        model.load_state_dict(fold.read_checkpoint(fold.best)["model"])
+        outputs = predict_loader([model.eval()], loader, shapes, fit, recipe_normalise(recipe), recipe.predict.tta,
+                                 recipe.predict.average, CPU)
+        per_fold.append({dataset.test[index]: probability.numpy() for index, probability in outputs})
+    assert len(per_fold) == 2 and dataset.test
+    differs = False
+    for image_id in dataset.test:
+        maps = [fold_maps[image_id] for fold_maps in per_fold]
+        np.testing.assert_array_equal(stored.quantised(image_id), vladimir_merge(maps), err_msg=image_id)
+        differs |= bool((stored.quantised(image_id) != quantise(np.mean(maps, axis=0))).any())
+    assert differs  # the mean of probabilities would have stored other levels

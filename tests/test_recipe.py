@@ -160,6 +160,17 @@ def test_unset_folds_keys_leave_the_resolved_recipe_as_it_was(tmp_path, plugins)
     assert tomllib.loads(recipe.to_toml())["folds"] == {"k": 5, "method": "rank_by_area", "seed": 0}
 
 
+def test_unset_fold_average_leaves_the_predict_table_as_it_was(tmp_path, plugins):
+    """predict.fold_average (the originals' uint8 merge of the folds) is left out unless given."""
+    recipe = load_recipe(write(tmp_path, MINIMAL), plugins)
+    assert recipe.predict.fold_average is None
+    assert tomllib.loads(recipe.to_toml())["predict"] == {"tta": "none", "average": "logits", "threshold": 0.5}
+    floored = load_recipe(write(tmp_path, MINIMAL), plugins, [], ["predict.fold_average=uint8_floor"])
+    assert tomllib.loads(floored.to_toml())["predict"]["fold_average"] == "uint8_floor"
+    with pytest.raises(BenchError, match=r"predict\.fold_average"):
+        load_recipe(write(tmp_path, MINIMAL), plugins, [], ["predict.fold_average=uint8_ceil"])
+
+
 def test_missing_key_and_bad_toml(tmp_path, plugins):
     with pytest.raises(BenchError, match=r"missing key 'model'"):
         load_recipe(write(tmp_path, MINIMAL.replace('[model]\nname = "linknet"\nencoder = "resnet18"\n', "")), plugins)

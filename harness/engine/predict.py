@@ -3,8 +3,10 @@
 TTA transforms are their own inverses' partners: each variant is ``(forward, inverse)`` on NCHW
 tensors, so a prediction is ``inverse(model(forward(x)))``. The recipe averages the variants'
 logits (alexander: "average logits, then sigmoid") or their probabilities; several models (the
-folds of a run) are averaged as probabilities, as the seed's merge did. With a ``Tiling``, every
-forward pass (each TTA variant of each model) is predicted tile by tile (``harness.data.tiling``).
+folds of a run) are averaged as probabilities, or, with ``predict.fold_average``, as the original
+teams merged their folds: each fold's map quantised to uint8 levels, then the levels averaged and
+quantised again (``merge_folds``). With a ``Tiling``, every forward pass (each TTA variant of each
+model) is predicted tile by tile (``harness.data.tiling``).
 """
 
 from __future__ import annotations
@@ -81,13 +83,45 @@ def variant_logits(
     return per_model
 
 
+FOLD_AVERAGES = ("uint8_floor", "uint8_round")
+LEVELS = 255  # uint8 levels 0..255, as the originals wrote their PNGs (and as harness.runs stores maps)
+
+
+def merge_folds(maps: torch.Tensor, fold_average: str | None = None) -> torch.Tensor:
+    """Merge the models' probability maps ``(M, H, W)`` (float32) into one ``(H, W)``.
+
+    ``None``: the mean of the probabilities. ``"uint8_floor"``: vladimir's and alexander's merge: each
+    map written as ``(p * 255).astype(np.uint8)`` (``ternaus/src/generate_png_preds.py:40``,
+    ``albu/src/carvana_eval.py:37``), then ``np.mean`` of the uint8 maps (float64) cast back with
+    ``.astype(np.uint8)`` (``ternaus/src/merge_test.py:16``, ``albu/src/carvana_tools.py:16``): a floor
+    of a float64 quotient of integers, which is exactly the integer ``sum // M``. ``"uint8_round"``:
+    artsiom's: ``np.round(p * 255)`` per map (``asanakoy/generate_sub.py:56``), the float32 sum of the
+    levels divided by ``M`` in float32 and ``np.round`` again (``asanakoy/generate_sub_average.py:52-64``;
+    NumPy and torch both round halves to even). ``p * 255`` is float32 in both, as here, so equal maps
+    give equal levels. The result is ``levels / 255``, which the uint8 store (``round(p * 255)``)
+    writes back as exactly those levels.
+    """
+    if fold_average is None:
+        return maps.mean(0)
+    scaled = maps.float() * LEVELS
+    if fold_average == "uint8_floor":
+        total = torch.floor(scaled).sum(0)  # integers <= 255 * M: exact in float32
+        merged = torch.div(total, maps.shape[0], rounding_mode="floor")
+    elif fold_average == "uint8_round":
+        merged = torch.round(torch.round(scaled).sum(0) / maps.shape[0])
+    else:
+        raise ValueError(f"fold_average {fold_average!r}: expected one of {FOLD_AVERAGES} or None")
+    return merged / LEVELS
+
+
 def combine(
-    per_model: list[torch.Tensor], index: int, height: int, width: int, fit: Fit, average: str
+    per_model: list[torch.Tensor], index: int, height: int, width: int, fit: Fit, average: str,
+    fold_average: str | None = None,
 ) -> torch.Tensor:
     """The probability map ``(height, width)`` of image ``index`` of the batch.
 
     Logits are restored to the original size before the sigmoid (artsiom upsampled logits, not
-    probabilities); variants are averaged as the recipe says, models as probabilities.
+    probabilities); variants are averaged as the recipe says, models by ``merge_folds``.
     """
     maps = []
     for logits in per_model:
@@ -96,7 +130,7 @@ def combine(
             maps.append(torch.sigmoid(restored.mean(0)))
         else:
             maps.append(torch.sigmoid(restored).mean(0))
-    return torch.stack(maps).mean(0)
+    return merge_folds(torch.stack(maps), fold_average)
 
 
 def predict_loader(
@@ -109,11 +143,14 @@ def predict_loader(
     average: str,
     compute: Compute,
     tiling: Tiling | None = None,
+    fold_average: str | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(index, probability map)`` for every sample of a prediction loader.
 
     ``shapes[index]`` is the original (height, width) the map is restored to. The map stays on the
     compute device (float32), where validation scores its loss; storing it is the caller's copy.
+    ``fold_average`` merges several models (``merge_folds``); validation predicts with one model and
+    leaves it unset.
     """
     for images, indices in loader:
         images = normalise(images.to(compute.device, non_blocking=True))
@@ -121,4 +158,4 @@ def predict_loader(
                                    tiling)
         for position, index in enumerate(indices.tolist()):
             height, width = shapes[index]
-            yield index, combine(per_model, position, height, width, fit, average)
+            yield index, combine(per_model, position, height, width, fit, average, fold_average)

@@ -368,7 +368,8 @@ def validation_sample(val_ids: list[str], size: int | None, seed: int) -> list[s
 
 
 def _predict_test(stage: _Stage, folds: list[FoldFolder]) -> None:
-    """Fold-averaged probabilities of every test image (idempotent: a rerun rewrites them)."""
+    """Fold-averaged probabilities of every test image (idempotent: a rerun rewrites them), merged as
+    ``predict.fold_average`` says (``harness.engine.predict.merge_folds``)."""
     recipe, parts, compute, dataset, folder = stage.recipe, stage.parts, stage.compute, stage.dataset, stage.folder
     if folder.test_marker.exists() or not dataset.test:
         return
@@ -385,7 +386,7 @@ def _predict_test(stage: _Stage, folds: list[FoldFolder]) -> None:
     started = time.perf_counter()
     for index, probability in predict_loader(models, test_loader, ordered_shapes, stage.fit, normalise,
                                              recipe.predict.tta, recipe.predict.average, compute,
-                                             recipe.predict.tiling):
+                                             recipe.predict.tiling, recipe.predict.fold_average):
         store[dataset.test[index]] = probability.cpu().numpy()
     store.flush()
     seconds = time.perf_counter() - started

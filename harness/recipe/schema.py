@@ -211,6 +211,13 @@ class PredictSpec(_Strict):
         None, description="[width, height] of tiles predicted separately and blended; unset: no tiling."
     )
     tile_overlap: Annotated[int, Field(ge=0)] = 64
+    fold_average: Literal["uint8_floor", "uint8_round"] | None = Field(
+        None, description="How the folds' test maps are merged. Unset: the mean of their probabilities. "
+                          "'uint8_floor': each fold's map floored to uint8 levels (p * 255), their mean floored "
+                          "again (vladimir's merge_test.py, alexander's carvana_tools.py); 'uint8_round': rounded "
+                          "per fold, mean rounded (artsiom's generate_sub_average.py). Out-of-fold maps come from "
+                          "one model each and are not merged."
+    )
 
     @pydantic.model_validator(mode="after")
     def _check_tiling(self) -> PredictSpec:
