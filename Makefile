@@ -8,7 +8,7 @@ BENCH := $(VENV)/bin/bench
 STAMP := $(VENV)/.installed-stamp
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install test demo bench bench-baseline clean
+.PHONY: install test demo seed-merge bench bench-baseline clean
 
 install: $(STAMP)
 
@@ -25,6 +25,18 @@ test: $(STAMP)
 # The quick profile of each seed recipe on the built-in synthetic set; a finished run is not redone.
 demo: $(STAMP)
 	for recipe in vladimir alexander artsiom; do $(BENCH) run recipes/$$recipe.toml --profile quick || exit 1; done
+
+# The winning merge on the built-in data (ensembles/seed_merge.toml): nine quick runs on each recipe's
+# own folds (vladimir, alexander's six configs, artsiom's two models), then the merge, into results/seed.
+SEED := results/seed
+SEED_RUN := $(BENCH) run --profile quick --profile own_folds --results $(SEED)
+seed-merge: $(STAMP)
+	$(SEED_RUN) recipes/vladimir.toml --name seed-vladimir
+	for config in fma_noseed fma_s44 fma_s88 f04a_s44 f04a_clahe f04a_clahe_rmsprop; do \
+		$(SEED_RUN) recipes/alexander.toml --profile $$config --name seed-alexander-$$config || exit 1; done
+	$(SEED_RUN) recipes/artsiom.toml --name seed-artsiom
+	$(SEED_RUN) recipes/artsiom_unet.toml --name seed-artsiom_unet
+	$(BENCH) ensemble ensembles/seed_merge.toml --results $(SEED) --out $(SEED)/merge
 
 # Timings of the hot paths against the baseline saved on this kind of machine (fails on a >25% slowdown);
 # make bench-baseline records a new one. Run on an otherwise idle machine.

@@ -35,7 +35,7 @@ from harness.ensemble.spec import load_spec
 from harness.ensemble.submission import check_submission, write_submission
 from harness.errors import BenchError
 from harness.evaluate import stats
-from harness.io import atomic_write_json
+from harness.io import atomic_write_json, atomic_write_text
 from harness.recipe.components import build, validate_params
 from harness.recipe.hookspecs import Merge, PostProcess
 from harness.recipe.plugins import Plugins, UnknownComponent
@@ -196,6 +196,9 @@ def _choose_and_write(request: EnsembleRequest, runs: list[Run | Group], dataset
     submission = request.out / "submission.csv.gz"
     test = write_test_submission(ensemble, submission, console)
     report = _report(request, ensemble, search, dataset, dice_by_chain, kept, decisions, test, oof_seconds, spec)
+    ids = runs[0].oof.ids  # per image, as a run's per_image.csv: ensembles pair with each other and with runs
+    atomic_write_text(request.out / "per_image.csv", "image,car,dice\n" + "".join(
+        f"{image_id},{car_id(image_id)},{score:.6f}\n" for image_id, score in zip(ids, dice_by_chain[kept])))
     atomic_write_json(request.out / "ensemble.json", report)
     return report
 
