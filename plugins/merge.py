@@ -14,4 +14,5 @@ def bench_mergers():
 
 @hookimpl
 def bench_postprocessors():
-    return {"keep_largest": merging.keep_largest, "convex_hull": merging.convex_hull}
+    return {"keep_largest": merging.keep_largest, "convex_hull": merging.convex_hull,
+            "seed_hull": merging.seed_hull}

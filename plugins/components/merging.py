@@ -2,8 +2,10 @@
 
 ``mean`` averages the members' probability maps with weights (the seed weighted its four models
 0.25 each). ``keep_largest`` and ``convex_hull`` clean the thresholded mask; ``bench ensemble`` keeps
-each only when out-of-fold Dice says it helps. Every factory returns a ``functools.partial`` of a
-module-level function, so the result pickles (worker processes) and its repr shows its settings.
+each only when out-of-fold Dice says it helps. ``seed_hull`` is the original's own rule for an
+unreliable car top, quirks included, beside ``convex_hull``, our generalised reading of it. Every
+factory returns a ``functools.partial`` of a module-level function, so the result pickles (worker
+processes) and its repr shows its settings.
 """
 
 from __future__ import annotations
@@ -99,6 +101,107 @@ def _convex_hull(probability: np.ndarray, mask: np.ndarray, *, low: float, high:
         region = labels[box] == k
         result[box][region] = hull[region].astype(bool)
     return result
+
+
+def seed_hull(low: int = 30, high: int = 210, erode_rows: int = 2, erode_cols: int = 1, erode_iterations: int = 10,
+              top: float = 0.5, min_area: float = 40000, margin: int = 50, inner: int = 55) -> partial:
+    """The seed's own convex-hull fix of an unreliable car top, step by step, quirks included.
+
+    ``convex_hull`` above is what SEED.md describes, generalised. This is what the code does:
+    ``check_if_top_is_unreliable`` in ``generate_sub_final_ensemble.py:29-48`` of
+    asanakoy/kaggle_carvana_segmentation, as last changed in b4821aa (2017-10-14). The rule came in
+    d3dc028 (2017-10-13) with a 5-pixel margin, ``A > 7`` and no hull; ec0e6e7 set today's steps, and
+    until b4821aa its result reached only the saved PNGs, not the submission's masks (lines 101-104).
+    It reads alexander's uint8 map ``A`` only (the one member whose folder name holds "albu", lines
+    88-89). Here ``probability`` is the map of the member it reads (for now the merged map, which is
+    what ``Ensemble.mask`` passes) and ``mask`` the merged, thresholded mask.
+
+    ``A`` is ``probability`` quantised exactly as the harness stores maps,
+    ``round(clip(p, 0, 1) * 255)`` (``harness/runs/probabilities.py``, ``quantise``), so ``low``,
+    ``high`` and ``inner`` are uint8 levels compared as the original compared them. Steps:
+
+    1. ``uncertain = low < A < high`` (line 32: 30 < A < 210).
+    2. Erode it (line 33). The original passes the tuple ``(55, 55)`` as the kernel; OpenCV's Python
+       binding turns a tuple into a 2-row, 1-column CV_64F matrix ``[[55], [55]]`` (only its being
+       non-zero counts), so the structuring element is 2 rows by 1 column, anchored by default at
+       ``(x, y) = (0, 1)``, its lower cell: a pixel survives a pass only if the pixel above it is set
+       too. Ten passes (OpenCV merges them into one 11x1 element anchored at its bottom cell) keep a
+       pixel only if it and the 10 pixels above it are uncertain: every vertical run of uncertain
+       pixels loses its top 10 rows and nothing else, and a run touching the image's top edge loses
+       nothing (the border counts as set in an erosion). ``erode_rows`` x ``erode_cols`` of ones
+       with ``erode_iterations`` passes is that erosion (2, 1, 10); a real 55x55 kernel, what the
+       call seems to mean, would take 270 pixels off every side.
+    3. Keep the top ``top`` of the rows, ``int(rows * top)`` (line 34: ``rows // 2``).
+    4. Its single biggest external contour by ``cv2.contourArea`` (the polygon's area, smaller than
+       its pixel count; lines 19-26: the first of the largest, and only one of positive area). If
+       there is none, or its area is not above ``min_area`` (line 38: ``> 40000``, in pixels at
+       the map's own size), the mask is returned as it is (lines 36-37, 48).
+    5. Its bounding box grown by ``margin`` (line 40): ``x - margin`` clipped at 0 but the width
+       grown by ``2 * margin`` all the same, so a clipped box reaches further right; ``y - margin``
+       NOT clipped (numpy cuts the right and bottom ends at the image's edges). A negative ``y`` is
+       a numpy index from the bottom: the rows are ``[rows + y, min(y + height, rows))``, empty
+       whenever the box is no taller than the image (always at Carvana's 1280 rows: the box is at
+       most 640 + 2 * 50 rows). On a shorter image the box wraps to the bottom rows, and the rule
+       acts there.
+    6. In the box: ``A > inner`` (line 41: 55), its biggest contour (as in 4), the filled convex hull
+       of that drawn over it (lines 42-44). So the box becomes ``(A > inner)`` or the hull.
+    7. The whole box replaces the result (line 46); outside it, ``mask`` stands.
+
+    Where the original does otherwise:
+
+    * It raises (``cv2.convexHull(None)``: no contour of positive area in the box, which includes
+      every empty box of step 5) and the whole submission stops; here the mask is returned as it
+      is, as when the rule does not fire.
+    * Outside the box it re-thresholds its unrounded 0..255 mean at ``> 127`` (line 45), where
+      elsewhere it takes ``>= 128`` (line 109): a mean of 127.25 is car only in an image the rule
+      fired on. Here ``mask`` stands outside the box, at whatever threshold the ensemble chose.
+    * It ran OpenCV 3.2 (requirements.txt); the contours, erosion and hull are the same calls here,
+      but which contour wins a tie in area follows the installed OpenCV's contour order.
+    """
+    for name, value in (("low", low), ("high", high), ("inner", inner)):
+        if not 0 <= value <= 255:
+            raise BenchError(f"seed_hull: {name} is a uint8 level in [0, 255], got {value}")
+    if low >= high:
+        raise BenchError(f"seed_hull: need low < high, got low={low}, high={high}")
+    if erode_rows < 1 or erode_cols < 1 or erode_iterations < 0:
+        raise BenchError(f"seed_hull: need erode_rows >= 1, erode_cols >= 1 and erode_iterations >= 0, got "
+                         f"{erode_rows}, {erode_cols} and {erode_iterations}")
+    if not 0.0 < top <= 1.0:
+        raise BenchError(f"seed_hull: top is the fraction of rows searched, in (0, 1], got {top}")
+    if min_area < 0 or margin < 0:
+        raise BenchError(f"seed_hull: need min_area >= 0 and margin >= 0, got {min_area} and {margin}")
+    return partial(_seed_hull, low=low, high=high, kernel=(erode_rows, erode_cols), iterations=erode_iterations,
+                   top=top, min_area=min_area, margin=margin, inner=inner)
+
+
+def _seed_hull(probability: np.ndarray, mask: np.ndarray, *, low: int, high: int, kernel: tuple[int, int],
+               iterations: int, top: float, min_area: float, margin: int, inner: int) -> np.ndarray:
+    level = np.rint(np.clip(probability, 0.0, 1.0) * 255).astype(np.uint8)  # as harness quantise
+    uncertain = ((level > low) & (level < high)).view(np.uint8)
+    uncertain = cv2.erode(uncertain, np.ones(kernel, np.uint8), iterations=iterations)
+    region = _biggest_contour(uncertain[: int(level.shape[0] * top)])
+    if region is None or cv2.contourArea(region) <= min_area:
+        return mask
+    x, y, width, height = cv2.boundingRect(region)
+    x, y, width, height = max(x - margin, 0), y - margin, width + 2 * margin, height + 2 * margin
+    box = (slice(y, y + height), slice(x, x + width))  # a negative y counts from the bottom, as in the seed
+    car = (level[box] > inner).view(np.uint8)
+    outline = _biggest_contour(car) if car.size else None
+    if outline is None:  # the seed raises here
+        return mask
+    cv2.drawContours(car, [cv2.convexHull(outline)], -1, 1, thickness=cv2.FILLED)
+    result = mask.copy()
+    result[box] = car.view(bool)
+    return result
+
+
+def _biggest_contour(image: np.ndarray) -> np.ndarray | None:
+    """The first external contour of the largest ``cv2.contourArea``; ``None`` if none has a positive area."""
+    contours, _ = cv2.findContours(image, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    areas = [cv2.contourArea(contour) for contour in contours]
+    if not areas or max(areas) <= 0:
+        return None
+    return contours[int(np.argmax(areas))]
 
 
 def _check_connectivity(connectivity: int) -> None:
