@@ -212,7 +212,9 @@ def ensemble_command(
     results: ResultsOption = Path("results"),
     top: Annotated[Optional[int], typer.Option(help="Keep only the K runs with the best out-of-fold Dice.")] = None,
     weights: Annotated[Optional[str], typer.Option(help="w1,w2,...: merge all runs with these weights (no selection).")] = None,
-    max_members: Annotated[int, typer.Option(help="Greedy selection steps at most (a run may be picked again).")] = 8,
+    search: Annotated[str, typer.Option(help="How weights are chosen: greedy (weights are counts of picks: the second "
+                                              "run enters at 50%) or grid (a run enters at 10% to 50%).")] = "greedy",
+    max_members: Annotated[int, typer.Option(help="Selection steps at most (a run may be picked again).")] = 8,
     threshold: Annotated[Optional[float], typer.Option(help="Fix the threshold (default: tuned out-of-fold).")] = None,
     post: Annotated[str, typer.Option(help="Post-processors to try, in order: NAME[:key=value...],... or none.")] = "convex_hull,keep_largest",
     force_post: Annotated[bool, typer.Option("--force-post", help="Apply --post as given, without the out-of-fold guard.")] = False,
@@ -237,7 +239,7 @@ def ensemble_command(
     request = ensemble.EnsembleRequest(
         runs=runs or [], out=out, results=results, top=top, weights=_parse_weights(weights), max_members=max_members,
         threshold=threshold, post=[] if post.strip() == "none" else [p for p in post.split(",") if p],
-        force_post=force_post, tolerance=tolerance, merger=merger, data=data,
+        force_post=force_post, tolerance=tolerance, merger=merger, search=search, data=data,
         command=shlex.join(["bench", *sys.argv[1:]]),
     )
     spec = Path(runs[0]) if runs and len(runs) == 1 and runs[0].endswith(".toml") else None

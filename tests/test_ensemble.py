@@ -1,10 +1,11 @@
-"""bench ensemble: refusing runs that cannot merge, greedy selection, the guard, the submission, --check."""
+"""bench ensemble: refusing runs that cannot merge, greedy and grid selection, the guard, the submission, --check."""
 
 from __future__ import annotations
 
 import gzip
 import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -21,12 +22,19 @@ def fake_run(folder: Path, data_root: Path, noise: float, seed: int, splits_hash
 
     Independent noise is what makes averaging pay: the best mixture weighs the least noisy run most.
     """
+    rng = np.random.default_rng(seed)
+    return crafted_run(folder, data_root, lambda truth: np.clip(
+        0.1 + 0.8 * truth + rng.normal(0, noise, truth.shape), 0, 1), seed, splits_hash)
+
+
+def crafted_run(folder: Path, data_root: Path, oof_map: Callable[[np.ndarray], np.ndarray], seed: int,
+                splits_hash: str = "same") -> Path:
+    """A complete run folder whose out-of-fold map of each image is ``oof_map(truth)`` (truth: float32 0/1)."""
     dataset = open_carvana(data_root)
     rng = np.random.default_rng(seed)
     oof = ProbabilityMaps.create(folder / "oof_maps", {i: dataset.sizes[i] for i in dataset.train})
     for image_id in dataset.train:
-        truth = read_mask(dataset, image_id).astype(np.float32)
-        oof[image_id] = np.clip(0.1 + 0.8 * truth + rng.normal(0, noise, truth.shape), 0, 1)
+        oof[image_id] = oof_map(read_mask(dataset, image_id).astype(np.float32))
     test_shapes = {i: read_image(dataset, i, "test").shape[:2] for i in dataset.test}
     test = ProbabilityMaps.create(folder / "test_maps", test_shapes)
     for image_id, shape in test_shapes.items():
@@ -126,6 +134,113 @@ def test_greedy_selection_with_replacement_weighs_the_best_run_most(bench, noisy
     oof = report["oof"]
     assert oof["ensemble_dice"] > oof["best_run_dice_at_own_threshold"] and oof["best_run"] == "a"
     assert oof["helped"] and oof["merge_gain_interval"][0] > 0
+
+
+def _pixel_kinds(truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every third pixel on a diagonal pattern is "hard", the next one "odd": each kind in every image."""
+    rows, cols = np.indices(truth.shape)
+    return (rows + cols) % 3 == 0, (rows + cols) % 3 == 1
+
+
+def _strong(truth: np.ndarray) -> np.ndarray:
+    """Right on most pixels, but its hard car pixels (0.40) sit below its hard background (0.45):
+    no threshold separates them."""
+    hard, _ = _pixel_kinds(truth)
+    car = truth > 0
+    return np.select([car & hard, car, hard], [0.40, 0.90, 0.45], 0.10).astype(np.float32)
+
+
+def _weak(truth: np.ndarray) -> np.ndarray:
+    """Wrong on most pixels (car at 0.2, a third of the background at 1.0), but sure of the strong
+    run's hard pixels: car 0.9, background 0.1."""
+    hard, odd = _pixel_kinds(truth)
+    car = truth > 0
+    return np.select([car & hard, car, hard, odd], [0.90, 0.20, 0.10, 1.00], 0.10).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def complementary_runs(synthetic_set, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("complementary_runs")
+    return {"strong": crafted_run(root / "strong", synthetic_set, _strong, 1),
+            "weak": crafted_run(root / "weak", synthetic_set, _weak, 2)}
+
+
+def _pooled_dice(runs: list[Path], weights: list[float], cutoff: int | None = None) -> tuple[float, int]:
+    """Pooled out-of-fold Dice of a weighted mean of the runs' stored maps, at ``cutoff`` or at the best one."""
+    dataset = open_carvana(json.loads((runs[0] / "summary.json").read_text())["data"])
+    stores = [ProbabilityMaps.open(run / "oof_maps") for run in runs]
+    normalised = (np.asarray(weights, np.float64) / sum(weights)).astype(np.float32)
+    curves = []
+    for image_id in stores[0].ids:
+        merged = np.zeros(stores[0].shapes[image_id], np.float32)
+        for store, weight in zip(stores, normalised):
+            if weight:
+                merged += weight * store[image_id]
+        curves.append(oof_search.dice_curve(quantise(merged), read_mask(dataset, image_id)))
+    mean = np.mean(curves, axis=0)
+    cutoff = oof_search.best_cutoff(mean) if cutoff is None else cutoff
+    return float(mean[cutoff]), cutoff
+
+
+def test_grid_gives_a_weak_complementary_run_a_small_weight_greedy_cannot(bench, complementary_runs, tmp_path) -> None:
+    runs = [complementary_runs["strong"], complementary_runs["weak"]]
+    strong, _ = _pooled_dice(runs, [1, 0])
+    half, _ = _pooled_dice(runs, [0.5, 0.5])
+    small, _ = _pooled_dice(runs, [0.8, 0.2])
+    assert small > max(strong, half) + 0.1 and half < strong  # the premise: 0.8/0.2 beats 1/0 and 0.5/0.5
+    reports = {}
+    for search in ("greedy", "grid"):
+        out = tmp_path / search
+        result = bench("ensemble", *runs, "--search", search, "--post", "none", "--out", out)
+        assert result.code == 0, result.err
+        reports[search] = json.loads((out / "ensemble.json").read_text())
+    greedy, grid = reports["greedy"], reports["grid"]
+    # greedy's only second step is 50/50, worse than the strong run alone: it stops at one member
+    assert [m["run"] for m in greedy["members"]] == ["strong"] and len(greedy["selection"]["steps"]) == 1
+    assert greedy["oof"]["ensemble_dice"] == pytest.approx(strong, abs=1e-9)
+    weights = {m["run"]: m["weight"] for m in grid["members"]}
+    assert 0 < weights["weak"] < 0.5 and sum(weights.values()) == pytest.approx(1)
+    assert grid["selection"]["search"] == "grid" and grid["selection"]["grid"] == list(oof_search.BLEND_GRID)
+    assert grid["selection"]["steps"][1]["added"] == "weak" and grid["selection"]["steps"][1]["weight"] < 0.5
+    assert grid["oof"]["ensemble_dice"] >= small - 1e-9 and grid["oof"]["ensemble_dice"] > strong + 0.1
+    assert grid["oof"]["helped"] and grid["oof"]["merge_gain_interval"][0] > 0
+
+
+def test_grid_dice_recomputed_from_the_stored_maps_is_the_reported_one(bench, noisy_runs, tmp_path) -> None:
+    out = tmp_path / "ens"  # two greedy steps (a and b, 50/50), then blend steps
+    result = bench("ensemble", *noisy_runs.values(), "--search", "grid", "--max-members", "2", "--post", "none",
+                   "--out", out)
+    assert result.code == 0, result.err
+    report = json.loads((out / "ensemble.json").read_text())
+    steps = report["selection"]["steps"]
+    assert [step["added"] for step in steps[:2]] == ["a", "b"] and all("weight" not in step for step in steps[:2])
+    assert len(steps) > 2 and all(step["weight"] in oof_search.BLEND_GRID for step in steps[2:])
+    assert sorted(m["run"] for m in report["members"]) == ["a", "b", "c"]  # c entered below 50%
+    greedy = tmp_path / "greedy"  # the blend steps start from greedy's result: never below it out of fold
+    assert bench("ensemble", *noisy_runs.values(), "--max-members", "2", "--post", "none", "--out", greedy).code == 0
+    greedy_dice = json.loads((greedy / "ensemble.json").read_text())["oof"]["ensemble_dice"]
+    assert report["oof"]["ensemble_dice"] > greedy_dice
+    dice = [step["dice"] for step in steps]
+    assert dice == sorted(dice) and len(set(dice)) == len(dice)  # every step strictly helped
+    runs = [Path(member["folder"]) for member in report["members"]]
+    recomputed, _ = _pooled_dice(runs, [member["weight"] for member in report["members"]], report["cutoff_u8"])
+    assert report["oof"]["ensemble_dice"] == pytest.approx(recomputed, abs=1e-9)
+    assert report["oof"]["ensemble_dice_before_postprocessing"] == pytest.approx(steps[-1]["dice"], abs=1e-9)
+    again = tmp_path / "again"  # the apply command rebuilds the same submission from the stored weights
+    words = report["reproduce"]["apply"].split()
+    words[words.index("--out") + 1] = str(again)
+    assert bench(*words[1:]).code == 0
+    assert (out / "submission.csv.gz").read_bytes() == (again / "submission.csv.gz").read_bytes()
+
+
+def test_blended_mixtures_move_a_share_of_the_weight_to_one_run() -> None:
+    candidates = oof_search.blended_mixtures({0: 1.0}, 2)
+    assert [(run, w) for run, w, _ in candidates] == [(1, w) for w in oof_search.BLEND_GRID]  # run 0 alone: no-op
+    assert candidates[0][2] == {0: 0.9, 1: 0.1}
+    again = [mixture for _, _, mixture in oof_search.blended_mixtures({0: 0.9, 1: 0.1}, 3)]
+    assert len(again) == 3 * len(oof_search.BLEND_GRID)  # a run already in may be blended in again
+    assert {0: 0.81, 1: 0.19} in again and {0: 0.72, 1: 0.08, 2: 0.2} in again  # rounded: 0.72, not 0.7200000000000001
+    assert all(sum(m.values()) == pytest.approx(1) for m in again)
 
 
 def test_greedy_step_stops_when_nothing_improves() -> None:
@@ -237,6 +352,7 @@ def test_refuses_runs_on_different_data_in_one_line(bench, tiny_runs, other_data
     (["{a}", "--post", "convex_hull:low=0.9"], "low < high"),
     (["{a}", "--post", "convex_hull:lo=0.1"], "unknown key"),
     (["{a}", "--threshold", "1.5"], "--threshold"),
+    (["{a}", "--search", "simplex"], "--search simplex: expected one of greedy, grid"),
 ])
 def test_bad_input_is_one_line(bench, noisy_runs, tmp_path, args, message) -> None:
     args = [arg.format(a=noisy_runs["a"]) for arg in args]

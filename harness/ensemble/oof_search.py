@@ -8,7 +8,12 @@ weights and thresholds costs one streaming pass over the images per greedy step:
   curves over images is the pooled out-of-fold Dice at every threshold, so tuning the threshold needs
   no extra pass.
 * ``greedy_step`` is one step of forward selection with replacement (Caruana et al., 2004): the
-  members chosen so far are counts, so weights emerge as count / total.
+  members chosen so far are counts, so weights emerge as count / total. Its second step can only
+  pair two runs 50/50, so a weak run that helps at a small weight never gets in: with replacement a
+  run's weight is count / total, and 10% takes ten steps.
+* ``blended_mixtures`` are the candidates of the blend steps that ``--search grid`` takes after
+  greedy's, picked the same way (``greedy_step``): the current mixture blended with one run at a
+  weight from ``BLEND_GRID`` (10% to 50%), so a run can enter at 10%.
 * ``decide_postprocessing`` is the no-regression guard.
 
 Intervals come from ``harness.evaluate.stats`` (bootstrap over cars), as for ``bench compare``.
@@ -77,6 +82,29 @@ def greedy_step(curves: np.ndarray, current: float | None, fixed_cutoff: int | N
     if current is not None and scores[best] <= current + 1e-12:
         return None
     return Step(best, float(scores[best]), cutoffs[best])
+
+
+BLEND_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)  # at most half: each step keeps most of what earlier steps chose
+_DIGITS = 12  # grid weights after k steps have k decimals; rounding keeps them so (0.72, not 0.7200000000000001)
+
+
+def blended_mixtures(weights: dict[int, float], runs: int,
+                     grid: tuple[float, ...] = BLEND_GRID) -> list[tuple[int, float, dict[int, float]]]:
+    """Every mixture one grid step can reach, as (run, w, mixture): ``(1 - w) * weights + w * run``.
+
+    ``weights`` sum to 1. A run already in the mixture may be blended in again (its weight grows,
+    the others shrink); blending the mixture with itself (``weights`` is that run alone) changes
+    nothing and is left out.
+    """
+    candidates = []
+    for run in range(runs):
+        if weights.get(run, 0.0) >= 1.0 - 1e-12:
+            continue
+        for w in grid:
+            mixture = {member: round((1.0 - w) * weight, _DIGITS) for member, weight in weights.items()}
+            mixture[run] = round(mixture.get(run, 0.0) + w, _DIGITS)
+            candidates.append((run, w, mixture))
+    return candidates
 
 
 def weights_from_counts(counts: dict[int, int], runs: int) -> list[float]:
