@@ -183,7 +183,7 @@ def build_from_spec(path: Path, request: EnsembleRequest, plugins: Plugins, cons
     if len(set(labels)) != len(labels):
         raise BenchError(f"{path}: key 'post': a post-processor is listed twice on the same map")
     spec_request = replace(
-        request, weights=spec.weights, max_members=spec.max_members, merger=spec.merger, post=labels,
+        request, weights=spec.weights, max_members=spec.max_members, search=spec.search, merger=spec.merger, post=labels,
         threshold=None if spec.threshold == "oof" else spec.threshold, force_post=forced == {True},
         tolerance=spec.tolerance,
     )

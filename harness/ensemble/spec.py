@@ -3,6 +3,7 @@
     name = "seed_merge"
     threshold = 0.5              # or "oof": chosen on out-of-fold data (the default)
     merger = "mean"
+    search = "greedy"            # or "grid": how weights are searched when no member has one
     [[members]]
     name = "alexander"
     runs = ["seed-alexander-*"]  # run folders, names under --results, or globs: several runs are one
@@ -67,6 +68,8 @@ class EnsembleSpec(_Strict):
     tolerance: Annotated[float, Field(ge=0, le=1)] = Field(
         0.02, description="Share of images an unforced post-processor may make worse.")
     max_members: Annotated[int, Field(ge=1)] = Field(8, description="Search steps when the weights are searched.")
+    search: Literal["greedy", "grid"] = Field(
+        "greedy", description="How unset weights are searched (`bench ensemble --search`).")
 
     @pydantic.model_validator(mode="after")
     def _check(self) -> EnsembleSpec:
