@@ -103,3 +103,13 @@ def test_a_bad_spec_is_one_line_naming_the_file_and_key_and_writes_nothing(bench
     result = bench("ensemble", path, "--results", results, "--out", tmp_path / "out")
     assert result.code == 2 and message in result.err and str(path) in result.err, result.err
     assert len(result.err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_the_seed_merge_spec_states_the_winning_merge():
+    from harness.ensemble.spec import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parent.parent / "ensembles" / "seed_merge.toml")
+    assert [(m.name, m.weight) for m in spec.members] == [
+        ("vladimir", 0.25), ("alexander", 0.25), ("artsiom_vgg", 0.25), ("artsiom_unet", 0.25)]
+    assert spec.members[1].runs == ["seed-alexander-*"] and (spec.merger, spec.threshold) == ("mean", 0.5)
+    assert [(p.name, p.reads, p.force) for p in spec.post] == [("seed_hull", "alexander", False)]
