@@ -51,7 +51,7 @@ from harness.io import atomic_write_json, atomic_write_text
 from harness.recipe.components import build, validate_params
 from harness.recipe.hookspecs import Merge, PostProcess
 from harness.recipe.plugins import Plugins, UnknownComponent
-from harness.runs.folder import Run, RunFolder, resolve_runs
+from harness.runs.folder import PER_IMAGE_FILE, Run, RunFolder, resolve_runs
 from harness.runs.probabilities import binarise, quantise
 
 MAX_POSTPROCESSORS = 4  # every ordered subset is scored in one pass: 2^4 masks per image at most
@@ -215,7 +215,7 @@ def _choose_and_write(request: EnsembleRequest, runs: list[Run | Group], dataset
     test = write_test_submission(ensemble, submission, console)
     report = _report(request, ensemble, search, dataset, dice_by_chain, kept, decisions, test, oof_seconds, spec)
     ids = runs[0].oof.ids  # per image, as a run's per_image.csv: ensembles pair with each other and with runs
-    atomic_write_text(request.out / "per_image.csv", "image,car,dice\n" + "".join(
+    atomic_write_text(request.out / PER_IMAGE_FILE, "image,car,dice\n" + "".join(
         f"{image_id},{car_id(image_id)},{score:.6f}\n" for image_id, score in zip(ids, dice_by_chain[kept])))
     atomic_write_json(request.out / "ensemble.json", report)
     return report

@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # imported where a store is opened: `bench --help` reads this
 PSEUDO_STAGE = "pseudo"
 SUMMARY_FILE = "summary.json"
 SUMMARY_FIELDS = ("data", "splits_hash", "oof_dice")  # what every reader relies on
+PER_IMAGE_FILE = "per_image.csv"  # Dice per image: a run's, a fold's, and an ensemble's (harness.ensemble)
 RUNS_HELP = ("Run folders, folders of runs, run names under --results, or globs of any of these "
              "(default: every run in --results).")
 
@@ -48,7 +49,7 @@ class FoldFolder:
     best = property(lambda self: self.path / "best.pt")  # the best epoch's weights
     last = property(lambda self: self.path / "last.pt")  # what --resume continues from
     history = property(lambda self: self.path / "history.csv")
-    per_image = property(lambda self: self.path / "per_image.csv")
+    per_image = property(lambda self: self.path / PER_IMAGE_FILE)
     per_image_last = property(lambda self: self.path / "per_image_last.csv")  # the latest validation's scores
     failure = property(lambda self: self.path / "failure.json")  # why training stopped (a NaN loss)
     marker = property(lambda self: self.path / "fold.json")  # written last: the fold is finished
@@ -94,7 +95,7 @@ class RunFolder:
     recipe_toml = property(lambda self: self.path / "recipe.toml")
     splits = property(lambda self: self.path / "splits.json")
     environment = property(lambda self: self.path / "environment.json")
-    per_image = property(lambda self: self.path / "per_image.csv")
+    per_image = property(lambda self: self.path / PER_IMAGE_FILE)
     test_marker = property(lambda self: self.path / "test.json")
     summary_path = property(lambda self: self.path / SUMMARY_FILE)
     selection = property(lambda self: self.path / "selection.json")  # in a pseudo stage: the images it added

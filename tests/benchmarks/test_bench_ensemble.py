@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from harness.ensemble.ensemble import Ensemble, write_test_submission
+from harness.ensemble.ensemble import Ensemble, Post, write_test_submission
 from harness.runs.folder import Run, RunFolder, Summary
 from harness.runs.probabilities import ProbabilityMaps, quantise
 from plugins.components import merging as merge
@@ -51,7 +51,7 @@ def _fake_runs(folder: Path, images: int) -> list[Run]:
 
 
 def _ensemble(runs: list[Run]) -> Ensemble:
-    return Ensemble(runs, [0.25] * RUNS, merge.mean(), 128, [("keep_largest", merge.keep_largest())])
+    return Ensemble(runs, [0.25] * RUNS, merge.mean(), 128, [Post("keep_largest", merge.keep_largest())])
 
 
 @pytest.fixture(scope="module")
