@@ -233,12 +233,12 @@ def view_mask_areas(dataset: CarvanaSet, view: str, key: str = "view") -> dict[s
     images = {car_id(image_id): image_id for image_id in dataset.train if view_of(image_id) == view}
     if not images:
         present = sorted({view_of(image_id) for image_id in dataset.train})
-        raise BenchError(f"{key} = {view!r}: no training image in {dataset.root / 'train'} is view {view} "
+        raise BenchError(f"{key} = {view!r}: no training image in {dataset.image_dir('train')} is view {view} "
                          f"(<carid>_{view}.jpg); the views there are {', '.join(present)}")
     missing = [car for car in car_ids(dataset) if car not in images]
     if missing:
         more = f" (and {len(missing) - 1} more cars)" if len(missing) > 1 else ""
-        image = dataset.root / "train" / f"{missing[0]}_{view}.jpg"
+        image = dataset.image_dir("train") / f"{missing[0]}_{view}.jpg"
         raise BenchError(f"{key} = {view!r}: car {missing[0]} has no view {view}, {image} is missing{more}; "
                          f"ranking cars by one view needs it for every car")
     return {car: mask_area(dataset, image_id) for car, image_id in sorted(images.items())}
