@@ -94,6 +94,8 @@ def test_members_without_weights_are_weighed_by_the_search(bench, results, tmp_p
     (('name = "keep_largest"', 'name = "keep_lagrest"'), "key 'post.0.name': unknown postprocessor 'keep_lagrest'"),
     (("force = true", "force = true\nconnectivity = 5"), "key 'post.0': connectivity must be 4 or 8"),
     (("[[members]]", "[[member]]"), "key 'member': unknown key"),
+    (("threshold = 0.5", "threshold = 0.999"), "key 'threshold' = 0.999: marks every pixel or none"),
+    (('threshold = 0.5', 'threshold = 0.5\nmerger = "maen"'), "key 'merger': unknown merger 'maen'"),
 ])
 def test_a_bad_spec_is_one_line_naming_the_file_and_key_and_writes_nothing(bench, results, tmp_path, edit, message):
     text = SPEC.replace(*edit, 1)

@@ -162,23 +162,9 @@ def build_from_spec(path: Path, request: EnsembleRequest, plugins: Plugins, cons
     names = [member.name for member in spec.members]
     posts = []
     for index, post in enumerate(spec.post):
-        key = f"post.{index}"
-        try:
-            component = plugins.get("postprocessor", post.name)
-        except UnknownComponent as error:
-            raise BenchError(f"{path}: key '{key}.name': unknown postprocessor {post.name!r}; {error.hint()}") from None
-        values, problems = validate_params(component, post.params)
-        if problems:
-            raise BenchError(f"{path}: key '{key}.{problems[0].key}': {problems[0].message}")
-        where = f"{path}: key '{key}'"
+        apply = _build_component(plugins, "postprocessor", post.name, post.params, str(path), key=f"post.{index}")
         label = post.name if post.reads is None else f"{post.name}@{post.reads}"
-        reads = None if post.reads is None else names.index(post.reads)
-        try:
-            apply = build(component, values, where=where)
-        except BenchError as error:  # the factory's own one-line refusal: say where the spec asked for it
-            message = str(error)
-            raise BenchError(message if message.startswith(where) else f"{where}: {message}") from None
-        posts.append(Post(label, apply, reads))
+        posts.append(Post(label, apply, None if post.reads is None else names.index(post.reads)))
     labels = [post.name for post in posts]
     if len(set(labels)) != len(labels):
         raise BenchError(f"{path}: key 'post': a post-processor is listed twice on the same map")
@@ -188,8 +174,10 @@ def build_from_spec(path: Path, request: EnsembleRequest, plugins: Plugins, cons
         tolerance=spec.tolerance,
     )
     _check_request(spec_request, members)
+    if spec_request.threshold is not None:  # checked here, where the message can name the spec's key
+        _cutoff(spec_request.threshold, where=f"{path}: key 'threshold' =")
     dataset = _truth_set(request.data or Path(runs[0].summary["data"]), runs[0])
-    merge = _component(plugins, "merger", spec.merger)
+    merge = _build_component(plugins, "merger", spec.merger, {}, f"{path}: key 'merger'")
     return _choose_and_write(spec_request, members, dataset, merge, posts, console, spec=path)
 
 
@@ -518,7 +506,7 @@ def _truth_set(root: Path, run: Run) -> CarvanaSet:
 
 
 def _component(plugins: Plugins, kind: str, spec: str) -> Callable:
-    """Build a merger or post-processor from ``name`` or ``name:key=value:key=value``."""
+    """Build a merger or post-processor from ``name`` or ``name:key=value:key=value`` (a command-line value)."""
     name, *pairs = spec.split(":")
     params = {}
     for pair in pairs:
@@ -526,21 +514,38 @@ def _component(plugins: Plugins, kind: str, spec: str) -> Callable:
         if not sep:
             raise BenchError(f"{kind} {spec!r}: expected name:key=value, got {pair!r}")
         params[key] = value
+    return _build_component(plugins, kind, name, params, f"{kind} {spec!r}")
+
+
+def _build_component(plugins: Plugins, kind: str, name: str, params: dict, where: str,
+                     key: str | None = None) -> Callable:
+    """A registered merger or post-processor, its parameters checked; every problem is one line that
+    starts with ``where`` (who asked for it) and, for a table of an ensemble spec, names its ``key``."""
+    def at(part: str) -> str:
+        return f"{where}: key '{key}.{part}'" if key else where
+
     try:
         component = plugins.get(kind, name)
     except UnknownComponent as error:
-        raise BenchError(f"unknown {kind} {name!r}; {error.hint()}") from None
+        raise BenchError(f"{at('name')}: unknown {kind} {name!r}; {error.hint()}") from None
     values, problems = validate_params(component, params)
     if problems:
-        raise BenchError(f"{kind} {spec!r}: {problems[0].key}: {problems[0].message}")
-    return build(component, values, where=f"{kind} {spec!r}")
+        problem = problems[0]
+        raise BenchError(f"{at(problem.key)}: {problem.message}" if key else
+                         f"{where}: {problem.key}: {problem.message}")
+    located = f"{where}: key '{key}'" if key else where
+    try:
+        return build(component, values, where=located)
+    except BenchError as error:  # the factory's own one-line refusal: say where it was asked for
+        message = str(error)
+        raise BenchError(message if message.startswith(located) else f"{located}: {message}") from None
 
 
-def _cutoff(threshold: float) -> int:
+def _cutoff(threshold: float, where: str = "--threshold") -> int:
     """The uint8 cutoff ``binarise`` uses for ``threshold`` (asked of it, so the two cannot drift apart)."""
     cutoff = int(np.count_nonzero(~binarise(np.arange(oof_search.LEVEL_COUNT, dtype=np.uint8), threshold)))
     if cutoff in (0, oof_search.LEVEL_COUNT):
-        raise BenchError(f"--threshold {threshold}: marks every pixel or none on the uint8 scale")
+        raise BenchError(f"{where} {threshold}: marks every pixel or none on the uint8 scale")
     return cutoff
 
 
