@@ -1,0 +1,104 @@
+"""The test pass's merge: exactly ``quantise(merge(float maps)) >= cutoff``, computed on the few pixels where runs disagree.
+
+The float path (``Ensemble.probability``) turns every run's uint8 level into float32 (``level / 255``,
+``harness.runs.probabilities.levels_to_float``), takes a group's plain mean (``members.plain_mean``),
+then merges the members' maps. A merger that declares ``pixelwise`` (``harness.recipe.hookspecs.bench_mergers``)
+computes every output pixel from the same pixel of its inputs, with the same elementwise operations
+whatever the arrays' shape. So the float path's value at a pixel depends on that pixel's levels in
+every run and on nothing else, and this module gets it bit for bit in two parts:
+
+* Where every run holds the same level ``c``, the value is the float path run on maps whose every
+  pixel is ``c``. A 256-entry table, the float path run once on the levels 0..255 (one weight set per
+  ensemble), holds that exact float32 value, hence also its quantised level and whether it passes.
+* Where runs disagree, the float path itself runs on those pixels only, gathered into 1-D arrays.
+  Conversion, ``+``, ``*``, ``/``, ``clip`` and ``rint`` are IEEE operations rounded element by element,
+  so a pixel gets the same float32 wherever it sits in whichever array.
+
+Nothing is approximated, so no error bound is needed for exactness. For a convex combination (the
+built-in ``mean``: non-negative weights normalised to sum 1) the table's level at ``c`` is ``c`` itself,
+since float32 error (a few 1e-8) is far below half a level (0.002), so at agreeing pixels the mask is
+``level >= cutoff``, a single comparison. That is checked on the table, not assumed: a pixelwise merger
+whose table is not a threshold is looked up instead. Agreeing pixels are nearly all of a car image
+(background and body are certain in every model; the uncertain band along the outline is a few %), so
+the float path runs on a few % of the pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from harness.ensemble.members import plain_mean
+from harness.recipe.hookspecs import Merge
+from harness.runs.probabilities import TOP_LEVEL, levels_to_float, quantise
+
+LEVELS = np.arange(TOP_LEVEL + 1, dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class Disagreement:
+    """One image's levels reduced to what the merge needs: the first run's levels (every run's, where
+    they agree), and the float path's value at the flat indices where they do not."""
+
+    first: np.ndarray  # uint8 (H, W)
+    where: np.ndarray  # flat indices of the disagreeing pixels
+    values: np.ndarray  # float32, the float path at those pixels
+
+
+@dataclass(frozen=True)
+class ExactMerge:
+    """``merge`` with ``weights`` over members made of ``sizes`` runs each (a run: 1; a group: its runs),
+    thresholded at ``cutoff``; see the module docstring."""
+
+    sizes: tuple[int, ...]
+    weights: tuple[float, ...]
+    merge: Merge
+    cutoff: int
+    table: np.ndarray  # float32 (256,): the float path where every run's level is the index
+    passes: np.ndarray  # bool (256,): quantise(table) >= cutoff
+    threshold: int | None  # the level from which ``passes`` holds, when it is a threshold
+
+    @classmethod
+    def build(cls, sizes: Sequence[int], weights: Sequence[float], merge: Merge, cutoff: int) -> ExactMerge | None:
+        """The exact merge, or ``None`` when the merger does not declare itself pixelwise (take the float path)."""
+        if not getattr(merge, "pixelwise", False):
+            return None
+        table = _float_path([LEVELS] * sum(sizes), tuple(sizes), list(weights), merge)
+        passes = quantise(table) >= cutoff
+        start = int(np.count_nonzero(~passes))
+        threshold = start if np.array_equal(passes, LEVELS >= start) else None
+        return cls(tuple(sizes), tuple(weights), merge, cutoff, table, passes, threshold)
+
+    def disagreement(self, levels: Sequence[np.ndarray]) -> Disagreement:
+        """Find where ``levels`` (every run's uint8 map, members in order) differ; run the float path there."""
+        first = levels[0]
+        differ = np.zeros(first.size, dtype=bool)
+        for other in levels[1:]:
+            differ |= other.ravel() != first.ravel()
+        where = np.flatnonzero(differ)
+        values = _float_path([level.ravel()[where] for level in levels], self.sizes, list(self.weights), self.merge)
+        return Disagreement(first, where, values)
+
+    def mask(self, split: Disagreement) -> np.ndarray:
+        """The mask ``quantise(merged) >= cutoff``, bool (H, W)."""
+        mask = split.first >= self.threshold if self.threshold is not None else self.passes[split.first]
+        mask.ravel()[split.where] = quantise(split.values) >= self.cutoff
+        return mask
+
+    def probability(self, split: Disagreement) -> np.ndarray:
+        """The merged float32 map itself, for post-processors that read it."""
+        probability = self.table[split.first]
+        probability.ravel()[split.where] = split.values
+        return probability
+
+
+def _float_path(levels: Sequence[np.ndarray], sizes: tuple[int, ...], weights: list[float], merge: Merge) -> np.ndarray:
+    """What ``Ensemble.probability`` computes from these levels: each run's float map, a group's plain
+    mean (as ``members.MeanMaps``), the merger. Any shape: whole maps, the table's 256 levels, gathered pixels."""
+    maps, start = [], 0
+    for size in sizes:  # a group of one run: its mean is the run's map divided by 1, the same floats
+        maps.append(plain_mean(levels_to_float(level) for level in levels[start:start + size]))
+        start += size
+    return merge(maps, weights)
