@@ -47,8 +47,7 @@ def crafted(tmp_path_factory) -> list[Run]:
     for run in range(RUNS):
         store = ProbabilityMaps.create(root / f"run{run}" / "test_maps", {image_id: SHAPE for image_id in ids})
         for image_id, levels in zip(ids, images):
-            store[image_id] = levels[run].astype(np.float32) / 255
-        store.flush()
+            store.put(image_id, levels[run])
         runs.append(Run(RunFolder(root / f"run{run}"), Summary({})))
     return runs
 
@@ -72,7 +71,7 @@ def test_exact_merge_is_the_float_path_bit_for_bit(crafted, grouped, weights, cu
     assert masks.exact is not None and masks.exact.threshold == cutoff  # convex: the table is the identity
     assert np.array_equal(quantise(masks.exact.table), LEVELS)
     for image_id in crafted[0].test.ids:
-        split = masks.exact.disagreement([run.test.read_copy(image_id) for run in masks.runs])
+        split = masks.exact.disagreement([run.test.quantised(image_id) for run in masks.runs])
         float_path = ensemble.probability("test", image_id)
         assert split.where.size > SHAPE[0] * SHAPE[1] // 2  # the float path really ran on many pixels
         np.testing.assert_array_equal(masks.exact.probability(split).view(np.uint32), float_path.view(np.uint32))

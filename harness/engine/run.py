@@ -34,11 +34,11 @@ from harness.engine.progress import ConsoleReporter, Workload
 from harness.engine.pseudo import Joined, PseudoLabelled, Selection, select_confident
 from harness.engine.train import FoldSetup, Validation, train_fold
 from harness.errors import BenchError
-from harness.io import atomic_write_json, atomic_write_text
+from harness.io import atomic_write_json, atomic_write_text, ensure_room
 from harness.recipe.plugins import Plugins
 from harness.recipe.schema import Recipe
 from harness.runs.folder import FoldFolder, RunFolder, read_json
-from harness.runs.probabilities import ProbabilityMaps
+from harness.runs.probabilities import ProbabilityMaps, estimated_bytes
 
 
 class RunMonitor(Protocol):
@@ -210,12 +210,18 @@ def _prepare(stage: _Stage, decision: compute_choice.Decision | None, resume: bo
 
 
 def _allocate_maps(stage: _Stage) -> ProbabilityMaps:
-    """Create the out-of-fold store, and the test store with it: both take their disk space now, so
-    a disk too small for the test maps stops the run before its first fold rather than after its last."""
+    """Create the out-of-fold store, and the test store with it, once the disk has room for both by
+    estimate (``harness.runs.probabilities.estimated_bytes``): a disk too small for the test maps
+    stops the run before its first fold rather than after its last."""
     dataset, folder = stage.dataset, stage.folder
-    if dataset.test:
-        ProbabilityMaps.create(folder.test_maps, shapes_of_test_images(dataset))
-    return ProbabilityMaps.create(folder.oof_maps, {i: dataset.sizes[i] for i in dataset.train})
+    test_shapes = shapes_of_test_images(dataset) if dataset.test else {}
+    oof_shapes = {i: dataset.sizes[i] for i in dataset.train}
+    if not folder.oof_maps.exists():
+        ensure_room(folder.path, estimated_bytes(oof_shapes) + estimated_bytes(test_shapes),
+                    "its out-of-fold and test probability maps")
+    if test_shapes:
+        ProbabilityMaps.create(folder.test_maps, test_shapes)
+    return ProbabilityMaps.create(folder.oof_maps, oof_shapes)
 
 
 def _train_folds(stage: _Stage, monitor: RunMonitor | None = None, extra: PseudoLabelled | None = None,
@@ -378,7 +384,7 @@ def _predict_test(stage: _Stage, folds: list[FoldFolder]) -> None:
         model = parts.model(pretrained=False)  # the fold's own weights replace them all
         model.load_state_dict(fold.read_checkpoint(fold.best)["model"])
         models.append(model.to(compute.device, memory_format=compute.memory_format).eval())
-    store = folder.open_maps("test", mode="r+")  # allocated by _allocate_maps
+    store = folder.open_maps("test")  # created by _allocate_maps
     samples = PredictionSamples(TestImage(dataset, parts.transforms("preprocess")), len(dataset.test), stage.fit)
     test_loader = loader(samples, compute, parts.loader_workers(compute), recipe.train.batch_size)
     normalise = recipe_normalise(recipe).to(compute.device)
@@ -388,7 +394,6 @@ def _predict_test(stage: _Stage, folds: list[FoldFolder]) -> None:
                                              recipe.predict.tta, recipe.predict.average, compute,
                                              recipe.predict.tiling, recipe.predict.fold_average):
         store[dataset.test[index]] = probability.cpu().numpy()
-    store.flush()
     seconds = time.perf_counter() - started
     atomic_write_json(folder.test_marker, {
         "images": len(dataset.test), "models": len(models), "seconds": round(seconds, 3),

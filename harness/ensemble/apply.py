@@ -59,7 +59,7 @@ class SubmissionMasks:
     def __call__(self, image_id: str) -> np.ndarray:
         if self.exact is None:
             return self.ensemble.mask("test", image_id)
-        split = self.exact.disagreement([run.test.read_copy(image_id) for run in self.runs])
+        split = self.exact.disagreement([run.test.quantised(image_id) for run in self.runs])
         mask = self.exact.mask(split)
         if not self.ensemble.post:
             return mask
