@@ -17,19 +17,19 @@ from harness.runs.folder import Run, RunFolder, Summary
 from harness.runs.probabilities import ProbabilityMaps, quantise
 from plugins.components import merging
 
-SHAPE = (48, 80)
-IMAGES = 3
+SHAPES = [(48, 80), (46, 81), (47, 81)]  # words of 8, 2 and 1 pixels (harness.ensemble.exact)
+IMAGES = len(SHAPES)
 RUNS = 7  # members below: 4 runs, or groups of 2, 1, 3 and 1 runs
 
 
-def _crafted_levels(rng: np.random.Generator, cutoff: int) -> list[np.ndarray]:
+def _crafted_levels(rng: np.random.Generator, shape: tuple[int, int], cutoff: int) -> list[np.ndarray]:
     """Every run's levels of one image: the top third agrees at every level 0..255 (the table's whole
     range); the rest disagrees densely, most of it near ``cutoff`` (so merges land on .5 ties and on
     the cutoff), some of it anywhere."""
-    agree = np.resize(rng.permutation(256).astype(np.uint8), (SHAPE[0] // 3, SHAPE[1]))
+    agree = np.resize(rng.permutation(256).astype(np.uint8), (shape[0] // 3, shape[1]))
     maps = []
     for _ in range(RUNS):
-        near = rng.integers(cutoff - 3, cutoff + 3, (SHAPE[0] - agree.shape[0], SHAPE[1]))
+        near = rng.integers(cutoff - 3, cutoff + 3, (shape[0] - agree.shape[0], shape[1]))
         anywhere = rng.integers(0, 256, near.shape)
         rest = np.where(rng.random(near.shape) < 0.8, near, anywhere).astype(np.uint8)
         maps.append(np.concatenate([agree, rest]))
@@ -42,10 +42,10 @@ def crafted(tmp_path_factory) -> list[Run]:
     root = tmp_path_factory.mktemp("crafted_runs")
     rng = np.random.default_rng(0)
     ids = [f"img{index}" for index in range(IMAGES)]
-    images = [_crafted_levels(rng, cutoff=128 if index else 100) for index in range(IMAGES)]
+    images = [_crafted_levels(rng, shape, cutoff=128 if index else 100) for index, shape in enumerate(SHAPES)]
     runs = []
     for run in range(RUNS):
-        store = ProbabilityMaps.create(root / f"run{run}" / "test_maps", {image_id: SHAPE for image_id in ids})
+        store = ProbabilityMaps.create(root / f"run{run}" / "test_maps", dict(zip(ids, SHAPES)))
         for image_id, levels in zip(ids, images):
             store.put(image_id, levels[run])
         runs.append(Run(RunFolder(root / f"run{run}"), Summary({})))
@@ -70,12 +70,15 @@ def test_exact_merge_is_the_float_path_bit_for_bit(crafted, grouped, weights, cu
     masks = SubmissionMasks(ensemble)
     assert masks.exact is not None and masks.exact.threshold == cutoff  # convex: the table is the identity
     assert np.array_equal(quantise(masks.exact.table), LEVELS)
+    widths = set()
     for image_id in crafted[0].test.ids:
         split = masks.exact.disagreement([run.test.quantised(image_id) for run in masks.runs])
+        widths.add(split.width)
         float_path = ensemble.probability("test", image_id)
-        assert split.where.size > SHAPE[0] * SHAPE[1] // 2  # the float path really ran on many pixels
+        assert split.pixels() > float_path.size // 2  # the float path really ran on many pixels
         np.testing.assert_array_equal(masks.exact.probability(split).view(np.uint32), float_path.view(np.uint32))
         np.testing.assert_array_equal(masks(image_id), quantise(float_path) >= cutoff)
+    assert widths == {8, 2, 1}
 
 
 @pytest.mark.parametrize("grouped", [False, True], ids=["runs", "groups"])
@@ -117,7 +120,7 @@ def test_workers_write_the_bytes_one_process_writes(tiny_runs, tmp_path, monkeyp
         np.testing.assert_array_equal(masks(image_id), ensemble.mask("test", image_id))
 
 
-def test_a_plugin_file_merger_stays_in_one_process(crafted, tmp_path) -> None:
+def test_a_plugin_file_merger_stays_in_one_process(crafted, tmp_path, monkeypatch) -> None:
     """A plugin loaded from a plugins folder lives under a private module name no worker can import."""
     from harness.recipe.plugins import load_plugins
 
@@ -129,5 +132,6 @@ def test_a_plugin_file_merger_stays_in_one_process(crafted, tmp_path) -> None:
     merge = load_plugins([tmp_path / "plugins"]).get("merger", "maximum").factory()
     ensemble = Ensemble(crafted[:2], [1, 1], merge, 128, [])
     assert "not importable by name" in unpoolable(ensemble)
+    monkeypatch.setattr(apply, "CHUNK", 1)  # 3 chunks: 2 workers asked for and refused
     outcome = write_test_submission(ensemble, tmp_path / "sub.csv.gz", Console(quiet=True), workers=2)
     assert (outcome.images, outcome.workers) == (IMAGES, 1)

@@ -46,6 +46,11 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def pool_size(images: int, asked: int) -> int:
+    """No more workers than chunks: this process encodes a chunk in well under the 2 s a worker takes to start."""
+    return max(1, min(asked, -(-images // CHUNK)))
+
+
 class SubmissionMasks:
     """One test image's mask: the exact merge when the merger is pixelwise, else ``Ensemble.mask``."""
 

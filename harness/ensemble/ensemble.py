@@ -2,11 +2,14 @@
 then apply that ensemble to the test maps and write a Kaggle submission.
 
 Memory stays bounded whatever the number of images: every pass streams image by image, reading each
-member's uint8 map with a plain file read (``_read``) and dropping it before the next image. Only
-per-image summaries are kept (a 256-value Dice curve per candidate for the out-of-fold images), and
-only for the current pass. The out-of-fold passes are: one per selection step (every candidate mixture's
-Dice at all thresholds at once, see ``harness.ensemble.oof_search``) and one for post-processing; the test maps
-are read once.
+member's map and dropping it before the next image. Only per-image summaries are kept (a 256-value
+Dice curve per candidate for the out-of-fold images), and only for the current pass. The out-of-fold
+passes are: one per selection step (every candidate mixture's Dice at all thresholds at once, see
+``harness.ensemble.oof_search``) and one for post-processing; they merge whole float maps
+(``Ensemble.probability``). The test maps are read once, by the test pass (``harness.ensemble.apply``):
+worker processes, one per core unless ``--workers`` says otherwise, hand back each image's RLE in
+order; a pixelwise merger (the built-in ``mean``) is computed there by ``harness.ensemble.exact``,
+the float path's very bits at about a tenth of the work.
 
 Two searches choose the weights (``--search``), each pass reading every member's map of every image once:
 
@@ -344,11 +347,12 @@ class TestOutcome:
 def write_test_submission(ensemble: Ensemble, path: Path, console: Console, workers: int = 1) -> TestOutcome:
     """Merge, threshold, post-process and encode every test image into ``path``, streaming, in ``workers``
     processes (``harness.ensemble.apply``; one: in this process)."""
+    ids = ensemble.runs[0].test.ids
+    workers = apply.pool_size(len(ids), workers)
     reason = apply.unpoolable(ensemble) if workers > 1 else None
     if reason is not None:
         console.print(f"test pass in one process: {reason}", highlight=False)
         workers = 1
-    ids = ensemble.runs[0].test.ids
     rows = _track(apply.encoded_rows(ensemble, workers), "test", console, total=len(ids))
     tracemalloc.start()
     started = time.perf_counter()

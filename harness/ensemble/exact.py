@@ -12,7 +12,9 @@ every run and on nothing else, and this module gets it bit for bit in two parts:
   ensemble), holds that exact float32 value, hence also its quantised level and whether it passes.
 * Where runs disagree, the float path itself runs on those pixels only, gathered into 1-D arrays.
   Conversion, ``+``, ``*``, ``/``, ``clip`` and ``rint`` are IEEE operations rounded element by element,
-  so a pixel gets the same float32 wherever it sits in whichever array.
+  so a pixel gets the same float32 wherever it sits in whichever array. The pixels are taken by words
+  of 8 (every word holding a disagreeing pixel, compared and gathered as uint64): a word's agreeing
+  pixels get the table's value from the float path too, and words cost a tenth of single pixels.
 
 Nothing is approximated, so no error bound is needed for exactness. For a convex combination (the
 built-in ``mean``: non-negative weights normalised to sum 1) the table's level at ``c`` is ``c`` itself,
@@ -40,11 +42,15 @@ LEVELS = np.arange(TOP_LEVEL + 1, dtype=np.uint8)
 @dataclass(frozen=True)
 class Disagreement:
     """One image's levels reduced to what the merge needs: the first run's levels (every run's, where
-    they agree), and the float path's value at the flat indices where they do not."""
+    they agree), and the float path's values in the words of ``width`` pixels where they do not."""
 
     first: np.ndarray  # uint8 (H, W)
-    where: np.ndarray  # flat indices of the disagreeing pixels
-    values: np.ndarray  # float32, the float path at those pixels
+    words: np.ndarray  # indices of the words (of the flattened map) holding a disagreeing pixel
+    width: int  # pixels per word: 8, or fewer when the map's size is not a multiple of 8
+    values: np.ndarray  # float32, the float path at those words' pixels, word after word
+
+    def pixels(self) -> int:
+        return self.words.size * self.width
 
 
 @dataclass(frozen=True)
@@ -72,26 +78,37 @@ class ExactMerge:
         return cls(tuple(sizes), tuple(weights), merge, cutoff, table, passes, threshold)
 
     def disagreement(self, levels: Sequence[np.ndarray]) -> Disagreement:
-        """Find where ``levels`` (every run's uint8 map, members in order) differ; run the float path there."""
+        """Find the words where ``levels`` (every run's uint8 map, members in order) differ; run the float path there."""
         first = levels[0]
-        differ = np.zeros(first.size, dtype=bool)
-        for other in levels[1:]:
-            differ |= other.ravel() != first.ravel()
+        width = next(n for n in (8, 4, 2, 1) if first.size % n == 0)
+        words = [_words(level, width) for level in levels]
+        differ = np.zeros(words[0].size, dtype=bool)
+        for other in words[1:]:
+            differ |= other != words[0]
         where = np.flatnonzero(differ)
-        values = _float_path([level.ravel()[where] for level in levels], self.sizes, list(self.weights), self.merge)
-        return Disagreement(first, where, values)
+        gathered = [word[where].view(np.uint8) for word in words]
+        values = _float_path(gathered, self.sizes, list(self.weights), self.merge)
+        return Disagreement(first, where, width, values)
 
     def mask(self, split: Disagreement) -> np.ndarray:
         """The mask ``quantise(merged) >= cutoff``, bool (H, W)."""
         mask = split.first >= self.threshold if self.threshold is not None else self.passes[split.first]
-        mask.ravel()[split.where] = quantise(split.values) >= self.cutoff
+        _words(mask, split.width)[split.words] = (quantise(split.values) >= self.cutoff).view(_WORD[split.width])
         return mask
 
     def probability(self, split: Disagreement) -> np.ndarray:
         """The merged float32 map itself, for post-processors that read it."""
         probability = self.table[split.first]
-        probability.ravel()[split.where] = split.values
+        probability.reshape(-1, split.width)[split.words] = split.values.reshape(-1, split.width)
         return probability
+
+
+_WORD = {8: np.uint64, 4: np.uint32, 2: np.uint16, 1: np.uint8}
+
+
+def _words(pixels: np.ndarray, width: int) -> np.ndarray:
+    """A contiguous one-byte-per-pixel map seen as words of ``width`` pixels (a view: writes go through)."""
+    return pixels.reshape(-1).view(_WORD[width])
 
 
 def _float_path(levels: Sequence[np.ndarray], sizes: tuple[int, ...], weights: list[float], merge: Merge) -> np.ndarray:
