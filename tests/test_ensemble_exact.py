@@ -3,6 +3,8 @@ the same submission bytes from one process or several."""
 
 from __future__ import annotations
 
+import pickle
+
 
 import numpy as np
 import pytest
@@ -110,6 +112,8 @@ def test_workers_write_the_bytes_one_process_writes(tiny_runs, tmp_path, monkeyp
     ensemble = Ensemble([Group("pair", tuple(runs[:2])), runs[2], runs[3]], [0.45, 0.25, 0.3], merging.mean(), 120,
                         posts)
     assert unpoolable(ensemble) is None
+    apply._start_worker(pickle.dumps(apply.unopened(ensemble)))  # what a worker gets keeps the merger pixelwise
+    assert apply._masks.exact is not None
     console = Console(quiet=True)
     one = write_test_submission(ensemble, tmp_path / "one.csv.gz", console, workers=1)
     two = write_test_submission(ensemble, tmp_path / "two.csv.gz", console, workers=2)
