@@ -115,7 +115,8 @@ def _float_path(levels: Sequence[np.ndarray], sizes: tuple[int, ...], weights: l
     """What ``Ensemble.probability`` computes from these levels: each run's float map, a group's plain
     mean (as ``members.MeanMaps``), the merger. Any shape: whole maps, the table's 256 levels, gathered pixels."""
     maps, start = [], 0
-    for size in sizes:  # a group of one run: its mean is the run's map divided by 1, the same floats
-        maps.append(plain_mean(levels_to_float(level) for level in levels[start:start + size]))
+    for size in sizes:  # a group of one run: its mean is its map divided by 1, the same floats, not computed
+        runs = levels[start:start + size]
+        maps.append(levels_to_float(runs[0]) if size == 1 else plain_mean(levels_to_float(level) for level in runs))
         start += size
     return merge(maps, weights)
