@@ -8,8 +8,8 @@ passes are: one per selection step (every candidate mixture's Dice at all thresh
 ``harness.ensemble.oof_search``) and one for post-processing; they merge whole float maps
 (``Ensemble.probability``). The test maps are read once, by the test pass (``harness.ensemble.apply``):
 worker processes, one per core unless ``--workers`` says otherwise, hand back each image's RLE in
-order; a pixelwise merger (the built-in ``mean``) is computed there by ``harness.ensemble.exact``,
-the float path's very bits at about a tenth of the work.
+order; a pixelwise merger (the built-in ``mean``) is computed there by ``harness.ensemble.exact``:
+the float path's very bits, computed only where members disagree (a tenth of the pixels or less).
 
 Two searches choose the weights (``--search``), each pass reading every member's map of every image once:
 

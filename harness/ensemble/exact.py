@@ -14,11 +14,13 @@ every run and on nothing else, and this module gets it bit for bit in two parts:
   Conversion, ``+``, ``*``, ``/``, ``clip`` and ``rint`` are IEEE operations rounded element by element,
   so a pixel gets the same float32 wherever it sits in whichever array. The pixels are taken by words
   of 8 (every word holding a disagreeing pixel, compared and gathered as uint64): a word's agreeing
-  pixels get the table's value from the float path too, and words cost a tenth of single pixels.
+  pixels get the table's value from the float path too, and finding words is faster than finding
+  pixels (1.9 against 4.4 ms for a full-size image of 4 runs).
 
 Nothing is approximated, so no error bound is needed for exactness. For a convex combination (the
 built-in ``mean``: non-negative weights normalised to sum 1) the table's level at ``c`` is ``c`` itself,
-since float32 error (a few 1e-8) is far below half a level (0.002), so at agreeing pixels the mask is
+since the float32 error of ``sum(w * c / 255)`` (below 1e-6: the weights' rounding and one rounding
+per term) is far below half a level (0.002), so at agreeing pixels the mask is
 ``level >= cutoff``, a single comparison. That is checked on the table, not assumed: a pixelwise merger
 whose table is not a threshold is looked up instead. Agreeing pixels are nearly all of a car image
 (background and body are certain in every model; the uncertain band along the outline is a few %), so
