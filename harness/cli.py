@@ -221,6 +221,7 @@ def ensemble_command(
     tolerance: Annotated[float, typer.Option(help="Share of images a kept post-processor may make worse.")] = 0.02,
     merger: Annotated[str, typer.Option(help="How maps are merged (a registered merger).")] = "mean",
     data: Annotated[Optional[Path], typer.Option(help=f"Data folder (default: the one in the runs' {SUMMARY_FILE}).")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Processes for the test pass (default: one per core).")] = None,
     check: Annotated[Optional[Path], typer.Option("--check", help="Validate this submission instead (needs --data or a run).")] = None,
 ) -> None:
     """Choose and weigh the best runs on out-of-fold data and write a Kaggle submission (or --check one).
@@ -239,7 +240,7 @@ def ensemble_command(
     request = ensemble.EnsembleRequest(
         runs=runs or [], out=out, results=results, top=top, weights=_parse_weights(weights), max_members=max_members,
         threshold=threshold, post=[] if post.strip() == "none" else [p for p in post.split(",") if p],
-        force_post=force_post, tolerance=tolerance, merger=merger, search=search, data=data,
+        force_post=force_post, tolerance=tolerance, merger=merger, search=search, data=data, workers=workers,
         command=shlex.join(["bench", *sys.argv[1:]]),
     )
     spec = Path(runs[0]) if runs and len(runs) == 1 and runs[0].endswith(".toml") else None

@@ -2,11 +2,14 @@
 then apply that ensemble to the test maps and write a Kaggle submission.
 
 Memory stays bounded whatever the number of images: every pass streams image by image, reading each
-member's uint8 map with a plain file read (``_read``) and dropping it before the next image. Only
-per-image summaries are kept (a 256-value Dice curve per candidate for the out-of-fold images), and
-only for the current pass. The out-of-fold passes are: one per selection step (every candidate mixture's
-Dice at all thresholds at once, see ``harness.ensemble.oof_search``) and one for post-processing; the test maps
-are read once.
+member's map and dropping it before the next image. Only per-image summaries are kept (a 256-value
+Dice curve per candidate for the out-of-fold images), and only for the current pass. The out-of-fold
+passes are: one per selection step (every candidate mixture's Dice at all thresholds at once, see
+``harness.ensemble.oof_search``) and one for post-processing; they merge whole float maps
+(``Ensemble.probability``). The test maps are read once, by the test pass (``harness.ensemble.apply``):
+worker processes, one per core unless ``--workers`` says otherwise, hand back each image's RLE in
+order; a pixelwise merger (the built-in ``mean``) is computed there by ``harness.ensemble.exact``:
+the float path's very bits, computed only where members disagree (a tenth of the pixels or less).
 
 Two searches choose the weights (``--search``), each pass reading every member's map of every image once:
 
@@ -32,16 +35,15 @@ import time
 import tracemalloc
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from harness.data import rle
 from harness.data.carvana import CarvanaSet, car_id, open_carvana, read_mask
-from harness.ensemble import oof_search
+from harness.ensemble import apply, oof_search
 from harness.ensemble.members import Group, open_runs, runs_of, top_runs
 from harness.ensemble.spec import load_spec
 from harness.ensemble.submission import check_submission, write_submission
@@ -54,6 +56,7 @@ from harness.recipe.plugins import Plugins, UnknownComponent
 from harness.runs.folder import PER_IMAGE_FILE, Run, RunFolder, resolve_runs
 from harness.runs.probabilities import binarise, quantise
 
+T = TypeVar("T")
 MAX_POSTPROCESSORS = 4  # every ordered subset is scored in one pass: 2^4 masks per image at most
 SEARCHES = {
     "greedy": "greedy forward selection with replacement",
@@ -78,6 +81,7 @@ class EnsembleRequest:
     tolerance: float = 0.02
     merger: str = "mean"
     search: str = "greedy"  # one of SEARCHES: how weights are chosen when none are given
+    workers: int | None = None  # processes for the test pass; None: one per core
     data: Path | None = None
     command: str = ""
 
@@ -120,7 +124,10 @@ class Ensemble:
 
     def mask(self, split: str, image_id: str) -> np.ndarray:
         probability = self.probability(split, image_id)
-        mask = quantise(probability) >= self.cutoff
+        return self.postprocess(split, image_id, probability, quantise(probability) >= self.cutoff)
+
+    def postprocess(self, split: str, image_id: str, probability: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The kept post-processors, in order, on the mask thresholded from the merged ``probability``."""
         for post in self.post:
             mask = post(self, split, image_id, probability, mask)
         return mask
@@ -200,7 +207,7 @@ def _choose_and_write(request: EnsembleRequest, runs: list[Run | Group], dataset
     ensemble = Ensemble(runs, search.weights, merge, search.cutoff, [p for p in posts if p.name in kept])
     request.out.mkdir(parents=True, exist_ok=True)
     submission = request.out / "submission.csv.gz"
-    test = write_test_submission(ensemble, submission, console)
+    test = write_test_submission(ensemble, submission, console, request.workers or apply.default_workers())
     report = _report(request, ensemble, search, dataset, dice_by_chain, kept, decisions, test, oof_seconds, spec)
     ids = runs[0].oof.ids  # per image, as a run's per_image.csv: ensembles pair with each other and with runs
     atomic_write_text(request.out / PER_IMAGE_FILE, "image,car,dice\n" + "".join(
@@ -333,13 +340,20 @@ def _post_pass(ensemble: Ensemble, dataset: CarvanaSet, chains: list[tuple[str, 
 class TestOutcome:
     images: int
     seconds: float
-    peak_traced_mb: float
+    peak_traced_mb: float  # of this process, which writes the rows; each worker holds a few images more
+    workers: int
 
 
-def write_test_submission(ensemble: Ensemble, path: Path, console: Console) -> TestOutcome:
-    """Merge, threshold, post-process and encode every test image into ``path``, streaming."""
+def write_test_submission(ensemble: Ensemble, path: Path, console: Console, workers: int = 1) -> TestOutcome:
+    """Merge, threshold, post-process and encode every test image into ``path``, streaming, in ``workers``
+    processes (``harness.ensemble.apply``; one: in this process)."""
     ids = ensemble.runs[0].test.ids
-    rows = ((image_id, rle.encode(ensemble.mask("test", image_id))) for image_id in _track(ids, "test", console))
+    workers = apply.pool_size(len(ids), workers)
+    reason = apply.unpoolable(ensemble) if workers > 1 else None
+    if reason is not None:
+        console.print(f"test pass in one process: {reason}", highlight=False)
+        workers = 1
+    rows = _track(apply.encoded_rows(ensemble, workers), "test", console, total=len(ids))
     tracemalloc.start()
     started = time.perf_counter()
     try:
@@ -349,7 +363,7 @@ def write_test_submission(ensemble: Ensemble, path: Path, console: Console) -> T
     finally:
         tracemalloc.stop()
     check_submission(path, ensemble.runs[0].test.shapes)
-    return TestOutcome(written, seconds, peak / 2**20)
+    return TestOutcome(written, seconds, peak / 2**20, workers)
 
 
 def _report(request, ensemble, search, dataset, dice_by_chain, kept, decisions, test, oof_seconds, spec=None) -> dict:
@@ -413,7 +427,7 @@ def _report(request, ensemble, search, dataset, dice_by_chain, kept, decisions, 
             "seconds": round(oof_seconds, 1),
         },
         "test": {"images": test.images, "seconds": round(test.seconds, 2),
-                 "images_per_s": round(test.images / max(test.seconds, 1e-9), 2),
+                 "images_per_s": round(test.images / max(test.seconds, 1e-9), 2), "workers": test.workers,
                  "peak_traced_mb": round(test.peak_traced_mb, 1)},
         "data_hash": next((run.summary.data_hash for run in every_run if run.summary.data_hash), None),
         "splits_hash": splits.pop() if len(splits) == 1 else None,  # None: the runs' folds differ (see members)
@@ -484,6 +498,8 @@ def _check_request(request: EnsembleRequest, runs: list[Run]) -> None:
             raise BenchError(f"--weights: need non-negative weights with a positive sum, got {request.weights}")
     if request.search not in SEARCHES:
         raise BenchError(f"--search {request.search}: expected one of {', '.join(SEARCHES)}")
+    if request.workers is not None and request.workers < 1:
+        raise BenchError(f"--workers {request.workers}: expected at least 1")
     if request.max_members < 1:
         raise BenchError(f"--max-members {request.max_members}: expected at least 1")
     if not 0.0 <= request.tolerance <= 1.0:
@@ -549,7 +565,8 @@ def _cutoff(threshold: float, where: str = "--threshold") -> int:
     return cutoff
 
 
-def _track(ids: list[str], label: str, console: Console) -> Iterator[str]:
+def _track(items: Iterable[T], label: str, console: Console, total: int | None = None) -> Iterator[T]:
+    """``items`` with a progress bar on a terminal; ``total`` when they are not a sized sequence."""
     columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
-        yield from progress.track(ids, total=len(ids))
+        yield from progress.track(items, total=len(items) if total is None else total)

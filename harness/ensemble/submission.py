@@ -34,7 +34,9 @@ def write_submission(path: Path, rows: Iterable[tuple[str, str]]) -> int:
     def write(handle) -> None:
         nonlocal written
         # mtime=0: the same rows give the same bytes, so two submissions can be compared by hash.
-        with gzip.GzipFile(fileobj=handle, mode="wb", mtime=0) as packed:
+        # Level 6 (zlib's default), not gzip's 9: as small for RLE rows, and 3x faster (0.55 against
+        # 1.65 ms a full-size car's row), which the main process of a pooled test pass needs.
+        with gzip.GzipFile(fileobj=handle, mode="wb", mtime=0, compresslevel=6) as packed:
             text = io.TextIOWrapper(packed, encoding="ascii", newline="")
             writer = csv.writer(text, lineterminator="\n")
             writer.writerow(HEADER)

@@ -192,7 +192,17 @@ def bench_mergers() -> Mapping[str, Callable[..., Merge]]:
     float32 ``(H, W)`` probability maps of one image, one per ensemble member, ``weights`` a sequence
     of floats of the same length; the result is one float32 ``(H, W)`` probability map.
 
-    Example: plugins/components/merging.py (``mean``), registered by plugins/merge.py.
+    A merge may declare ``merge.pixelwise = True`` (an attribute on the callable the factory returns):
+    "each output pixel is computed from the same pixel of the maps alone, by operations that give the
+    same float32 for the same inputs whatever the arrays' shape and the pixel's position". Then the
+    test pass of ``bench ensemble`` (``harness.ensemble.exact``) may call it on 1-D arrays: once on the
+    256 levels for a lookup table, and per image on the pixels where the members disagree, which
+    makes the test pass several times faster and gives the same submission bit for bit. Basic arithmetic (``+ - * /``,
+    ``np.clip``, ``np.minimum``, ...) qualifies; leave it undeclared for anything that looks at
+    neighbours or the whole map, or uses transcendental functions (``np.exp``, ``np.log``: their SIMD
+    and scalar loops may round differently), and the harness merges whole maps as before.
+
+    Example: plugins/components/merging.py (``mean``, which declares ``pixelwise``), registered by plugins/merge.py.
     """
 
 

@@ -60,6 +60,15 @@ def quantise(probability: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(probability, 0.0, 1.0) * TOP_LEVEL).astype(np.uint8)
 
 
+def levels_to_float(levels: np.ndarray) -> np.ndarray:
+    """Stored uint8 levels as the float32 probabilities every reader merges (a fresh array).
+
+    The one conversion: ``bench ensemble``'s exact test pass runs it on gathered pixels and must get
+    the very values ``read_float`` gives.
+    """
+    return levels.astype(np.float32) / TOP_LEVEL
+
+
 def binarise(quantised: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """The mask ``p >= threshold`` of a quantised map: ``u >= c`` with the smallest ``c`` whose rounding
     interval ``[c - 0.5, c + 0.5)`` lies at or above ``threshold * 255`` (``c = 128`` for 0.5).
@@ -183,7 +192,7 @@ class ProbabilityMaps:
 
     def read_float(self, image_id: str) -> np.ndarray:
         """The probability map as float32 in [0, 1]."""
-        return self.quantised(image_id).astype(np.float32) / TOP_LEVEL
+        return levels_to_float(self.quantised(image_id))
 
     __getitem__ = read_float
 

@@ -20,8 +20,14 @@ from harness.api import BenchError
 
 
 def mean() -> partial:
-    """Weighted arithmetic mean of the maps; weights need not sum to 1 (counts from greedy selection)."""
-    return partial(_weighted_mean)
+    """Weighted arithmetic mean of the maps; weights need not sum to 1 (counts from greedy selection).
+
+    Declared ``pixelwise`` (see ``bench_mergers``): every output pixel is the same float32 multiplies
+    and adds of that pixel alone, so ``bench ensemble`` may merge only the pixels where members disagree.
+    """
+    merge = partial(_weighted_mean)
+    merge.pixelwise = True
+    return merge
 
 
 def _weighted_mean(maps: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
