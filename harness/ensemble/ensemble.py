@@ -44,7 +44,7 @@ from harness.data.carvana import CarvanaSet, car_id, open_carvana, read_mask
 from harness.ensemble import oof_search
 from harness.ensemble.members import Group, open_runs, runs_of, top_runs
 from harness.ensemble.spec import load_spec
-from harness.ensemble.submission import check_submission, write_submission
+from harness.data.submission import check_submission, write_submission
 from harness.errors import BenchError
 from harness.evaluate import stats
 from harness.io import atomic_write_json, atomic_write_text
