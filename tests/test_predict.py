@@ -240,7 +240,7 @@ def test_a_run_with_uint8_floor_stores_the_floored_mean_of_its_folds(bench, synt
                                                                      plugins):
     """Each fold's best.pt predicts the test images again, alone, as ``_predict_test`` does; the stored
     test map is vladimir's merge of those maps, bit for bit."""
-    from harness.data.loading import TestImage
+    from harness.data.carvana import read_image
     from harness.engine.assembly import Assembly, recipe_normalise
     from harness.runs.folder import RunFolder
     from harness.runs.probabilities import ProbabilityMaps
@@ -257,7 +257,13 @@ def test_a_run_with_uint8_floor_stores_the_floored_mean_of_its_folds(bench, synt
     fit = parts.fit_for(dataset)
     stored = ProbabilityMaps.open(folder.test_maps)
     shapes = [stored.shapes[i] for i in dataset.test]
-    samples = PredictionSamples(TestImage(dataset, parts.transforms("preprocess")), len(dataset.test), fit)
+    preprocess = parts.transforms("preprocess")
+
+    def read(position: int) -> np.ndarray:  # as the run read them before bench predict's path replaced it
+        image = read_image(dataset, dataset.test[position], split="test")
+        return image if preprocess is None else preprocess(image=image)["image"]
+
+    samples = PredictionSamples(read, len(dataset.test), fit)
     loader = torch.utils.data.DataLoader(samples, batch_size=recipe.train.batch_size)
     per_fold = []
     for fold in folder.folds():
