@@ -69,7 +69,7 @@ class _Killed(BaseException):
     """Raised from a write: the job stops there, as a SIGKILL would stop it (nothing is cleaned up)."""
 
 
-@pytest.mark.parametrize("format_", ["rle", "png"])
+@pytest.mark.parametrize("format_", ["rle", "png", "maps"])
 def test_a_killed_job_run_again_predicts_only_what_is_missing(trained, synthetic_set, tmp_path, monkeypatch, format_):
     from rich.console import Console
 
@@ -79,7 +79,8 @@ def test_a_killed_job_run_again_predicts_only_what_is_missing(trained, synthetic
 
     plugins, out = load_plugins(), tmp_path / "out"
     request = PredictRequest(str(trained), [synthetic_set / "test"], out, format=format_, device="cpu", batch_size=4)
-    kind = {"rle": outputs.RleJournal, "png": outputs.MaskFiles}[format_]
+    kind = {"rle": outputs.RleJournal, "png": outputs.MaskFiles, "maps": outputs.MapStore}[format_]
+    files = {"png": "masks/*.png", "maps": "maps/*.zst"}.get(format_)
     original, calls = kind.write, []
 
     def write_then_die(self, image_id, levels):
@@ -96,7 +97,7 @@ def test_a_killed_job_run_again_predicts_only_what_is_missing(trained, synthetic
             journal.write(b"cut_short_by_the_kill,12 3")  # a line the kill left half written
         assert not (out / "submission.csv.gz").exists()
     else:
-        written = {p: p.stat().st_mtime_ns for p in (out / "masks").glob("*.png")}
+        written = {p: p.stat().st_mtime_ns for p in out.glob(files)}
         assert len(written) == 5
     monkeypatch.setattr(kind, "write", original)
     predict(request, plugins, Console(quiet=True))
@@ -109,8 +110,8 @@ def test_a_killed_job_run_again_predicts_only_what_is_missing(trained, synthetic
         for image_id, mask in expected.items():
             np.testing.assert_array_equal(decode(rows[image_id], mask.shape).astype(bool), mask, err_msg=image_id)
     else:
-        assert {p: p.stat().st_mtime_ns for p in written} == written  # the finished masks were not rewritten
-        assert len(list((out / "masks").glob("*.png"))) == 16
+        assert {p: p.stat().st_mtime_ns for p in written} == written  # the finished ones were not rewritten
+        assert len(list(out.glob(files))) == 16
 
 
 def test_an_unreadable_image_is_skipped_by_name_and_the_others_written(bench, trained, synthetic_set, tmp_path):
@@ -181,5 +182,5 @@ def test_a_run_with_predict_test_false_has_no_test_store(bench, synthetic_set, t
                    "--set", "predict.test=false")
     assert result.code == 0, result.err
     run = tmp_path / "scored"
-    assert (run / "summary.json").exists() and (run / "oof_maps.json").exists()
+    assert (run / "summary.json").exists() and (run / "oof_maps").is_dir()
     assert not list(run.glob("test_maps*")) and not (run / "test.json").exists()

@@ -40,7 +40,6 @@ def _maps(tmp_path: Path) -> ProbabilityMaps:
         for index, level in pixels.items():
             flat[index] = level / 255
         maps[image_id] = flat.reshape(10, 10)
-    maps.flush()
     return ProbabilityMaps.open(tmp_path / "maps")
 
 

@@ -28,7 +28,7 @@ from harness.data.rle import encode
 from harness.data.submission import write_submission
 from harness.errors import BenchError
 from harness.io import atomic_write_bytes, cannot_write
-from harness.runs.probabilities import TOP_LEVEL, ProbabilityMaps, binarise
+from harness.runs.probabilities import ProbabilityMaps, binarise
 
 FORMATS = ("rle", "png", "maps")
 
@@ -117,26 +117,17 @@ class RleJournal:
 class MapStore:
     def __init__(self, store: ProbabilityMaps):
         self.store = store
+        self._written = store.written_ids()  # one listing of its folder, not a file test per image
 
     @classmethod
     def create(cls, path: Path, shapes: Mapping[str, tuple[int, int]]) -> MapStore:
         return cls(ProbabilityMaps.create(path, shapes))
 
     def done(self, image_id: str) -> bool:
-        return _written(self.store, image_id)
+        return image_id in self._written
 
     def write(self, image_id: str, levels: np.ndarray) -> None:
-        _put(self.store, image_id, levels)
+        self.store.put(image_id, levels)
 
     def finish(self, ids: list[str]) -> None:
-        self.store.flush()
-
-
-def _written(store: ProbabilityMaps, image_id: str) -> bool:
-    """Until main's per-image store lands (``store.written``): the memmap store cannot tell, so redo."""
-    return False
-
-
-def _put(store: ProbabilityMaps, image_id: str, levels: np.ndarray) -> None:
-    """Until main's per-image store lands (``store.put``): levels / 255 quantise back to the same levels."""
-    store[image_id] = levels.astype(np.float32) / TOP_LEVEL
+        pass

@@ -55,7 +55,7 @@ def uncertain_share(quantised: np.ndarray, low: float, high: float) -> float:
 def select_confident(maps: ProbabilityMaps, spec: PseudoLabelSpec, threshold: float) -> Selection:
     """Apply the rule of the module docstring to every map of ``maps``."""
     low, high = spec.uncertain
-    shares = {image_id: uncertain_share(maps.read_copy(image_id), low, high) for image_id in maps.ids}
+    shares = {image_id: uncertain_share(maps.quantised(image_id), low, high) for image_id in maps.ids}
     qualified = sorted((s, i) for i, s in shares.items() if s <= spec.max_uncertain_share)
     chosen = [i for _, i in qualified[: spec.max_images]]
     rule = {"uncertain": [low, high], "max_uncertain_share": spec.max_uncertain_share,
@@ -67,30 +67,24 @@ def select_confident(maps: ProbabilityMaps, spec: PseudoLabelSpec, threshold: fl
 class PseudoLabelled:
     """Test images with their thresholded maps as masks, indexed like ``harness.data.loading.Images``.
 
-    Decoded on demand. The map store is reopened lazily in each process (DataLoader workers), since
-    pickling a memory map would copy the whole file.
+    Decoded on demand; each map is read from the store when its image is.
     """
 
     def __init__(self, dataset: CarvanaSet, ids: Sequence[str], maps_path: Path, threshold: float,
                  preprocess: A.Compose | None):
-        self.dataset, self.ids, self.maps_path = dataset, list(ids), Path(maps_path)
+        self.dataset, self.ids = dataset, list(ids)
         self.threshold, self.preprocess = threshold, preprocess
-        self._maps: ProbabilityMaps | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**vars(self), "_maps": None}
+        self.maps = ProbabilityMaps.open(maps_path)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        if self._maps is None:
-            self._maps = ProbabilityMaps.open(self.maps_path)
         image_id = self.ids[index]
         image = read_image(self.dataset, image_id, split="test")
         if self.preprocess is not None:
             image = self.preprocess(image=image)["image"]
-        return image, binarise(self._maps.read_copy(image_id), self.threshold).astype(np.uint8)
+        return image, binarise(self.maps.quantised(image_id), self.threshold).astype(np.uint8)
 
 
 class Joined:

@@ -36,11 +36,11 @@ from harness.engine.progress import ConsoleReporter, Workload
 from harness.engine.pseudo import Joined, PseudoLabelled, Selection, select_confident
 from harness.engine.train import FoldSetup, Validation, train_fold
 from harness.errors import BenchError
-from harness.io import atomic_write_json, atomic_write_text
+from harness.io import atomic_write_json, atomic_write_text, ensure_room
 from harness.recipe.plugins import Plugins
 from harness.recipe.schema import Recipe
 from harness.runs.folder import FoldFolder, RunFolder, read_json
-from harness.runs.probabilities import ProbabilityMaps
+from harness.runs.probabilities import ProbabilityMaps, estimated_bytes
 
 
 class RunMonitor(Protocol):
@@ -212,13 +212,19 @@ def _prepare(stage: _Stage, decision: compute_choice.Decision | None, resume: bo
 
 
 def _allocate_maps(stage: _Stage) -> ProbabilityMaps:
-    """Create the out-of-fold store, and the test store with it (unless ``predict.test = false``): both
-    take their disk space now, so a disk too small for the test maps stops the run before its first fold
-    rather than after its last."""
+    """Create the out-of-fold store, and the test store with it (unless ``predict.test = false``), once
+    the disk has room for both by estimate (``harness.runs.probabilities.estimated_bytes``): a disk too
+    small for the test maps stops the run before its first fold rather than after its last."""
     dataset, folder = stage.dataset, stage.folder
-    if dataset.test and stage.recipe.predict.test is not False:
-        ProbabilityMaps.create(folder.test_maps, shapes_of_test_images(dataset))
-    return ProbabilityMaps.create(folder.oof_maps, {i: dataset.sizes[i] for i in dataset.train})
+    predicts_test = dataset.test and stage.recipe.predict.test is not False
+    test_shapes = shapes_of_test_images(dataset) if predicts_test else {}
+    oof_shapes = {i: dataset.sizes[i] for i in dataset.train}
+    if not folder.oof_maps.exists():
+        ensure_room(folder.path, estimated_bytes(oof_shapes) + estimated_bytes(test_shapes),
+                    "its out-of-fold and test probability maps")
+    if test_shapes:
+        ProbabilityMaps.create(folder.test_maps, test_shapes)
+    return ProbabilityMaps.create(folder.oof_maps, oof_shapes)
 
 
 def _train_folds(stage: _Stage, monitor: RunMonitor | None = None, extra: PseudoLabelled | None = None,
@@ -378,7 +384,7 @@ def _predict_test(stage: _Stage, folds: list[FoldFolder]) -> None:
     if folder.test_marker.exists() or not dataset.test or recipe.predict.test is False:
         return
     images = [ImageFile(image_id, dataset.image_dir("test") / f"{image_id}.jpg") for image_id in dataset.test]
-    output = MapStore(folder.open_maps("test", mode="r+"))  # allocated by _allocate_maps
+    output = MapStore(folder.open_maps("test"))  # created by _allocate_maps
     outcome = predict_images(images, Predictor.from_folds(parts, folds, compute), output, recipe.train.batch_size,
                              parts.loader_workers(compute), stage.console)
     if outcome.skipped:

@@ -36,7 +36,7 @@ from harness.engine.predict import predict_loader
 from harness.errors import BenchError
 from harness.io import atomic_write, atomic_write_json
 from harness.runs.folder import FoldFolder, UnreadableCheckpoint
-from harness.runs.probabilities import ProbabilityMaps, binarise
+from harness.runs.probabilities import ProbabilityMaps, binarise, quantise
 
 
 class TrainingStopped(BenchError):
@@ -258,10 +258,9 @@ def _validate(model: torch.nn.Module, setup: FoldSetup, validation: Validation) 
     for index, probability in outputs:
         image_id, truth = validation.ids[index], validation.mask(index)
         losses.append(_map_loss(setup, probability, truth))
-        setup.oof[image_id] = probability.cpu().numpy()
-        predicted = binarise(setup.oof.quantised(image_id), setup.threshold)
-        scores[image_id] = dice(predicted, truth)
-    setup.oof.flush()
+        levels = quantise(probability.cpu().numpy())
+        setup.oof.put(image_id, levels)
+        scores[image_id] = dice(binarise(levels, setup.threshold), truth)
     seconds = time.perf_counter() - started
     _write_per_image(setup.folder.per_image_last, scores)
     return {

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from harness.errors import BenchError
 
 if TYPE_CHECKING:  # imported where a store is opened: `bench --help` reads this module's help texts
-    from harness.runs.probabilities import ProbabilityMaps
+    from harness.runs.probabilities import ProbabilityMaps, RawMaps
 
 PSEUDO_STAGE = "pseudo"
 SUMMARY_FILE = "summary.json"
@@ -134,20 +134,19 @@ class RunFolder:
             raise BenchError(f"{self.summary_path}: no {missing[0]!r}; is this a segbench run folder?")
         return Summary(fields)
 
-    def open_maps(self, which: str, mode: str = "r") -> ProbabilityMaps:
+    def open_maps(self, which: str) -> ProbabilityMaps | RawMaps:
         """``oof`` or ``test`` probabilities; one line naming the store when it is absent or damaged."""
         from harness.runs.probabilities import ProbabilityMaps
 
         path = self.oof_maps if which == "oof" else self.test_maps
-        if not (path.with_suffix(".json").is_file() and path.with_suffix(".u8").is_file()):
-            raise BenchError(f"run {self.path} has no {path.name}.json/.u8")
+        if not (path.is_dir() or path.with_suffix(".json").is_file()):
+            raise BenchError(f"run {self.path} has no {path.name}")
         try:
-            return ProbabilityMaps.open(path, mode=mode)
+            return ProbabilityMaps.open(path)
         except BenchError:
             raise
         except Exception as error:
-            raise BenchError(f"{path}.json/.u8: cannot be read back ({_first_line(error)}); "
-                             "rerun the run into a new folder") from None
+            raise BenchError(f"{path}: cannot be read back ({_first_line(error)}); rerun the run into a new folder") from None
 
 
 @dataclass(frozen=True)

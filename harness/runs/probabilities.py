@@ -1,32 +1,59 @@
-"""Probability maps of many images in one memory-mapped file, quantised to uint8.
+"""Probability maps of many images, quantised to uint8 and compressed one image per file.
 
-At Carvana scale the out-of-fold maps alone are 5088 x 1918 x 1280 bytes (12 GB), and the test maps
-twenty times that, so nothing may hold them in memory: every map is written and read through a
-``numpy.memmap``, one image at a time. uint8 (``round(p * 255)``) keeps a quarter of the fp32 size;
-``p >= 0.5`` and ``u >= 128`` select exactly the same pixels, so the seed's threshold survives the
-rounding. Images may differ in size: the index stores each one's offset and shape.
+At Carvana scale a run predicts 5,088 out-of-fold and 100,064 test maps of 1918x1280: 258 GB as raw
+uint8, too much for the disk of the machines that train them. A car's map is 0 or 255 almost
+everywhere, with a thin uncertain band along its outline, so it compresses well without loss. The
+codec was chosen by measurement on a full-size car-like map whose uncertain band (11% of the pixels)
+is several times wider than a trained model's, on a 2-core AVX512 CPU (``docs/scale.md``):
 
-Layout for a store at ``PATH``: ``PATH.u8`` (the bytes) and ``PATH.json`` (ids, shapes, offsets).
-Writing a map twice overwrites it, so a resumed run can redo any part of its predictions.
+=========  =====  ======  ======
+codec      ratio  encode  decode
+=========  =====  ======  ======
+zstd -3     23x   1.7 ms  0.35 ms
+zstd -1     19x   1.3 ms  0.32 ms
+zlib -1     17x   6.2 ms  2.2 ms
+PNG (cv2)   26x    23 ms  6.1 ms
+blosc-lz4   13x   0.5 ms  0.17 ms
+=========  =====  ======  ======
 
-The file's blocks are allocated when the store is created. A memory-mapped file is otherwise sparse,
-and a page written into it after the disk has filled kills the process with SIGBUS: no exception,
-no message, hours into a run. Allocating up front turns that into one line before any work is done.
+zstd level 3 (the ``zstandard`` binding): within 10% of PNG's size at a seventeenth of its decode
+time, which a merge of four members pays four times per image. A chunked array (zarr) would add a
+dependency and fixed chunk shapes for nothing a folder of files lacks: images may differ in size.
+
+Exactness: maps are stored as ``round(p * 255)``; ``p >= 0.5`` and ``u >= 128`` select exactly the same
+pixels, so the seed's threshold survives the rounding (``binarise``).
+
+Layout for a store at ``PATH`` (a folder): ``PATH/index.json`` (ids and shapes, written first) and one
+``PATH/<id>.zst`` per image written so far. Each file is written to a temporary name and renamed, so
+a killed writer leaves whole files only, and what exists is done: a resumed run or ``bench predict``
+skips it (``written``). Files are not fsynced one by one (100,064 syncs would cost minutes); a power
+cut can leave an empty file, which reading reports by name.
+
+Runs written before these stores hold one raw file (``PATH.u8`` with ``PATH.json``): ``open`` still reads
+them (``RawMaps``); resuming such a run is refused in one line.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import numpy as np
+import zstandard
 
 from harness.errors import BenchError
 from harness.io import atomic_write_json, cannot_write
 
 TOP_LEVEL = 255  # probabilities are stored as round(p * TOP_LEVEL), uint8 levels 0..255
+ZSTD_LEVEL = 3
+INDEX = "index.json"
+SUFFIX = ".zst"
+# What a run reserves per map, as a share of its raw size: the measured 23x of a band several times
+# wider than a trained model's, with room to spare (a fold's early, unsure maps compress less).
+ESTIMATED_RATIO = 16
 
 
 def quantise(probability: np.ndarray) -> np.ndarray:
@@ -42,42 +69,73 @@ def binarise(quantised: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     return quantised >= int(np.ceil(threshold * TOP_LEVEL + 0.5 - 1e-9))
 
 
-class ProbabilityMaps:
-    """A fixed set of image ids, each with its own (height, width) map; see the module docstring."""
+def estimated_bytes(shapes: Mapping[str, tuple[int, int]]) -> int:
+    """The disk a store of these maps is expected to take (``ESTIMATED_RATIO``)."""
+    return sum(height * width for height, width in shapes.values()) // ESTIMATED_RATIO
 
-    def __init__(self, path: Path, ids: list[str], shapes: list[tuple[int, int]], mode: str):
+
+_codecs = threading.local()  # zstd contexts are not safe to share between threads
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    if not hasattr(_codecs, "compressor"):
+        _codecs.compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    return _codecs.compressor
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    if not hasattr(_codecs, "decompressor"):
+        _codecs.decompressor = zstandard.ZstdDecompressor()
+    return _codecs.decompressor
+
+
+class ProbabilityMaps:
+    """A fixed set of image ids, each with its own (height, width) map; see the module docstring.
+
+    Safe to write from several threads or processes at once, one image each.
+    """
+
+    def __init__(self, path: Path, ids: list[str], shapes: list[tuple[int, int]]):
         self.path = Path(path)
         self.shapes = {image_id: tuple(shape) for image_id, shape in zip(ids, shapes)}
-        sizes = [h * w for h, w in shapes]
-        self.offsets = dict(zip(ids, np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(int).tolist()))
-        total = max(1, sum(sizes))
-        self._bytes = np.memmap(self.path.with_suffix(".u8"), dtype=np.uint8, mode=mode, shape=(total,))
 
     @classmethod
     def create(cls, path: Path, shapes: Mapping[str, tuple[int, int]]) -> ProbabilityMaps:
-        """Open the store at ``path`` for writing, allocating it if it does not exist yet."""
+        """Open the store at ``path`` for writing, creating it if it does not exist yet; a store found
+        there must hold the same images (a resumed run keeps the maps it wrote)."""
         path = Path(path)
         ids, dims = list(shapes), [tuple(shape) for shape in shapes.values()]
-        index = path.with_suffix(".json")
-        if index.exists():
-            existing = cls.open(path, mode="r+")
+        if _raw_index(path).is_file():
+            raise BenchError(f"{_raw_index(path)}: an uncompressed store, written by an older segbench; finish "
+                             "this run with that version, or start it again in a new folder")
+        if (path / INDEX).exists():
+            existing = cls.open(path)
             if list(existing.shapes) != ids or list(existing.shapes.values()) != dims:
-                raise BenchError(f"{index}: holds other images than this run predicts; remove it to start over")
+                raise BenchError(f"{path / INDEX}: holds other images than this run predicts; remove {path} "
+                                 "to start over")
+            existing._remove_temporary_files()
             return existing
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _allocate(path.with_suffix(".u8"), max(1, sum(h * w for h, w in dims)))
-        store = cls(path, ids, dims, mode="r+")
-        atomic_write_json(index, {"ids": ids, "shapes": [list(s) for s in dims]})
-        return store
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise cannot_write(path, error) from None
+        atomic_write_json(path / INDEX, {"codec": f"zstd-{ZSTD_LEVEL} uint8", "ids": ids,
+                                         "shapes": [list(s) for s in dims]})
+        return cls(path, ids, dims)
 
     @classmethod
-    def open(cls, path: Path, mode: str = "r") -> ProbabilityMaps:
-        index = Path(path).with_suffix(".json")
+    def open(cls, path: Path) -> ProbabilityMaps | RawMaps:
+        """The store at ``path``: compressed, or raw from an older segbench; one line when it is neither."""
+        path = Path(path)
+        index = path / INDEX if (path / INDEX).is_file() else _raw_index(path)
         try:
             meta = json.loads(index.read_text())
-            return cls(Path(path), meta["ids"], [tuple(s) for s in meta["shapes"]], mode=mode)
-        except (OSError, ValueError, KeyError) as error:
+            ids, shapes = meta["ids"], [tuple(s) for s in meta["shapes"]]
+        except (OSError, ValueError, KeyError, TypeError) as error:
             raise BenchError(f"{index}: cannot read probability maps ({error})") from None
+        if index.parent == path:
+            return cls(path, ids, shapes)
+        return RawMaps(path, ids, shapes)
 
     @property
     def ids(self) -> list[str]:
@@ -89,54 +147,102 @@ class ProbabilityMaps:
     def __contains__(self, image_id: str) -> bool:
         return image_id in self.shapes
 
-    def _view(self, image_id: str) -> np.ndarray:
-        height, width = self.shapes[image_id]
-        start = self.offsets[image_id]
-        return self._bytes[start : start + height * width].reshape(height, width)
+    def file(self, image_id: str) -> Path:
+        return self.path / f"{image_id}{SUFFIX}"
+
+    def written(self, image_id: str) -> bool:
+        """The image's map is on disk (a resumed job skips it)."""
+        return self.file(image_id).is_file()
+
+    def written_ids(self) -> set[str]:
+        """Every image whose map is on disk, from one listing of the folder (cheap for 100,064 images)."""
+        with os.scandir(self.path) as entries:
+            names = {entry.name[: -len(SUFFIX)] for entry in entries if entry.name.endswith(SUFFIX)}
+        return names & self.shapes.keys()
+
+    def disk_bytes(self) -> int:
+        """What the maps written so far take on disk."""
+        with os.scandir(self.path) as entries:
+            return sum(entry.stat().st_blocks * 512 for entry in entries if entry.name.endswith(SUFFIX))
 
     def quantised(self, image_id: str) -> np.ndarray:
-        """The stored uint8 map (a view into the file: copy it to keep it)."""
-        return self._view(image_id)
-
-    def read_copy(self, image_id: str) -> np.ndarray:
-        """The stored uint8 map, read with a plain file read instead of through the mapping.
-
-        A scan over 100,064 maps through the memmap leaves every page it touched mapped into the
-        process (resident until the kernel reclaims it); a plain read keeps memory flat.
-        """
+        """The stored uint8 map (read-only: copy it to change it)."""
         height, width = self.shapes[image_id]
-        flat = np.fromfile(self.path.with_suffix(".u8"), dtype=np.uint8, count=height * width,
-                           offset=self.offsets[image_id])
-        return flat.reshape(height, width)
+        path = self.file(image_id)
+        try:
+            levels = _decompressor().decompress(path.read_bytes(), max_output_size=height * width)
+        except FileNotFoundError:
+            raise BenchError(f"{path}: no map of {image_id} in this store (its prediction did not finish)") from None
+        except (OSError, zstandard.ZstdError) as error:
+            raise BenchError(f"{path}: cannot be read back ({error}); delete it and predict again "
+                             "(bench run --resume, or bench predict)") from None
+        if len(levels) != height * width:
+            raise BenchError(f"{path}: holds {len(levels)} values for a {width}x{height} map; delete it and "
+                             "predict again (bench run --resume, or bench predict)")
+        return np.frombuffer(levels, dtype=np.uint8).reshape(height, width)
 
     def read_float(self, image_id: str) -> np.ndarray:
-        """``read_copy`` as float32 in [0, 1]: the same values as ``self[image_id]``, memory kept flat."""
-        return self.read_copy(image_id).astype(np.float32) / TOP_LEVEL
-
-    def __getitem__(self, image_id: str) -> np.ndarray:
         """The probability map as float32 in [0, 1]."""
-        return self._view(image_id).astype(np.float32) / TOP_LEVEL
+        return self.quantised(image_id).astype(np.float32) / TOP_LEVEL
+
+    __getitem__ = read_float
+
+    def put(self, image_id: str, levels: np.ndarray) -> None:
+        """Write an image's quantised map (uint8 levels), atomically."""
+        if levels.shape != self.shapes[image_id] or levels.dtype != np.uint8:
+            raise ValueError(f"{image_id}: map {levels.dtype} {levels.shape} != uint8 {self.shapes[image_id]}")
+        path = self.file(image_id)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+        try:
+            temporary.write_bytes(_compressor().compress(np.ascontiguousarray(levels).data))
+            os.replace(temporary, path)
+        except OSError as error:
+            temporary.unlink(missing_ok=True)
+            raise cannot_write(path, error) from None
 
     def __setitem__(self, image_id: str, probability: np.ndarray) -> None:
+        """Quantise a probability map (float, [0, 1]) and write it."""
         if probability.shape != self.shapes[image_id]:
             raise ValueError(f"{image_id}: map {probability.shape} != image {self.shapes[image_id]}")
-        self._view(image_id)[:] = quantise(probability)
+        self.put(image_id, quantise(probability))
 
-    def items(self) -> Iterator[tuple[str, np.ndarray]]:
-        for image_id in self.shapes:
-            yield image_id, self[image_id]
-
-    def flush(self) -> None:
-        self._bytes.flush()
+    def _remove_temporary_files(self) -> None:
+        """What a killed writer left half-written (never read: only renamed files count)."""
+        for leftover in self.path.glob(f".*{SUFFIX}.*.tmp"):
+            leftover.unlink(missing_ok=True)
 
 
-def _allocate(path: Path, size: int) -> None:
-    """Create ``path`` with ``size`` zero bytes whose blocks are reserved on disk (see the module docstring)."""
-    try:
-        with open(path, "wb") as handle:
-            handle.truncate(size)
-            if hasattr(os, "posix_fallocate"):  # Linux; elsewhere the file stays sparse
-                os.posix_fallocate(handle.fileno(), 0, size)
-    except OSError as error:
-        path.unlink(missing_ok=True)
-        raise cannot_write(path, error, needed=size) from None
+class RawMaps:
+    """A store written before compression (``PATH.u8``: every map's uint8 levels end to end, with
+    ``PATH.json``), read-only; reads are plain file reads, so a scan keeps memory flat."""
+
+    def __init__(self, path: Path, ids: list[str], shapes: list[tuple[int, int]]):
+        self.path = Path(path)
+        self.shapes = {image_id: tuple(shape) for image_id, shape in zip(ids, shapes)}
+        sizes = [h * w for h, w in shapes]
+        self.offsets = dict(zip(ids, np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(int).tolist()))
+
+    ids = ProbabilityMaps.ids
+    __len__ = ProbabilityMaps.__len__
+    __contains__ = ProbabilityMaps.__contains__
+
+    def written(self, image_id: str) -> bool:
+        return image_id in self.shapes
+
+    def quantised(self, image_id: str) -> np.ndarray:
+        height, width = self.shapes[image_id]
+        raw = self.path.with_suffix(".u8")
+        try:
+            flat = np.fromfile(raw, dtype=np.uint8, count=height * width, offset=self.offsets[image_id])
+        except OSError as error:
+            raise BenchError(f"{raw}: cannot be read ({error.strerror or error})") from None
+        if flat.size != height * width:
+            raise BenchError(f"{raw}: ends before the map of {image_id}; the file is damaged")
+        return flat.reshape(height, width)
+
+    read_float = ProbabilityMaps.read_float
+    __getitem__ = read_float
+
+
+def _raw_index(path: Path) -> Path:
+    return Path(path).with_suffix(".json")
