@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tomllib
 from pathlib import Path
 
 import cv2
@@ -184,3 +185,18 @@ def test_a_run_with_predict_test_false_has_no_test_store(bench, synthetic_set, t
     run = tmp_path / "scored"
     assert (run / "summary.json").exists() and (run / "oof_maps").is_dir()
     assert not list(run.glob("test_maps*")) and not (run / "test.json").exists()
+
+
+def test_predict_test_false_leaves_a_recipe_hash_alone_when_unset_and_refuses_pseudo_labels(
+        synthetic_set, tmp_path, tiny_recipe, plugins):
+    from harness.engine.run import run_id
+    from harness.errors import BenchError
+    from harness.recipe.schema import load_recipe
+
+    plain = load_recipe(tiny_recipe(tmp_path / "plain.toml", synthetic_set), plugins)
+    assert "test" not in tomllib.loads(plain.to_toml())["predict"]  # unset: existing recipes keep their hash
+    off = load_recipe(tiny_recipe(tmp_path / "off.toml", synthetic_set), plugins, overrides=["predict.test=false"])
+    assert run_id(off) != run_id(plain)
+    both = tiny_recipe(tmp_path / "both.toml", synthetic_set, extra="[pseudo_label]\n[predict]\ntest = false")
+    with pytest.raises(BenchError, match="predict.test = false"):
+        load_recipe(both, plugins)
