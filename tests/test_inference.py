@@ -4,7 +4,13 @@ an unreadable image skipped by name; and `bench run` with `predict.test = false`
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
 import tomllib
 from pathlib import Path
 
@@ -70,7 +76,7 @@ class _Killed(BaseException):
     """Raised from a write: the job stops there, as a SIGKILL would stop it (nothing is cleaned up)."""
 
 
-@pytest.mark.parametrize("format_", ["rle", "png", "maps"])
+@pytest.mark.parametrize("format_", ["png", "maps"])
 def test_a_killed_job_run_again_predicts_only_what_is_missing(trained, synthetic_set, tmp_path, monkeypatch, format_):
     from rich.console import Console
 
@@ -80,39 +86,63 @@ def test_a_killed_job_run_again_predicts_only_what_is_missing(trained, synthetic
 
     plugins, out = load_plugins(), tmp_path / "out"
     request = PredictRequest(str(trained), [synthetic_set / "test"], out, format=format_, device="cpu", batch_size=4)
-    kind = {"rle": outputs.RleJournal, "png": outputs.MaskFiles, "maps": outputs.MapStore}[format_]
-    files = {"png": "masks/*.png", "maps": "maps/*.zst"}.get(format_)
-    original, calls = kind.write, []
+    kind = {"png": outputs.MaskFiles, "maps": outputs.MapStore}[format_]
+    files = {"png": "masks/*.png", "maps": "maps/*.zst"}[format_]
+    original, calls, lock = kind.write, [], threading.Lock()
 
     def write_then_die(self, image_id, levels):
-        if len(calls) >= 5:
-            raise _Killed
-        calls.append(image_id)
+        with lock:  # writer threads: exactly five get through
+            if len(calls) >= 5:
+                raise _Killed
+            calls.append(image_id)
         original(self, image_id, levels)
 
     monkeypatch.setattr(kind, "write", write_then_die)
     with pytest.raises(_Killed):
         predict(request, plugins, Console(quiet=True))
-    if format_ == "rle":
-        with open(out / "rle.part", "ab") as journal:
-            journal.write(b"cut_short_by_the_kill,12 3")  # a line the kill left half written
-        assert not (out / "submission.csv.gz").exists()
-    else:
-        written = {p: p.stat().st_mtime_ns for p in out.glob(files)}
-        assert len(written) == 5
+    written = {p: p.stat().st_mtime_ns for p in out.glob(files)}
+    assert len(written) == 5
     monkeypatch.setattr(kind, "write", original)
     predict(request, plugins, Console(quiet=True))
     summary = json.loads((out / "predict.json").read_text())
     assert (summary["resumed"], summary["predicted"]) == (5, 11)
+    assert {p: p.stat().st_mtime_ns for p in written} == written  # the finished ones were not rewritten
+    assert len(list(out.glob(files))) == 16
+
+
+def test_a_sigkilled_rle_job_run_again_predicts_only_what_is_missing(bench, trained, synthetic_set, tmp_path):
+    """Killed while a full-size image takes seconds, after three small ones were journaled; the rerun
+    (without the large one) skips those three, drops a line the kill cut short, and writes the rest."""
+    images, out = tmp_path / "images", tmp_path / "out"
+    images.mkdir()
+    small = sorted((synthetic_set / "test").glob("*.jpg"))[:6]
+    for prefix, path in zip("aaazzz", small):
+        shutil.copy(path, images / f"{prefix}_{path.name}")
+    large = cv2.resize(cv2.imread(str(small[0])), (1918, 1280))
+    cv2.imwrite(str(images / "m_large.jpg"), large)  # between the a_ and the z_ images, by name
+    command = [sys.executable, "-m", "harness.cli", "predict", str(trained), str(images), "--out", str(out),
+               "--device", "cpu", "--batch-size", "1", "--workers", "0"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal, deadline = out / "rle.part", time.monotonic() + 120
+    while not (journal.exists() and journal.read_bytes().count(b"\n") == 3):
+        assert process.poll() is None and time.monotonic() < deadline, "predict ended before it could be killed"
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "submission.csv.gz").exists()
+    with open(journal, "ab") as handle:
+        handle.write(b"cut_short_by_the_kill,12 3")
+    (images / "m_large.jpg").unlink()
+    rerun = bench(*command[3:])  # the same command, in this process
+    assert rerun.code == 0, rerun.err
+    summary = json.loads((out / "predict.json").read_text())
+    assert (summary["resumed"], summary["predicted"]) == (3, 3)
+    rows = {image_id: rle for _, image_id, rle in read_submission(out / "submission.csv.gz")}
+    assert list(rows) == sorted(p.stem for p in images.iterdir())
     expected = expected_masks(trained)
-    if format_ == "rle":
-        rows = {image_id: rle for _, image_id, rle in read_submission(out / "submission.csv.gz")}
-        assert sorted(rows) == sorted(expected)
-        for image_id, mask in expected.items():
-            np.testing.assert_array_equal(decode(rows[image_id], mask.shape).astype(bool), mask, err_msg=image_id)
-    else:
-        assert {p: p.stat().st_mtime_ns for p in written} == written  # the finished ones were not rewritten
-        assert len(list(out.glob(files))) == 16
+    for image_id, rle in rows.items():
+        mask = expected[image_id.split("_", 1)[1]]
+        np.testing.assert_array_equal(decode(rle, mask.shape).astype(bool), mask, err_msg=image_id)
 
 
 def test_an_unreadable_image_is_skipped_by_name_and_the_others_written(bench, trained, synthetic_set, tmp_path):
@@ -157,9 +187,10 @@ def test_bad_inputs_are_one_line(bench, trained, synthetic_set, tmp_path):
 
 def test_a_list_file_names_images_relative_to_itself(bench, trained, synthetic_set, tmp_path):
     images = sorted((synthetic_set / "test").glob("*.jpg"))[:3]
-    listing = tmp_path / "list.txt"
+    shutil.copytree(synthetic_set / "test", tmp_path / "images")
+    listing = tmp_path / "lists" / "list.txt"
+    listing.parent.mkdir()
     listing.write_text("".join(f"{Path('..') / 'images' / p.name}\n" for p in images) + "\n")
-    shutil.copytree(synthetic_set / "test", tmp_path.parent / "images", dirs_exist_ok=True)
     result = bench("predict", trained, listing, "--out", tmp_path / "out", "--format", "png", "--device", "cpu")
     assert result.code == 0, result.err
     assert sorted(p.stem for p in (tmp_path / "out" / "masks").glob("*.png")) == [p.stem for p in images]
