@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import albumentations as A
 import cv2
@@ -117,15 +117,14 @@ class ImageSamples(torch.utils.data.Dataset):
     """Decoded, preprocessed and fitted images, in DataLoader workers; batches are lists (``collate``),
     since images of other sizes fit to other input shapes."""
 
-    def __init__(self, images: Sequence[ImageFile], preprocess: A.Compose | None, fit: Fit,
-                 decode: Callable[[Path], np.ndarray | None] = decode_image):
-        self.images, self.preprocess, self.fit, self.decode = list(images), preprocess, fit, decode
+    def __init__(self, images: Sequence[ImageFile], preprocess: A.Compose | None, fit: Fit):
+        self.images, self.preprocess, self.fit = list(images), preprocess, fit
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> Sample:
-        image = self.decode(self.images[index].path)
+        image = decode_image(self.images[index].path)
         if image is None:
             return Sample(index, None, (0, 0), "cannot decode (missing, truncated or not an image file)")
         shape = image.shape[:2]

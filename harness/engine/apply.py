@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from rich.console import Console
 
 from harness.data.image_files import DECODER, ImageFile, image_shape, list_images
@@ -99,7 +100,7 @@ def _fold_checkpoints(folder: RunFolder, recipe: Recipe) -> list[FoldFolder]:
     return folds
 
 
-def _compute(recipe: Recipe, folder: RunFolder, device) -> Compute:
+def _compute(recipe: Recipe, folder: RunFolder, device: torch.device) -> Compute:
     """The recipe's precision and memory format; for ``auto``, what the run chose when it trained on
     this kind of device (``environment.json``), else fp32 in the default layout."""
     precision, channels_last = recipe.train.precision, recipe.train.channels_last
