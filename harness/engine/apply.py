@@ -95,7 +95,7 @@ def _fold_checkpoints(folder: RunFolder, recipe: Recipe) -> list[FoldFolder]:
     folds = [folder.fold(k) for k in range(recipe.folds.k)]
     missing = [fold.best for fold in folds if not fold.best.is_file()]
     if missing:
-        raise BenchError(f"{missing[0]}: missing ({len(missing)} of {len(folds)} folds have no best.pt); "
+        raise BenchError(f"{missing[0]}: missing ({len(missing)} of {len(folds)} folds have no best weights); "
                          "finish the run with bench run --resume first")
     return folds
 
