@@ -231,3 +231,20 @@ def test_predict_test_false_leaves_a_recipe_hash_alone_when_unset_and_refuses_ps
     both = tiny_recipe(tmp_path / "both.toml", synthetic_set, extra="[pseudo_label]\n[predict]\ntest = false")
     with pytest.raises(BenchError, match="predict.test = false"):
         load_recipe(both, plugins)
+
+
+def test_a_full_disk_is_one_line_and_a_rerun_resumes(bench, trained, synthetic_set, tmp_path, monkeypatch):
+    import errno
+
+    from harness import io
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(io.os, "fsync", no_space)
+    full = bench("predict", trained, synthetic_set / "test", "--out", out, "--format", "png", "--device", "cpu")
+    one_error_line(full, str(out / "masks"), "no space left")
+    monkeypatch.undo()
+    assert bench("predict", trained, synthetic_set / "test", "--out", out, "--format", "png").code == 0
+    assert len(list((out / "masks").glob("*.png"))) == 16
