@@ -279,3 +279,13 @@ def test_a_run_with_uint8_floor_stores_the_floored_mean_of_its_folds(bench, synt
         np.testing.assert_array_equal(stored.quantised(image_id), vladimir_merge(maps), err_msg=image_id)
         differs |= bool((stored.quantised(image_id) != quantise(np.mean(maps, axis=0))).any())
     assert differs  # the mean of probabilities would have stored other levels
+
+
+def test_quantised_on_the_device_gives_the_levels_of_the_store():
+    """Exact halves (k + 0.5) / 255 round to even in both; clamping and the float32 product agree."""
+    from harness.engine.predict import quantised
+
+    halves = (np.arange(255, dtype=np.float32) + 0.5) / 255
+    values = np.concatenate([halves, np.random.default_rng(0).random(100_000, dtype=np.float32),
+                             np.array([-0.1, 0.0, 1.0, 1.5], dtype=np.float32)])
+    np.testing.assert_array_equal(quantised(torch.from_numpy(values)).numpy(), quantise(values))

@@ -7,9 +7,10 @@ the map the other writes, bit for bit, given the same batch size.
 The work is a pipeline with every stage bounded, so memory stays flat over 100,064 images: loader
 workers decode, preprocess and fit (``harness.data.image_files``); the main process runs the
 batches through every fold model with the recipe's TTA and tiling (``harness.engine.predict``);
-a few writer threads quantise, threshold, encode and write, at most ``_PENDING_BATCHES`` batches
-behind. An output says which images it already holds, and those are never decoded again: a job
-killed at any moment is resumed by running it again.
+maps are quantised there too, and only their uint8 levels come back to the host, where a few writer
+threads threshold, encode and write them, at most ``_PENDING_BATCHES`` batches behind. An output
+says which images it already holds, and those are never decoded again: a job killed at any moment
+is resumed by running it again.
 """
 
 from __future__ import annotations
@@ -34,12 +35,11 @@ from harness.data.image_files import ImageFile, ImageSamples, Sample, collate
 from harness.data.loading import Normalise
 from harness.engine.assembly import Assembly, recipe_fit, recipe_normalise
 from harness.engine.device import Compute
-from harness.engine.predict import combine, variant_logits
+from harness.engine.predict import combine, quantised, variant_logits
 from harness.recipe.schema import PredictSpec
 from harness.runs.folder import FoldFolder
-from harness.runs.probabilities import quantise
 
-_WRITERS = 2  # threads that encode and write; numpy, zlib and file writes release the GIL
+_WRITERS = 4  # threads that threshold, encode and write; OpenCV, zstd and file writes release the GIL
 _PENDING_BATCHES = 2  # batches of maps waiting for a writer, at most: the bound on memory
 
 
@@ -129,8 +129,10 @@ def predict_images(images: Sequence[ImageFile], predictor: Predictor, output: Ou
                         outcome.skipped.append((str(image.path), sample.problem))
                         console.print(f"[yellow]warning:[/] {escape(str(image.path))}: {escape(sample.problem)}; "
                                       "skipped", highlight=False)
-                writes = [writers.submit(_write, output, pending[sample.index].image_id, probability.cpu().numpy())
-                          for sample, probability in predictor.maps([s for s in batch if s.problem is None])]
+                readable = [sample for sample in batch if sample.problem is None]
+                writes = [writers.submit(output.write, pending[sample.index].image_id,
+                                         quantised(probability).cpu().numpy())
+                          for sample, probability in predictor.maps(readable)]
                 waiting.append(writes)
                 outcome.predicted += len(writes)
                 if len(waiting) > _PENDING_BATCHES:
@@ -141,10 +143,6 @@ def predict_images(images: Sequence[ImageFile], predictor: Predictor, output: Ou
     output.finish([image.image_id for image in images])
     outcome.seconds = time.perf_counter() - started
     return outcome
-
-
-def _write(output: Output, image_id: str, probability: np.ndarray) -> None:
-    output.write(image_id, quantise(probability))
 
 
 def _wait(writes: list[Future]) -> None:
