@@ -251,7 +251,8 @@ def _train_folds(stage: _Stage, monitor: RunMonitor | None = None, extra: Pseudo
             steps_per_epoch=-(-_samples_per_epoch(recipe, largest_fold) // batch),
             batch_size=batch, val_images_per_fold=val_images,
             val_images_per_epoch=min(val_images, recipe.train.validate_images or val_images),
-            test_images=len(dataset.test), tta_variants=len(TTA[recipe.predict.tta]), k=splits.k,
+            test_images=len(dataset.test) if recipe.predict.test is not False else 0,
+            tta_variants=len(TTA[recipe.predict.tta]), k=splits.k,
         )
         reporter = ConsoleReporter(stage.console, work, on_estimate=monitor.estimated if monitor else None)
         watched = reporter if monitor is None else _Watched(reporter, monitor)
