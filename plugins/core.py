@@ -1,15 +1,16 @@
-"""The shared plugin: optimizers, schedules, common augmentations, the synthetic data set, smp models."""
+"""The shared plugin: optimizers, schedules, common augmentations, the synthetic data set, smp models and
+the pointwise floor model."""
 
 from harness.api import hookimpl
 from plugins.components import augmentations, datasets, losses, optimizers, schedules
-from plugins.components.nets import smp_models
+from plugins.components.nets import pointwise, smp_models
 
 __version__ = "0.1.0"
 
 
 @hookimpl
 def bench_models():
-    return {"smp": smp_models.smp_model}
+    return {"smp": smp_models.smp_model, "pointwise": pointwise.pointwise}
 
 
 @hookimpl

@@ -16,6 +16,7 @@ from huggingface_hub import constants as hf_constants
 from harness.errors import BenchError
 from harness.recipe import weights
 from plugins.components.nets.linknet34 import LinkNet34, linknet34
+from plugins.components.nets.pointwise import pointwise
 from plugins.components.nets.smp_models import linknet, smp_model
 from plugins.components.nets.ternausnet import unet11, wide_unet11
 from plugins.components.nets.unet import unet
@@ -27,10 +28,11 @@ FACTORIES = {
     "linknet": linknet,
     "linknet34": linknet34,
     "smp_fpn": lambda: smp_model(arch="fpn", encoder="resnet18"),
+    "pointwise": pointwise,
 }
 
 
-@pytest.mark.parametrize("factory", [unet11, wide_unet11, unet, linknet, linknet34, smp_model])
+@pytest.mark.parametrize("factory", [unet11, wide_unet11, unet, linknet, linknet34, smp_model, pointwise])
 def test_factories_are_keyword_only_typed_and_defaulted(factory):
     """What segbench needs to validate a recipe's [model] table against the signature."""
     hints = inspect.get_annotations(factory, eval_str=True)
