@@ -2,7 +2,8 @@
 
 ``bench predict`` (any images, into a folder) and ``bench run``'s test prediction (its data's test
 images, into the run's test store) both go through ``predict_images``, so a map written by one is
-the map the other writes, bit for bit, given the same batch size.
+the map the other writes: bit for bit when the batches are the same (the recipe's batch size, and
+nothing resumed or skipped; a kernel may round differently in another batch shape).
 
 The work is a pipeline with every stage bounded, so memory stays flat over 100,064 images: loader
 workers decode, preprocess and fit (``harness.data.image_files``); the main process runs the
