@@ -146,6 +146,29 @@ def run_command(
                       highlight=False)
 
 
+@app.command("predict")
+def predict_command(
+    ctx: typer.Context,
+    run: Annotated[str, typer.Argument(help="A run folder, or a run name under --results.", show_default=False)],
+    images: Annotated[list[Path], typer.Argument(help="Folders (their .jpg/.jpeg/.png files), image files, or .txt "
+                                                      "files with one image path a line.", show_default=False)],
+    out: Annotated[Path, typer.Option(help="Where the masks or maps and predict.json go.")],
+    format_: Annotated[str, typer.Option("--format", help="rle (submission.csv.gz), png (masks/ID.png, 0/255) "
+                                                          "or maps (a probability store).")] = "rle",
+    device: DeviceOption = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images a batch (default: the recipe's).")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=0, help="Loader processes decoding images "
+                                                               "(default: as the recipe trains).")] = None,
+    results: Annotated[Path, typer.Option(help="Where run names are looked up.")] = Path("results"),
+) -> None:
+    """Apply a run's fold models to images, as the run predicts its test images; rerun to resume."""
+    from harness.engine.predict_run import PredictRequest, predict
+
+    request = PredictRequest(run, images, out, results, format_, device, batch_size, workers)
+    if predict(request, _plugins(ctx), console).skipped:
+        raise SystemExit(1)  # after everything else is written: the skipped images are in predict.json
+
+
 RunsArgument = Annotated[
     Optional[list[str]],
     typer.Argument(help=RUNS_HELP, show_default=False),

@@ -13,7 +13,7 @@ import pytest
 from harness.data import rle
 from harness.data.carvana import data_hash, open_carvana, read_image, read_mask
 from harness.ensemble import oof_search
-from harness.ensemble.submission import read_submission, write_submission
+from harness.data.submission import read_submission, write_submission
 from harness.runs.probabilities import ProbabilityMaps, binarise, quantise
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from harness.ensemble import apply
-from harness.ensemble.apply import SubmissionMasks, unpoolable
+from harness.ensemble import test_pass
+from harness.ensemble.test_pass import SubmissionMasks, unpoolable
 from harness.ensemble.ensemble import Ensemble, Post, write_test_submission
 from harness.ensemble.exact import LEVELS
 from harness.ensemble.members import Group, open_runs
@@ -112,8 +112,8 @@ def test_workers_write_the_bytes_one_process_writes(tiny_runs, tmp_path, monkeyp
     ensemble = Ensemble([Group("pair", tuple(runs[:2])), runs[2], runs[3]], [0.45, 0.25, 0.3], merging.mean(), 120,
                         posts)
     assert unpoolable(ensemble) is None
-    apply._start_worker(pickle.dumps(apply.unopened(ensemble)))  # what a worker gets keeps the merger pixelwise
-    assert apply._masks.exact is not None
+    test_pass._start_worker(pickle.dumps(test_pass.unopened(ensemble)))  # what a worker gets keeps the merger pixelwise
+    assert test_pass._masks.exact is not None
     console = Console(quiet=True)
     one = write_test_submission(ensemble, tmp_path / "one.csv.gz", console, workers=1)
     two = write_test_submission(ensemble, tmp_path / "two.csv.gz", console, workers=2)

@@ -240,7 +240,7 @@ def test_a_run_with_uint8_floor_stores_the_floored_mean_of_its_folds(bench, synt
                                                                      plugins):
     """Each fold's best.pt predicts the test images again, alone, as ``_predict_test`` does; the stored
     test map is vladimir's merge of those maps, bit for bit."""
-    from harness.data.loading import TestImage
+    from harness.data.carvana import read_image
     from harness.engine.assembly import Assembly, recipe_normalise
     from harness.runs.folder import RunFolder
     from harness.runs.probabilities import ProbabilityMaps
@@ -257,7 +257,13 @@ def test_a_run_with_uint8_floor_stores_the_floored_mean_of_its_folds(bench, synt
     fit = parts.fit_for(dataset)
     stored = ProbabilityMaps.open(folder.test_maps)
     shapes = [stored.shapes[i] for i in dataset.test]
-    samples = PredictionSamples(TestImage(dataset, parts.transforms("preprocess")), len(dataset.test), fit)
+    preprocess = parts.transforms("preprocess")
+
+    def read(position: int) -> np.ndarray:  # as the run read them before bench predict's path replaced it
+        image = read_image(dataset, dataset.test[position], split="test")
+        return image if preprocess is None else preprocess(image=image)["image"]
+
+    samples = PredictionSamples(read, len(dataset.test), fit)
     loader = torch.utils.data.DataLoader(samples, batch_size=recipe.train.batch_size)
     per_fold = []
     for fold in folder.folds():
@@ -273,3 +279,13 @@ def test_a_run_with_uint8_floor_stores_the_floored_mean_of_its_folds(bench, synt
         np.testing.assert_array_equal(stored.quantised(image_id), vladimir_merge(maps), err_msg=image_id)
         differs |= bool((stored.quantised(image_id) != quantise(np.mean(maps, axis=0))).any())
     assert differs  # the mean of probabilities would have stored other levels
+
+
+def test_quantised_on_the_device_gives_the_levels_of_the_store():
+    """Exact halves (k + 0.5) / 255 round to even in both; clamping and the float32 product agree."""
+    from harness.engine.predict import quantised
+
+    halves = (np.arange(255, dtype=np.float32) + 0.5) / 255
+    values = np.concatenate([halves, np.random.default_rng(0).random(100_000, dtype=np.float32),
+                             np.array([-0.1, 0.0, 1.0, 1.5], dtype=np.float32)])
+    np.testing.assert_array_equal(quantised(torch.from_numpy(values)).numpy(), quantise(values))

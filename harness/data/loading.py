@@ -172,17 +172,6 @@ class CachedImage:
         return self.images[self.indices[position]][0]
 
 
-class TestImage:
-    """``read(i)`` for prediction over the unlabelled test images, decoded on demand."""
-
-    def __init__(self, dataset: CarvanaSet, preprocess: A.Compose | None):
-        self.dataset, self.preprocess = dataset, preprocess
-
-    def __call__(self, position: int) -> np.ndarray:
-        image = read_image(self.dataset, self.dataset.test[position], split="test")
-        return image if self.preprocess is None else self.preprocess(image=image)["image"]
-
-
 class PredictionSamples(torch.utils.data.Dataset):
     """Fitted images for prediction with their position; the original size is looked up by it."""
 

@@ -114,6 +114,13 @@ def merge_folds(maps: torch.Tensor, fold_average: str | None = None) -> torch.Te
     return merged / LEVELS
 
 
+def quantised(probability: torch.Tensor) -> torch.Tensor:
+    """``harness.runs.probabilities.quantise`` on the device: uint8 ``round(p * 255)``, the same levels bit
+    for bit (float32 clamp and product, halves rounded to even in both), and a quarter of the bytes to
+    copy back to the host."""
+    return torch.round(probability.clamp(0.0, 1.0) * LEVELS).to(torch.uint8)
+
+
 def combine(
     per_model: list[torch.Tensor], index: int, height: int, width: int, fit: Fit, average: str,
     fold_average: str | None = None,

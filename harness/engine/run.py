@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -22,14 +21,17 @@ from rich.console import Console
 
 from harness.data.carvana import CarvanaSet, car_id, data_hash
 from harness.data.geometry import Fit
-from harness.data.loading import (CachedImage, EpochSampler, Images, PhasedAugment, PredictionSamples, TestImage,
-                                  TrainingSamples, shapes_of_test_images)
+from harness.data.image_files import ImageFile
+from harness.data.loading import (CachedImage, EpochSampler, Images, PhasedAugment, PredictionSamples, TrainingSamples,
+                                  shapes_of_test_images)
 from harness.data.splits import Splits, read_splits, splits_for, write_splits
 from harness.engine import compute_choice
 from harness.engine.assembly import CACHE_BYTES, Assembly, loader, recipe_normalise
 from harness.engine.device import Compute, check_precision, resolve_device
 from harness.engine.environment import describe_environment
-from harness.engine.predict import TTA, predict_loader
+from harness.engine.inference import Predictor, predict_images
+from harness.engine.outputs import MapStore
+from harness.engine.predict import TTA
 from harness.engine.progress import ConsoleReporter, Workload
 from harness.engine.pseudo import Joined, PseudoLabelled, Selection, select_confident
 from harness.engine.train import FoldSetup, Validation, train_fold
@@ -210,11 +212,12 @@ def _prepare(stage: _Stage, decision: compute_choice.Decision | None, resume: bo
 
 
 def _allocate_maps(stage: _Stage) -> ProbabilityMaps:
-    """Create the out-of-fold store, and the test store with it, once the disk has room for both by
-    estimate (``harness.runs.probabilities.estimated_bytes``): a disk too small for the test maps
-    stops the run before its first fold rather than after its last."""
+    """Create the out-of-fold store, and the test store with it (unless ``predict.test = false``), once
+    the disk has room for both by estimate (``harness.runs.probabilities.estimated_bytes``): a disk too
+    small for the test maps stops the run before its first fold rather than after its last."""
     dataset, folder = stage.dataset, stage.folder
-    test_shapes = shapes_of_test_images(dataset) if dataset.test else {}
+    predicts_test = dataset.test and stage.recipe.predict.test is not False
+    test_shapes = shapes_of_test_images(dataset) if predicts_test else {}
     oof_shapes = {i: dataset.sizes[i] for i in dataset.train}
     if not folder.oof_maps.exists():
         ensure_room(folder.path, estimated_bytes(oof_shapes) + estimated_bytes(test_shapes),
@@ -248,7 +251,8 @@ def _train_folds(stage: _Stage, monitor: RunMonitor | None = None, extra: Pseudo
             steps_per_epoch=-(-_samples_per_epoch(recipe, largest_fold) // batch),
             batch_size=batch, val_images_per_fold=val_images,
             val_images_per_epoch=min(val_images, recipe.train.validate_images or val_images),
-            test_images=len(dataset.test), tta_variants=len(TTA[recipe.predict.tta]), k=splits.k,
+            test_images=len(dataset.test) if recipe.predict.test is not False else 0,
+            tta_variants=len(TTA[recipe.predict.tta]), k=splits.k,
         )
         reporter = ConsoleReporter(stage.console, work, on_estimate=monitor.estimated if monitor else None)
         watched = reporter if monitor is None else _Watched(reporter, monitor)
@@ -374,30 +378,23 @@ def validation_sample(val_ids: list[str], size: int | None, seed: int) -> list[s
 
 
 def _predict_test(stage: _Stage, folds: list[FoldFolder]) -> None:
-    """Fold-averaged probabilities of every test image (idempotent: a rerun rewrites them), merged as
-    ``predict.fold_average`` says (``harness.engine.predict.merge_folds``)."""
+    """Fold-averaged probabilities of every test image into the run's test store, through the code of
+    ``bench predict`` (``harness.engine.inference``), merged as ``predict.fold_average`` says. A rerun
+    predicts only the maps the store does not hold yet; ``predict.test = false`` skips the stage."""
     recipe, parts, compute, dataset, folder = stage.recipe, stage.parts, stage.compute, stage.dataset, stage.folder
-    if folder.test_marker.exists() or not dataset.test:
+    if folder.test_marker.exists() or not dataset.test or recipe.predict.test is False:
         return
-    models = []
-    for fold in folds:
-        model = parts.model(pretrained=False)  # the fold's own weights replace them all
-        model.load_state_dict(fold.read_checkpoint(fold.best)["model"])
-        models.append(model.to(compute.device, memory_format=compute.memory_format).eval())
-    store = folder.open_maps("test")  # created by _allocate_maps
-    samples = PredictionSamples(TestImage(dataset, parts.transforms("preprocess")), len(dataset.test), stage.fit)
-    test_loader = loader(samples, compute, parts.loader_workers(compute), recipe.train.batch_size)
-    normalise = recipe_normalise(recipe).to(compute.device)
-    ordered_shapes = [store.shapes[i] for i in dataset.test]
-    started = time.perf_counter()
-    for index, probability in predict_loader(models, test_loader, ordered_shapes, stage.fit, normalise,
-                                             recipe.predict.tta, recipe.predict.average, compute,
-                                             recipe.predict.tiling, recipe.predict.fold_average):
-        store[dataset.test[index]] = probability.cpu().numpy()
-    seconds = time.perf_counter() - started
+    images = [ImageFile(image_id, dataset.image_dir("test") / f"{image_id}.jpg") for image_id in dataset.test]
+    output = MapStore(folder.open_maps("test"))  # created by _allocate_maps
+    outcome = predict_images(images, Predictor.from_folds(parts, folds, compute), output, recipe.train.batch_size,
+                             parts.loader_workers(compute), stage.console)
+    if outcome.skipped:
+        path, reason = outcome.skipped[0]
+        raise BenchError(f"{path}: {reason} ({len(outcome.skipped)} test images unreadable); replace or remove "
+                         "them, then run again with --resume")
     atomic_write_json(folder.test_marker, {
-        "images": len(dataset.test), "models": len(models), "seconds": round(seconds, 3),
-        "images_per_s": round(len(dataset.test) / max(seconds, 1e-9), 2),
+        "images": len(dataset.test), "models": len(folds), "seconds": round(outcome.seconds, 3),
+        "images_per_s": round(outcome.images_per_s, 2),
     })
 
 

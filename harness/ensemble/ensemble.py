@@ -6,7 +6,7 @@ member's map and dropping it before the next image. Only per-image summaries are
 Dice curve per candidate for the out-of-fold images), and only for the current pass. The out-of-fold
 passes are: one per selection step (every candidate mixture's Dice at all thresholds at once, see
 ``harness.ensemble.oof_search``) and one for post-processing; they merge whole float maps
-(``Ensemble.probability``). The test maps are read once, by the test pass (``harness.ensemble.apply``):
+(``Ensemble.probability``). The test maps are read once, by the test pass (``harness.ensemble.test_pass``):
 worker processes, one per core unless ``--workers`` says otherwise, hand back each image's RLE in
 order; a pixelwise merger (the built-in ``mean``) is computed there by ``harness.ensemble.exact``:
 the float path's very bits, computed only where members disagree (a tenth of the pixels or less).
@@ -43,10 +43,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from harness.data.carvana import CarvanaSet, car_id, open_carvana, read_mask
-from harness.ensemble import apply, oof_search
+from harness.ensemble import oof_search, test_pass
 from harness.ensemble.members import Group, open_runs, runs_of, top_runs
 from harness.ensemble.spec import load_spec
-from harness.ensemble.submission import check_submission, write_submission
+from harness.data.submission import check_submission, write_submission
 from harness.errors import BenchError
 from harness.evaluate import stats
 from harness.io import atomic_write_json, atomic_write_text
@@ -207,7 +207,7 @@ def _choose_and_write(request: EnsembleRequest, runs: list[Run | Group], dataset
     ensemble = Ensemble(runs, search.weights, merge, search.cutoff, [p for p in posts if p.name in kept])
     request.out.mkdir(parents=True, exist_ok=True)
     submission = request.out / "submission.csv.gz"
-    test = write_test_submission(ensemble, submission, console, request.workers or apply.default_workers())
+    test = write_test_submission(ensemble, submission, console, request.workers or test_pass.default_workers())
     report = _report(request, ensemble, search, dataset, dice_by_chain, kept, decisions, test, oof_seconds, spec)
     ids = runs[0].oof.ids  # per image, as a run's per_image.csv: ensembles pair with each other and with runs
     atomic_write_text(request.out / PER_IMAGE_FILE, "image,car,dice\n" + "".join(
@@ -346,14 +346,14 @@ class TestOutcome:
 
 def write_test_submission(ensemble: Ensemble, path: Path, console: Console, workers: int = 1) -> TestOutcome:
     """Merge, threshold, post-process and encode every test image into ``path``, streaming, in ``workers``
-    processes (``harness.ensemble.apply``; one: in this process)."""
+    processes (``harness.ensemble.test_pass``; one: in this process)."""
     ids = ensemble.runs[0].test.ids
-    workers = apply.pool_size(len(ids), workers)
-    reason = apply.unpoolable(ensemble) if workers > 1 else None
+    workers = test_pass.pool_size(len(ids), workers)
+    reason = test_pass.unpoolable(ensemble) if workers > 1 else None
     if reason is not None:
         console.print(f"test pass in one process: {reason}", highlight=False)
         workers = 1
-    rows = _track(apply.encoded_rows(ensemble, workers), "test", console, total=len(ids))
+    rows = _track(test_pass.encoded_rows(ensemble, workers), "test", console, total=len(ids))
     tracemalloc.start()
     started = time.perf_counter()
     try:

@@ -218,6 +218,10 @@ class PredictSpec(_Strict):
                           "per fold, mean rounded (artsiom's generate_sub_average.py). Out-of-fold maps come from "
                           "one model each and are not merged."
     )
+    test: bool | None = Field(
+        None, description="Predict the data's test images at the end of the run (unset: true). false: no test "
+                          "maps, for runs that are only scored (tuning trials); bench predict applies the run later."
+    )
 
     @pydantic.model_validator(mode="after")
     def _check_tiling(self) -> PredictSpec:
@@ -294,6 +298,13 @@ class Recipe(_Strict):
         """``pseudo_label.enabled = false`` resolves to no second stage (and no table in the run's recipe)."""
         if self.pseudo_label is not None and not self.pseudo_label.enabled:
             self.pseudo_label = None
+        return self
+
+    @pydantic.model_validator(mode="after")
+    def _pseudo_labels_need_test_maps(self) -> Recipe:
+        if self.pseudo_label is not None and self.predict.test is False:
+            raise ValueError("[pseudo_label] learns from the run's test predictions, and predict.test = false "
+                             "skips them; drop one of the two")
         return self
 
     def to_toml(self) -> str:

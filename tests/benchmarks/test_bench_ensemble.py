@@ -4,7 +4,7 @@ A Carvana submission merges 100,064 maps of 1918x1280 from each member, so the m
 ``test_memory_is_flat`` writes fake stores of two sizes and checks that the peak of traced allocations
 (tracemalloc: NumPy reports its buffers to it) does not grow with the number of images.
 ``test_merge_and_encode`` times one image: read 4 maps, weighted mean, threshold, keep-largest,
-RLE. ``test_test_pass_rate`` runs the whole test pass (``harness.ensemble.apply``) over 4 members'
+RLE. ``test_test_pass_rate`` runs the whole test pass (``harness.ensemble.test_pass``) over 4 members'
 car-like maps with 1 and 2 worker processes, with and without post-processing, beside the float path
 it replaces, and prints images/s with the CPU's capability. Disabled timing by default (pyproject);
 measure with ``pytest tests/benchmarks/test_bench_ensemble.py --benchmark-enable -s``.
@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from harness.ensemble import apply
+from harness.ensemble import test_pass
 from harness.ensemble.ensemble import Ensemble, Post, write_test_submission
 from harness.ensemble.submission import write_submission
 from harness.runs.folder import Run, RunFolder, Summary
@@ -152,7 +152,7 @@ def test_test_pass_rate(benchmark, car_runs, tmp_path, path, workers, post, imag
             yield row
 
     def test_pass():
-        rows = apply.encoded_rows(ensemble, workers)
+        rows = test_pass.encoded_rows(ensemble, workers)
         return write_submission(tmp_path / "submission.csv.gz", timed(row for _, row in zip(ids, rows)))
 
     arrivals.clear()
@@ -160,7 +160,7 @@ def test_test_pass_rate(benchmark, car_runs, tmp_path, path, workers, post, imag
     assert benchmark.pedantic(test_pass, rounds=1, iterations=1) == images
     quarter = images // 4  # from a quarter in: the workers' start (spawn, imports) and first chunks left out
     steady = (images - 1 - quarter) / (arrivals[-1] - arrivals[quarter])
-    exact = apply.SubmissionMasks(ensemble).exact
+    exact = test_pass.SubmissionMasks(ensemble).exact
     levels = [run.test.quantised(ids[0]) for run in car_runs]
     share = exact.disagreement(levels).pixels() / levels[0].size if exact else float("nan")
     print(f"\n{path} path, {workers} worker(s), post-processing {'convex_hull,keep_largest' if post else 'none'}: "

@@ -3,6 +3,7 @@
 Rows are streamed: a 100,064-image submission is written one encoded mask at a time, never held.
 The check reads the file back the same way and validates every RLE string against its image's size
 without decoding it, so checking a full submission costs seconds, not a full-size mask per row.
+It sits in ``data/``, below both of its writers: ``bench ensemble`` and ``bench predict`` (the engine).
 """
 
 from __future__ import annotations

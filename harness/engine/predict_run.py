@@ -1,0 +1,131 @@
+"""``bench predict RUN IMAGES... --out DIR``: a finished run's fold models applied to any images.
+
+The run's own ``recipe.toml`` rebuilds its models, input fit, normalisation and preprocessing, and
+says how to predict (TTA, tiling, how the folds merge, the threshold), so the masks are those the run
+would have written for its own test images (``harness.engine.inference``). ``DIR/predict.json``
+records the job: how many images, which were skipped and why, the speed, device and decoder.
+Running the same command again after an interruption predicts only what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from harness.data.image_files import DECODER, ImageFile, image_shape, list_images
+from harness.engine.assembly import Assembly
+from harness.engine.device import Compute, check_precision, resolve_device
+from harness.engine.inference import Outcome, Output, Predictor, predict_images
+from harness.engine.outputs import FORMATS, MapStore, MaskFiles, RleJournal
+from harness.errors import BenchError
+from harness.io import atomic_write_json
+from harness.recipe.plugins import Plugins
+from harness.recipe.schema import Recipe, load_recipe
+from harness.runs.folder import FoldFolder, RunFolder, resolve_runs
+
+ENSEMBLE_FILE = "ensemble.json"  # written by bench ensemble into its --out folder
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    run: str  # a run folder, or a run name under ``results``
+    images: list[Path]
+    out: Path
+    results: Path = Path("results")
+    format: str = "rle"
+    device: str | None = None
+    batch_size: int | None = None  # default: the recipe's train.batch_size
+    workers: int | None = None  # default: as training loads (``Assembly.loader_workers``)
+
+
+def predict(request: PredictRequest, plugins: Plugins, console: Console) -> Outcome:
+    """Predict the images into ``request.out``; the summary is ``out/predict.json``."""
+    if request.format not in FORMATS:
+        raise BenchError(f"--format {request.format}: expected one of {', '.join(FORMATS)}")
+    folder = _run_folder(request.run, request.results)
+    images = list_images(request.images)
+    if not images:
+        raise BenchError(f"no .jpg, .jpeg or .png image in {', '.join(map(str, request.images))}")
+    recipe = load_recipe(_recipe_file(folder), plugins)
+    parts = Assembly(recipe, plugins)
+    folds = _fold_checkpoints(folder, recipe)
+    compute = _compute(recipe, folder, resolve_device(request.device))
+    predictor = Predictor.from_folds(parts, folds, compute)
+    output = _output(request.format, request.out, recipe.predict.threshold, images)
+    workers = parts.loader_workers(compute) if request.workers is None else request.workers
+    console.print(f"predict {len(images)} images with the {len(folds)} fold models of {folder.path} on "
+                  f"{compute.describe()} into {request.out} ({request.format})", highlight=False)
+    outcome = predict_images(images, predictor, output, request.batch_size or recipe.train.batch_size, workers,
+                             console)
+    atomic_write_json(request.out / "predict.json", {
+        "run": str(folder.path), "format": request.format, "device": compute.describe(), "decoder": DECODER,
+        "images": outcome.images, "predicted": outcome.predicted, "resumed": outcome.resumed,
+        "skipped": [{"image": path, "reason": reason} for path, reason in outcome.skipped],
+        "seconds": round(outcome.seconds, 3), "images_per_s": round(outcome.images_per_s, 2),
+    })
+    console.print(outcome.line(), highlight=False)
+    return outcome
+
+
+def _run_folder(run: str, results: Path) -> RunFolder:
+    """The one run ``run`` names. An ensemble folder is refused for now: applying one (its members'
+    models, weights, threshold and post-processing) is the hook for a later ``bench predict ENSEMBLE``."""
+    for candidate in (Path(run), results / run):
+        if (candidate / ENSEMBLE_FILE).is_file():
+            raise BenchError(f"{candidate} is an ensemble ({ENSEMBLE_FILE}); bench predict applies runs only, "
+                             "not yet ensembles: give one of its member runs")
+    found = resolve_runs([run], results)
+    if len(found) != 1:
+        raise BenchError(f"{run}: holds {len(found)} runs; bench predict applies one, give its folder")
+    return RunFolder(found[0])
+
+
+def _recipe_file(folder: RunFolder) -> Path:
+    """The run's recipe; a pseudo-label stage (``RUN/pseudo``) trains with its run's."""
+    if folder.recipe_toml.is_file():
+        return folder.recipe_toml
+    return RunFolder(folder.path.parent).recipe_toml
+
+
+def _fold_checkpoints(folder: RunFolder, recipe: Recipe) -> list[FoldFolder]:
+    folds = [folder.fold(k) for k in range(recipe.folds.k)]
+    missing = [fold.best for fold in folds if not fold.best.is_file()]
+    if missing:
+        raise BenchError(f"{missing[0]}: missing ({len(missing)} of {len(folds)} folds have no best weights); "
+                         "finish the run with bench run --resume first")
+    return folds
+
+
+def _compute(recipe: Recipe, folder: RunFolder, device: torch.device) -> Compute:
+    """The recipe's precision and memory format; for ``auto``, what the run chose when it trained on
+    this kind of device (``environment.json``), else fp32 in the default layout."""
+    precision, channels_last = recipe.train.precision, recipe.train.channels_last
+    trained = _read_environment(folder)
+    same_kind = str(trained.get("device", "")).startswith(device.type)
+    if precision == "auto":
+        precision = trained.get("precision", "fp32") if same_kind else "fp32"
+    if channels_last == "auto":
+        channels_last = bool(trained.get("channels_last", False)) if same_kind else False
+    check_precision(device, precision)
+    return Compute(device, precision, channels_last)
+
+
+def _read_environment(folder: RunFolder) -> dict:
+    try:
+        return json.loads(folder.environment.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _output(format: str, out: Path, threshold: float, images: list[ImageFile]) -> Output:
+    if format == "png":
+        return MaskFiles(out, threshold)
+    if format == "rle":
+        return RleJournal(out, threshold)
+    # a file without a readable header is left out of the store; decoding it fails and skips it
+    shapes = {image.image_id: image_shape(image.path) for image in images}
+    return MapStore.create(out / "maps", {image_id: shape for image_id, shape in shapes.items() if shape})

@@ -1,0 +1,47 @@
+"""What only a GPU can show: half-precision training on CUDA and CUDA prediction agreeing with the CPU's.
+
+Skipped where torch sees no CUDA device (every CI machine here); ``tools/gpu-check.sh`` runs them on
+a lent GPU machine.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from harness.data.carvana import open_carvana
+from harness.runs.probabilities import ProbabilityMaps
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (tools/gpu-check.sh)")
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_a_half_precision_run_learns_on_cuda(bench, synthetic_set, tmp_path, tiny_recipe, precision):
+    """fp16 trains through a GradScaler, bf16 without one; both must learn the tiny set as fp32 does."""
+    recipe = tiny_recipe(tmp_path / "tiny.toml", synthetic_set, epochs=3)
+    results = tmp_path / "results"
+    done = bench("run", recipe, "--device", "cuda", "--set", f"train.precision={precision}", "--set",
+                 "train.channels_last=true", "--results", results, "--name", precision)
+    assert done.code == 0, done.err
+    summary = json.loads((results / precision / "summary.json").read_text())
+    assert summary["oof_dice"] > 0.6 and "cuda" in summary["device"]
+
+
+def test_cuda_prediction_agrees_with_the_cpu(bench, synthetic_set, tmp_path, tiny_recipe):
+    """The same fold models predict the test images on both devices; fp32 kernels differ only in
+    summation order, so the thresholded masks agree on all but a few pixels."""
+    recipe = tiny_recipe(tmp_path / "tiny.toml", synthetic_set, epochs=1)
+    results = tmp_path / "results"
+    assert bench("run", recipe, "--device", "cpu", "--results", results, "--name", "run").code == 0
+    test_dir = open_carvana(synthetic_set).image_dir("test")
+    for device in ("cpu", "cuda"):
+        done = bench("predict", results / "run", test_dir, "--out", tmp_path / device, "--format", "maps",
+                     "--device", device)
+        assert done.code == 0, done.err
+    cpu, cuda = (ProbabilityMaps.open(tmp_path / device / "maps") for device in ("cpu", "cuda"))
+    differ = sum(int(np.count_nonzero((cpu.quantised(i) >= 128) != (cuda.quantised(i) >= 128))) for i in cpu.ids)
+    total = sum(h * w for h, w in cpu.shapes.values())
+    assert differ <= total * 1e-4, f"{differ} of {total} pixels differ"
