@@ -106,7 +106,7 @@ def test_an_undeclared_merger_takes_the_float_path(crafted) -> None:
 
 def test_workers_write_the_bytes_one_process_writes(tiny_runs, tmp_path, monkeypatch) -> None:
     """Real tiny runs, a group among the members, every post-processor: 2 spawned workers, chunks in order."""
-    monkeypatch.setattr(apply, "CHUNK", 3)  # 16 test images: 6 chunks, 4 of them in flight at a time
+    monkeypatch.setattr(test_pass, "CHUNK", 3)  # 16 test images: 6 chunks, 4 of them in flight at a time
     runs = open_runs([tiny_runs[name] for name in ("linknet", "unet", "fpn", "other_splits")])
     posts = [Post(name, apply) for name, apply in POSTS.items()] + [Post("convex_hull@0", POSTS["convex_hull"], 0)]
     ensemble = Ensemble([Group("pair", tuple(runs[:2])), runs[2], runs[3]], [0.45, 0.25, 0.3], merging.mean(), 120,
@@ -136,6 +136,6 @@ def test_a_plugin_file_merger_stays_in_one_process(crafted, tmp_path, monkeypatc
     merge = load_plugins([tmp_path / "plugins"]).get("merger", "maximum").factory()
     ensemble = Ensemble(crafted[:2], [1, 1], merge, 128, [])
     assert "not importable by name" in unpoolable(ensemble)
-    monkeypatch.setattr(apply, "CHUNK", 1)  # 3 chunks: 2 workers asked for and refused
+    monkeypatch.setattr(test_pass, "CHUNK", 1)  # 3 chunks: 2 workers asked for and refused
     outcome = write_test_submission(ensemble, tmp_path / "sub.csv.gz", Console(quiet=True), workers=2)
     assert (outcome.images, outcome.workers) == (IMAGES, 1)
