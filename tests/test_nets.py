@@ -271,3 +271,10 @@ def test_a_few_adam_steps_reduce_the_loss(build, size):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+def test_pointwise_is_a_1x1_convolution():
+    model = pointwise()
+    images = torch.randn(2, 3, 32, 48)
+    with torch.no_grad():
+        assert torch.allclose(model(images), model.conv(images), atol=1e-6)
