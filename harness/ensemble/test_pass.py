@@ -16,7 +16,6 @@ flat whatever the number of images.
 
 from __future__ import annotations
 
-import ctypes
 import importlib.machinery
 import os
 import pickle
@@ -33,12 +32,12 @@ from harness.data import rle
 from harness.ensemble.exact import ExactMerge
 from harness.ensemble.members import Group, runs_of
 from harness.errors import BenchError
+from harness.memory import keep_freed_memory
 from harness.runs.folder import Run
 
 if TYPE_CHECKING:
     from harness.ensemble.ensemble import Ensemble
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 CHUNK = 16  # images per task: large enough that a task's overhead is small, small enough to keep order cheap
 IN_FLIGHT = 2  # chunks queued per worker: one being computed, one waiting, so no worker idles
 
@@ -77,7 +76,7 @@ def encoded_rows(ensemble: Ensemble, workers: int) -> Iterator[tuple[str, str]]:
     """``(image id, RLE)`` of every test image, in the stores' order; ``workers`` > 1: that many processes."""
     ids = ensemble.runs[0].test.ids
     if workers <= 1:
-        _keep_freed_memory()
+        keep_freed_memory()
         masks = SubmissionMasks(ensemble)
         return ((image_id, rle.encode(masks(image_id))) for image_id in ids)
     return _pooled(unopened(ensemble), ids, workers)
@@ -135,23 +134,8 @@ _masks: SubmissionMasks | None = None  # a worker's own, built once by _start_wo
 
 def _start_worker(ensemble: bytes) -> None:
     global _masks
-    _keep_freed_memory()
+    keep_freed_memory()
     _masks = SubmissionMasks(pickle.loads(ensemble))
-
-
-def _keep_freed_memory() -> None:
-    """Keep freed blocks of up to 32 MiB in the heap (glibc), up to 128 MiB of them.
-
-    By default glibc maps every block over 128 KiB afresh and unmaps it when freed, raising that
-    limit only to the largest block freed so far, and trims the heap's top beyond twice it. Every
-    image allocates and frees a few maps of 2.4 MB, so a fresh worker page-faulted each of them in
-    again: it merged a car at a quarter of the rate of a process warmed up by larger maps (72 against
-    314 images/s). Elsewhere than glibc there is no ``mallopt`` and nothing is changed.
-    """
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    if mallopt is not None:
-        mallopt(_M_MMAP_THRESHOLD, 32 << 20)
-        mallopt(_M_TRIM_THRESHOLD, 128 << 20)
 
 
 def _encode_chunk(ids: list[str]) -> list[tuple[str, str]]:
