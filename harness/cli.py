@@ -149,7 +149,8 @@ def run_command(
 @app.command("predict")
 def predict_command(
     ctx: typer.Context,
-    run: Annotated[str, typer.Argument(help="A run folder, or a run name under --results.", show_default=False)],
+    run: Annotated[str, typer.Argument(help="A run folder or an ensemble folder (bench ensemble --out), or a name "
+                                            "under --results.", show_default=False)],
     images: Annotated[list[Path], typer.Argument(help="Folders (their .jpg/.jpeg/.png files), image files, or .txt "
                                                       "files with one image path a line.", show_default=False)],
     out: Annotated[Path, typer.Option(help="Where the masks or maps and predict.json go.")],
@@ -161,11 +162,17 @@ def predict_command(
                                                                "(default: as the recipe trains).")] = None,
     results: Annotated[Path, typer.Option(help="Where run names are looked up.")] = Path("results"),
 ) -> None:
-    """Apply a run's fold models to images, as the run predicts its test images; rerun to resume."""
+    """Apply a run's fold models, or an ensemble's runs, merger and post-processing, to images; rerun to resume."""
     from harness.engine.predict_run import PredictRequest, predict
+    from harness.ensemble.apply import ensemble_folder, predict_ensemble
 
     request = PredictRequest(run, images, out, results, format_, device, batch_size, workers)
-    if predict(request, _plugins(ctx), console).skipped:
+    ensemble = ensemble_folder(run, results)
+    if ensemble is None:
+        outcome = predict(request, _plugins(ctx), console)
+    else:
+        outcome = predict_ensemble(request, ensemble, _plugins(ctx), console)
+    if outcome.skipped:
         raise SystemExit(1)  # after everything else is written: the skipped images are in predict.json
 
 

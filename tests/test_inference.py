@@ -182,7 +182,8 @@ def test_bad_inputs_are_one_line(bench, trained, synthetic_set, tmp_path):
     ensemble = tmp_path / "ensemble"
     ensemble.mkdir()
     (ensemble / "ensemble.json").write_text("{}")
-    one_error_line(bench("predict", ensemble, synthetic_set / "test", "--out", tmp_path / "o4"), "not yet")
+    one_error_line(bench("predict", ensemble, synthetic_set / "test", "--out", tmp_path / "o4"),
+                   "written before bench predict could apply ensembles")
 
 
 def test_a_list_file_names_images_relative_to_itself(bench, trained, synthetic_set, tmp_path):

@@ -27,9 +27,6 @@ from harness.recipe.plugins import Plugins
 from harness.recipe.schema import Recipe, load_recipe
 from harness.runs.folder import FoldFolder, RunFolder, resolve_runs
 
-ENSEMBLE_FILE = "ensemble.json"  # written by bench ensemble into its --out folder
-
-
 @dataclass(frozen=True)
 class PredictRequest:
     run: str  # a run folder, or a run name under ``results``
@@ -47,37 +44,60 @@ def predict(request: PredictRequest, plugins: Plugins, console: Console) -> Outc
     if request.format not in FORMATS:
         raise BenchError(f"--format {request.format}: expected one of {', '.join(FORMATS)}")
     folder = _run_folder(request.run, request.results)
-    images = list_images(request.images)
-    if not images:
-        raise BenchError(f"no .jpg, .jpeg or .png image in {', '.join(map(str, request.images))}")
-    recipe = load_recipe(_recipe_file(folder), plugins)
-    parts = Assembly(recipe, plugins)
-    folds = _fold_checkpoints(folder, recipe)
-    compute = _compute(recipe, folder, resolve_device(request.device))
-    predictor = Predictor.from_folds(parts, folds, compute)
-    output = _output(request.format, request.out, recipe.predict.threshold, images)
-    workers = parts.loader_workers(compute) if request.workers is None else request.workers
-    console.print(f"predict {len(images)} images with the {len(folds)} fold models of {folder.path} on "
-                  f"{compute.describe()} into {request.out} ({request.format})", highlight=False)
-    outcome = predict_images(images, predictor, output, request.batch_size or recipe.train.batch_size, workers,
-                             console)
-    atomic_write_json(request.out / "predict.json", {
-        "run": str(folder.path), "format": request.format, "device": compute.describe(), "decoder": DECODER,
-        "images": outcome.images, "predicted": outcome.predicted, "resumed": outcome.resumed,
-        "skipped": [{"image": path, "reason": reason} for path, reason in outcome.skipped],
-        "seconds": round(outcome.seconds, 3), "images_per_s": round(outcome.images_per_s, 2),
-    })
+    images = listed_images(request.images)
+    job = RunPrediction.of(folder, plugins, request)
+    output = _output(request.format, request.out, job.recipe.predict.threshold, images)
+    console.print(f"predict {len(images)} images with the {len(job.predictor.models)} fold models of {folder.path} "
+                  f"on {job.predictor.compute.describe()} into {request.out} ({request.format})", highlight=False)
+    outcome = job.predict(images, output, console)
+    write_report(request, outcome, {"run": str(folder.path), "device": job.predictor.compute.describe()})
     console.print(outcome.line(), highlight=False)
     return outcome
 
 
+def listed_images(inputs: list[Path]) -> list[ImageFile]:
+    """The images of the command line; none is one line."""
+    images = list_images(inputs)
+    if not images:
+        raise BenchError(f"no .jpg, .jpeg or .png image in {', '.join(map(str, inputs))}")
+    return images
+
+
+@dataclass(frozen=True)
+class RunPrediction:
+    """A run's fold models, ready to predict, with the batch and loader workers the request asks for."""
+
+    recipe: Recipe
+    predictor: Predictor
+    batch_size: int
+    workers: int
+
+    @classmethod
+    def of(cls, folder: RunFolder, plugins: Plugins, request: PredictRequest) -> RunPrediction:
+        recipe = load_recipe(_recipe_file(folder), plugins)
+        parts = Assembly(recipe, plugins)
+        folds = _fold_checkpoints(folder, recipe)
+        compute = _compute(recipe, folder, resolve_device(request.device))
+        workers = parts.loader_workers(compute) if request.workers is None else request.workers
+        return cls(recipe, Predictor.from_folds(parts, folds, compute), request.batch_size or recipe.train.batch_size,
+                   workers)
+
+    def predict(self, images: list[ImageFile], output: Output, console: Console) -> Outcome:
+        return predict_images(images, self.predictor, output, self.batch_size, self.workers, console)
+
+
+def write_report(request: PredictRequest, outcome: Outcome, what: dict) -> None:
+    """``out/predict.json``: what was applied (``what``), to how many images, which were skipped, how fast."""
+    atomic_write_json(request.out / "predict.json", {
+        **what, "format": request.format, "decoder": DECODER,
+        "images": outcome.images, "predicted": outcome.predicted, "resumed": outcome.resumed,
+        "skipped": [{"image": path, "reason": reason} for path, reason in outcome.skipped],
+        "seconds": round(outcome.seconds, 3), "images_per_s": round(outcome.images_per_s, 2),
+    })
+
+
 def _run_folder(run: str, results: Path) -> RunFolder:
-    """The one run ``run`` names. An ensemble folder is refused for now: applying one (its members'
-    models, weights, threshold and post-processing) is the hook for a later ``bench predict ENSEMBLE``."""
-    for candidate in (Path(run), results / run):
-        if (candidate / ENSEMBLE_FILE).is_file():
-            raise BenchError(f"{candidate} is an ensemble ({ENSEMBLE_FILE}); bench predict applies runs only, "
-                             "not yet ensembles: give one of its member runs")
+    """The one run ``run`` names."""
     found = resolve_runs([run], results)
     if len(found) != 1:
         raise BenchError(f"{run}: holds {len(found)} runs; bench predict applies one, give its folder")
@@ -126,6 +146,11 @@ def _output(format: str, out: Path, threshold: float, images: list[ImageFile]) -
         return MaskFiles(out, threshold)
     if format == "rle":
         return RleJournal(out, threshold)
-    # a file without a readable header is left out of the store; decoding it fails and skips it
+    return MapStore.create(out / "maps", readable_shapes(images))
+
+
+def readable_shapes(images: list[ImageFile]) -> dict[str, tuple[int, int]]:
+    """(height, width) of every image whose header reads: a file without one is left out of a store,
+    and decoding it fails and skips it."""
     shapes = {image.image_id: image_shape(image.path) for image in images}
-    return MapStore.create(out / "maps", {image_id: shape for image_id, shape in shapes.items() if shape})
+    return {image_id: shape for image_id, shape in shapes.items() if shape}

@@ -93,6 +93,8 @@ class Post:
     name: str
     apply: PostProcess
     reads: int | None = None  # index of the member whose map it reads; None: the merged map
+    component: str | None = None  # the registered name it was built from; None: ``name``
+    params: dict = field(default_factory=dict)  # as given, before validation: they rebuild it (``apply``)
 
     def __call__(self, ensemble: Ensemble, split: str, image_id: str, merged: np.ndarray,
                  mask: np.ndarray) -> np.ndarray:
@@ -143,8 +145,12 @@ def build_ensemble(request: EnsembleRequest, plugins: Plugins, console: Console)
         runs = top_runs(runs, request.top)
     _check_request(request, runs)
     dataset = _truth_set(request.data or Path(runs[0].summary["data"]), runs[0])
-    merge = _component(plugins, "merger", request.merger)
-    posts = [Post(spec, _component(plugins, "postprocessor", spec)) for spec in request.post]
+    merge = component_from_text(plugins, "merger", request.merger)
+    posts = []
+    for text in request.post:
+        name, params = _parse_component("postprocessor", text)
+        posts.append(Post(text, build_component(plugins, "postprocessor", name, params, f"postprocessor {text!r}"),
+                          component=name, params=params))
     return _choose_and_write(request, runs, dataset, merge, posts, console)
 
 
@@ -169,9 +175,10 @@ def build_from_spec(path: Path, request: EnsembleRequest, plugins: Plugins, cons
     names = [member.name for member in spec.members]
     posts = []
     for index, post in enumerate(spec.post):
-        apply = _build_component(plugins, "postprocessor", post.name, post.params, str(path), key=f"post.{index}")
+        apply = build_component(plugins, "postprocessor", post.name, post.params, str(path), key=f"post.{index}")
         label = post.name if post.reads is None else f"{post.name}@{post.reads}"
-        posts.append(Post(label, apply, None if post.reads is None else names.index(post.reads)))
+        posts.append(Post(label, apply, None if post.reads is None else names.index(post.reads), post.name,
+                          dict(post.params)))
     labels = [post.name for post in posts]
     if len(set(labels)) != len(labels):
         raise BenchError(f"{path}: key 'post': a post-processor is listed twice on the same map")
@@ -184,7 +191,7 @@ def build_from_spec(path: Path, request: EnsembleRequest, plugins: Plugins, cons
     if spec_request.threshold is not None:  # checked here, where the message can name the spec's key
         _cutoff(spec_request.threshold, where=f"{path}: key 'threshold' =")
     dataset = _truth_set(request.data or Path(runs[0].summary["data"]), runs[0])
-    merge = _build_component(plugins, "merger", spec.merger, {}, f"{path}: key 'merger'")
+    merge = build_component(plugins, "merger", spec.merger, {}, f"{path}: key 'merger'")
     return _choose_and_write(spec_request, members, dataset, merge, posts, console, spec=path)
 
 
@@ -344,16 +351,17 @@ class TestOutcome:
     workers: int
 
 
-def write_test_submission(ensemble: Ensemble, path: Path, console: Console, workers: int = 1) -> TestOutcome:
-    """Merge, threshold, post-process and encode every test image into ``path``, streaming, in ``workers``
-    processes (``harness.ensemble.test_pass``; one: in this process)."""
-    ids = ensemble.runs[0].test.ids
+def write_test_submission(ensemble: Ensemble, path: Path, console: Console, workers: int = 1,
+                          ids: list[str] | None = None) -> TestOutcome:
+    """Merge, threshold, post-process and encode every test image (or those of ``ids``) into ``path``,
+    streaming, in ``workers`` processes (``harness.ensemble.test_pass``; one: in this process)."""
+    ids = ensemble.runs[0].test.ids if ids is None else ids
     workers = test_pass.pool_size(len(ids), workers)
     reason = test_pass.unpoolable(ensemble) if workers > 1 else None
     if reason is not None:
         console.print(f"test pass in one process: {reason}", highlight=False)
         workers = 1
-    rows = _track(test_pass.encoded_rows(ensemble, workers), "test", console, total=len(ids))
+    rows = _track(test_pass.encoded_rows(ensemble, workers, ids), "test", console, total=len(ids))
     tracemalloc.start()
     started = time.perf_counter()
     try:
@@ -362,7 +370,8 @@ def write_test_submission(ensemble: Ensemble, path: Path, console: Console, work
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    check_submission(path, ensemble.runs[0].test.shapes)
+    shapes = ensemble.runs[0].test.shapes
+    check_submission(path, {image_id: shapes[image_id] for image_id in ids})
     return TestOutcome(written, seconds, peak / 2**20, workers)
 
 
@@ -393,6 +402,7 @@ def _report(request, ensemble, search, dataset, dice_by_chain, kept, decisions, 
         "merger": request.merger,
         "threshold": threshold,
         "cutoff_u8": ensemble.cutoff,
+        "apply": applied(ensemble, request.merger),
         "postprocessing": {
             "tried": list(request.post),
             "kept": list(kept),
@@ -441,6 +451,22 @@ def _report(request, ensemble, search, dataset, dice_by_chain, kept, decisions, 
             "check": f"bench ensemble --check {shlex.quote(str(request.out / 'submission.csv.gz'))} "
                      f"--data {shlex.quote(str(dataset.root))}",
         },
+    }
+
+
+def applied(ensemble: Ensemble, merger: str) -> dict:
+    """What ``bench predict ENSEMBLE`` rebuilds the ensemble from (``harness.ensemble.apply``): the members
+    it reads (those with a weight, and those a post-processor reads) with their run folders, the merger,
+    the cutoff and the post-processors, each as its registered name and parameters."""
+    needed = sorted(set(ensemble.members()) | {post.reads for post in ensemble.post if post.reads is not None})
+    return {
+        "members": [{"name": ensemble.runs[i].name, "weight": ensemble.weights[i],
+                     "group": isinstance(ensemble.runs[i], Group),
+                     "folders": [str(run.path.resolve()) for run in runs_of(ensemble.runs[i])]} for i in needed],
+        "merger": merger,
+        "cutoff_u8": ensemble.cutoff,
+        "post": [{"name": post.component or post.name, "params": post.params,
+                  "reads": None if post.reads is None else needed.index(post.reads)} for post in ensemble.post],
     }
 
 
@@ -521,8 +547,12 @@ def _truth_set(root: Path, run: Run) -> CarvanaSet:
     return dataset
 
 
-def _component(plugins: Plugins, kind: str, spec: str) -> Callable:
+def component_from_text(plugins: Plugins, kind: str, spec: str) -> Callable:
     """Build a merger or post-processor from ``name`` or ``name:key=value:key=value`` (a command-line value)."""
+    return build_component(plugins, kind, *_parse_component(kind, spec), f"{kind} {spec!r}")
+
+
+def _parse_component(kind: str, spec: str) -> tuple[str, dict[str, str]]:
     name, *pairs = spec.split(":")
     params = {}
     for pair in pairs:
@@ -530,10 +560,10 @@ def _component(plugins: Plugins, kind: str, spec: str) -> Callable:
         if not sep:
             raise BenchError(f"{kind} {spec!r}: expected name:key=value, got {pair!r}")
         params[key] = value
-    return _build_component(plugins, kind, name, params, f"{kind} {spec!r}")
+    return name, params
 
 
-def _build_component(plugins: Plugins, kind: str, name: str, params: dict, where: str,
+def build_component(plugins: Plugins, kind: str, name: str, params: dict, where: str,
                      key: str | None = None) -> Callable:
     """A registered merger or post-processor, its parameters checked; every problem is one line that
     starts with ``where`` (who asked for it) and, for a table of an ensemble spec, names its ``key``."""

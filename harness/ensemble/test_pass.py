@@ -72,9 +72,9 @@ class SubmissionMasks:
         return self.ensemble.postprocess("test", image_id, self.exact.probability(split), mask)
 
 
-def encoded_rows(ensemble: Ensemble, workers: int) -> Iterator[tuple[str, str]]:
-    """``(image id, RLE)`` of every test image, in the stores' order; ``workers`` > 1: that many processes."""
-    ids = ensemble.runs[0].test.ids
+def encoded_rows(ensemble: Ensemble, workers: int, ids: list[str] | None = None) -> Iterator[tuple[str, str]]:
+    """``(image id, RLE)`` of every test image (or of ``ids``), in that order; ``workers`` > 1: that many processes."""
+    ids = ensemble.runs[0].test.ids if ids is None else ids
     if workers <= 1:
         keep_freed_memory()
         masks = SubmissionMasks(ensemble)
