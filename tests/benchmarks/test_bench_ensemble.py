@@ -25,7 +25,7 @@ from rich.console import Console
 
 from harness.ensemble import test_pass
 from harness.ensemble.ensemble import Ensemble, Post, write_test_submission
-from harness.ensemble.submission import write_submission
+from harness.data.submission import write_submission
 from harness.runs.folder import Run, RunFolder, Summary
 from harness.runs.probabilities import ProbabilityMaps, quantise
 from plugins.components import merging as merge
