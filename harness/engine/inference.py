@@ -82,7 +82,7 @@ class Predictor:
         """``wanted`` on a GPU. On a CPU, the largest batch up to it whose float32 input stays within one
         heap block (``harness.memory``): a larger batch is mapped afresh from the kernel at every step,
         and at full size costs more per image, not less (1918x1280, a 1x1 convolution with flip TTA
-        over 2 folds, AVX512, 2 cores: 150 ms an image in batches of 8, 82 in batches of 1)."""
+        over 2 folds, AVX512, 2 cores: 155 ms an image in batches of 8, 60 in batches of 1, docs/scale.md)."""
         if self.compute.device.type != "cpu":
             return wanted
         height, width = self.fit.input_shape(*(image_shape(first.path) or (1, 1)))

@@ -6,6 +6,9 @@
 #
 #   tools/scale/simulate.sh WORK [IMAGES [KILL_AFTER]]      e.g. tools/scale/simulate.sh /scratch/sim
 #
+# FORMAT=rle|png|maps chooses bench predict's output (default rle); SIZE=WxH the images' size (default
+# 1918x1280: 144x96 runs the bookkeeping of 100,064 images in minutes instead of hours on a CPU).
+#
 # WORK needs a few GB free. Prints what docs/scale.md records: images done before the kill, images
 # redone after it (none, if resuming works), images/s, peak memory of the process tree, output size.
 set -euo pipefail
@@ -13,12 +16,13 @@ work=$1
 images=${2:-100064}
 kill_after=${3:-120}
 format=${FORMAT:-rle}
+size=${SIZE:-1918x1280}
 python=${PYTHON:-.venv/bin/python}
 bench() { "$python" -m harness.cli "$@"; }
 export NO_ALBUMENTATIONS_UPDATE=1
 mkdir -p "$work"
 
-[ -d "$work/full" ] || bench data synth --out "$work/full" --cars 1 --test-cars 1 --size 1918x1280
+[ -d "$work/full" ] || bench data synth --out "$work/full" --cars 1 --test-cars 1 --size "$size"
 "$python" - "$work" "$images" <<'EOF'
 import os, sys
 from pathlib import Path
