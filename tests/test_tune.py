@@ -309,18 +309,3 @@ def test_a_storage_that_fails_to_write_is_one_line_with_the_database_s_reason(tm
             raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from error
     assert str(raised.value).startswith(f"study storage sqlite:///{tmp_path}/study/study.db: cannot write: "
                                         "database or disk is full; ")
-
-
-def test_ctrl_c_wrapped_by_a_library_still_stops_the_study():
-    """A library that turns a KeyboardInterrupt into its own error (a database layer) must not make bench
-    tune record a failed trial and go on: the interrupt is recognised in the error's chain."""
-    from harness.tune.tune import _caused_by_ctrl_c
-
-    try:
-        try:
-            raise KeyboardInterrupt
-        except KeyboardInterrupt:
-            raise RuntimeError("database operation interrupted")
-    except RuntimeError as wrapped:
-        assert _caused_by_ctrl_c(wrapped)
-    assert not _caused_by_ctrl_c(ValueError("a plain bug"))

@@ -226,7 +226,8 @@ class Worker:
             self.study.tell(trial, state=TrialState.PRUNED)
             self._say(trial, f"pruned {pruned} (Dice so far {trial.user_attrs.get('partial_dice', float('nan')):.4f})")
         except KeyboardInterrupt:
-            self._interrupted(trial)
+            studies.fail_and_retry(self.study, trial, "interrupted")
+            self._say(trial, "interrupted: recorded as failed and queued again; bench tune again resumes it")
             raise
         except DiskFull:  # every later trial would fail the same way and spend the budget for nothing
             studies.fail_and_retry(self.study, trial, "disk full")
@@ -237,9 +238,6 @@ class Worker:
             self.study.tell(trial, state=TrialState.FAIL)
             self._say(trial, f"failed: {error}")
         except Exception as error:  # a bug or an out-of-memory: recorded with its traceback, and the study goes on
-            if _caused_by_ctrl_c(error):  # a library (the storage's database layer) turned Ctrl-C into its own error
-                self._interrupted(trial)
-                raise KeyboardInterrupt from error
             where = self.job.place.folder / "logs" / f"trial-{trial.number}-error.txt"
             atomic_write_text(where, traceback.format_exc())
             trial.set_user_attr("error", f"{type(error).__name__}: {error} (traceback in {where})")
@@ -248,10 +246,6 @@ class Worker:
         else:
             self.study.tell(trial, values)
             self._say(trial, ", ".join(f"{name} {value:.4f}" for name, value in zip(self.space.spec.objectives, values)))
-
-    def _interrupted(self, trial: optuna.Trial) -> None:
-        studies.fail_and_retry(self.study, trial, "interrupted")
-        self._say(trial, "interrupted: recorded as failed and queued again; bench tune again resumes it")
 
     def _evaluate(self, trial: optuna.Trial) -> list[float]:
         recipe = self.space.recipe_for(trial.params)
@@ -269,17 +263,6 @@ class Worker:
     def _say(self, trial: optuna.Trial, outcome: str) -> None:
         self.lines.print(f"{escape(self.prefix)}trial {trial.number}: {escape(outcome)}", highlight=False)
         studies.write_trials_csv(self.study, self.job.place.folder)
-
-
-def _caused_by_ctrl_c(error: BaseException) -> bool:
-    """``error`` was raised while handling, or because of, a KeyboardInterrupt."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, KeyboardInterrupt):
-            return True
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return False
 
 
 class _Heartbeat:
