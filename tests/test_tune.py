@@ -87,8 +87,14 @@ def test_two_workers_share_one_study_prune_and_write_a_runnable_recipe(bench, tu
 
 
 def _start_and_wait_for_a_fold(command: list[str], study_folder: Path) -> subprocess.Popen:
-    """Start ``bench tune`` in a session of its own; return once the first trial has finished a fold."""
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    """Start ``bench tune`` in a session of its own; return once the first trial has finished a fold.
+
+    Its output goes to ``tune.log`` beside the results, which a failing assertion can show. Ctrl-C is
+    given back its default in the child: a suite started in the background (``make test &``, nohup)
+    ignores SIGINT, every child inherits that, and Python then installs no KeyboardInterrupt."""
+    log = open(study_folder.parent.parent.parent / "tune.log", "w")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while not list(study_folder.glob("tiny-*/fold-0/fold.json")):
         assert process.poll() is None and time.monotonic() < deadline, "tune ended before it could be stopped"
@@ -134,7 +140,7 @@ def test_ctrl_c_records_the_running_trial_and_queues_it_again(untuned):
     command, results = untuned
     process = _start_and_wait_for_a_fold(command, results / "tune" / "tiny")
     os.killpg(process.pid, signal.SIGINT)
-    assert process.wait(timeout=60) == 130
+    assert process.wait(timeout=60) == 130, (results.parent / "tune.log").read_text()
     trials = _load(results, "tiny").get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
     assert trials[0].user_attrs["error"] == "interrupted" and trials[1].params == trials[0].params
