@@ -26,7 +26,7 @@ pixels, so the seed's threshold survives the rounding (``binarise``).
 Layout for a store at ``PATH`` (a folder): ``PATH/index.json`` (ids and shapes, written first) and one
 ``PATH/<id>.zst`` per image written so far. Each file is written to a temporary name and renamed, so
 a killed writer leaves whole files only, and what exists is done: a resumed run or ``bench predict``
-skips it (``written``). Files are not fsynced one by one (100,064 syncs would cost minutes); a power
+skips it (``written_ids``). Files are not fsynced one by one (100,064 syncs would cost minutes); a power
 cut can leave an empty file, which reading reports by name.
 
 Runs written before these stores hold one raw file (``PATH.u8`` with ``PATH.json``): ``open`` still reads
@@ -159,20 +159,12 @@ class ProbabilityMaps:
     def file(self, image_id: str) -> Path:
         return self.path / f"{image_id}{SUFFIX}"
 
-    def written(self, image_id: str) -> bool:
-        """The image's map is on disk (a resumed job skips it)."""
-        return self.file(image_id).is_file()
-
     def written_ids(self) -> set[str]:
-        """Every image whose map is on disk, from one listing of the folder (cheap for 100,064 images)."""
+        """Every image whose map is on disk, from one listing of the folder (cheap for 100,064 images):
+        what a resumed job skips."""
         with os.scandir(self.path) as entries:
             names = {entry.name[: -len(SUFFIX)] for entry in entries if entry.name.endswith(SUFFIX)}
         return names & self.shapes.keys()
-
-    def disk_bytes(self) -> int:
-        """What the maps written so far take on disk."""
-        with os.scandir(self.path) as entries:
-            return sum(entry.stat().st_blocks * 512 for entry in entries if entry.name.endswith(SUFFIX))
 
     def quantised(self, image_id: str) -> np.ndarray:
         """The stored uint8 map (read-only: copy it to change it)."""
@@ -234,9 +226,6 @@ class RawMaps:
     ids = ProbabilityMaps.ids
     __len__ = ProbabilityMaps.__len__
     __contains__ = ProbabilityMaps.__contains__
-
-    def written(self, image_id: str) -> bool:
-        return image_id in self.shapes
 
     def quantised(self, image_id: str) -> np.ndarray:
         height, width = self.shapes[image_id]
