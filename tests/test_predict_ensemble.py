@@ -6,7 +6,6 @@ import gzip
 import json
 
 import cv2
-import numpy as np
 
 from harness.data import rle
 from harness.data.carvana import open_carvana
@@ -61,4 +60,12 @@ def test_an_ensemble_writes_masks_not_maps(bench, tiny_runs, synthetic_set, tmp_
     assert bench("ensemble", tiny_runs["linknet"], tiny_runs["unet"], "--out", tmp_path / "ensemble").code == 0
     refused = bench("predict", tmp_path / "ensemble", synthetic_set, "--out", tmp_path / "out", "--format", "maps")
     assert refused.code == 2 and "an ensemble writes masks" in refused.err, refused.err
-    assert np.array(len(refused.err.strip().splitlines())) == 1
+    assert len(refused.err.strip().splitlines()) == 1
+
+
+def test_a_damaged_apply_table_is_one_line(bench, synthetic_set, tmp_path):
+    (tmp_path / "ensemble").mkdir()
+    (tmp_path / "ensemble" / "ensemble.json").write_text('{"apply": {"members": [{"name": "a"}]}}')
+    refused = bench("predict", tmp_path / "ensemble", synthetic_set, "--out", tmp_path / "out")
+    assert refused.code == 2 and len(refused.err.strip().splitlines()) == 1, refused.err
+    assert "its 'apply' table is damaged" in refused.err

@@ -52,15 +52,19 @@ def load_applied(folder: Path, plugins: Plugins) -> Ensemble:
     if spec is None:
         raise BenchError(f"{path}: written before bench predict could apply ensembles; build it again with the "
                          "command in its reproduce.apply")
-    members = []
-    for entry in spec["members"]:
-        runs = tuple(_member_run(Path(folder_), path) for folder_ in entry["folders"])
-        members.append(Group(entry["name"], runs) if entry["group"] else runs[0])
-    posts = [Post(post["name"], build_component(plugins, "postprocessor", post["name"], post["params"],
-                                                 f"{path}: post-processor {post['name']!r}"),
-                  post["reads"], post["name"], post["params"]) for post in spec["post"]]
-    return Ensemble(members, [entry["weight"] for entry in spec["members"]],
-                    component_from_text(plugins, "merger", spec["merger"]), spec["cutoff_u8"], posts)
+    try:
+        members = []
+        for entry in spec["members"]:
+            runs = tuple(_member_run(Path(folder_), path) for folder_ in entry["folders"])
+            members.append(Group(entry["name"], runs) if entry["group"] else runs[0])
+        posts = [Post(post["name"], build_component(plugins, "postprocessor", post["name"], post["params"],
+                                                     f"{path}: post-processor {post['name']!r}"),
+                      post["reads"], post["name"], post["params"]) for post in spec["post"]]
+        return Ensemble(members, [entry["weight"] for entry in spec["members"]],
+                        component_from_text(plugins, "merger", spec["merger"]), spec["cutoff_u8"], posts)
+    except (KeyError, TypeError, IndexError) as error:  # edited by hand, or cut short
+        raise BenchError(f"{path}: its 'apply' table is damaged ({type(error).__name__}: {error}); build the "
+                         "ensemble again with the command in its reproduce.apply") from None
 
 
 def _member_run(folder: Path, ensemble: Path) -> Run:

@@ -43,10 +43,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from harness.data.carvana import CarvanaSet, car_id, open_carvana, read_mask
+from harness.data.submission import check_submission, write_submission
 from harness.ensemble import oof_search, test_pass
 from harness.ensemble.members import Group, open_runs, runs_of, top_runs
 from harness.ensemble.spec import load_spec
-from harness.data.submission import check_submission, write_submission
 from harness.errors import BenchError
 from harness.evaluate import stats
 from harness.io import atomic_write_json, atomic_write_text
