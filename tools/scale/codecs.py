@@ -1,0 +1,97 @@
+"""The measurements behind two choices of docs/scale.md: the probability store's codec and the JPEG decoder.
+
+``python tools/scale/codecs.py [JPEG]`` prints, for a full-size (1918x1280) car-like map (a soft
+silhouette upsampled from 144x96, so its uncertain band is wider than a trained model's), each
+lossless codec's ratio and ms to encode and decode; then, for a full-size JPEG (docs/scale.md used
+an image of ``bench data synth --size 1918x1280``; default: a noisier one written here, slower to
+decode), each decoder's ms and whether it gives OpenCV's pixels. Mean of 20 calls.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import simplejpeg
+import torch
+import torchvision
+import zstandard
+from PIL import Image
+
+HEIGHT, WIDTH, CALLS = 1280, 1918, 20
+
+
+def _mean_ms(call) -> tuple[float, object]:
+    result = call()
+    started = time.perf_counter()
+    for _ in range(CALLS):
+        call()
+    return (time.perf_counter() - started) / CALLS * 1000, result
+
+
+def car_map() -> np.ndarray:
+    small = np.zeros((96, 144), np.float32)
+    cv2.ellipse(small, (72, 55), (55, 22), 0, 0, 360, 1.0, -1)
+    cv2.rectangle(small, (40, 30), (100, 50), 1.0, -1)
+    small = cv2.GaussianBlur(small, (5, 5), 1.2)
+    band = (small > 0.05) & (small < 0.95)  # a model's unsure edge is not smooth: a little noise in the band
+    noise = np.random.default_rng(0).normal(0, 0.02, small.shape).astype(np.float32)
+    small = np.clip(small + noise * band, 0, 1)
+    return np.rint(cv2.resize(small, (WIDTH, HEIGHT), interpolation=cv2.INTER_LINEAR) * 255).astype(np.uint8)
+
+
+def codecs(levels: np.ndarray) -> None:
+    raw = levels.tobytes()
+    png = lambda level: lambda: cv2.imencode(".png", levels, [cv2.IMWRITE_PNG_COMPRESSION, level])[1].tobytes()
+    unpng = lambda data: cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED).tobytes()
+    candidates = {f"zstd -{n}": (lambda n=n: zstandard.ZstdCompressor(level=n).compress(raw),
+                                 zstandard.ZstdDecompressor().decompress) for n in (1, 3, 6)}
+    candidates.update({f"zlib -{n}": (lambda n=n: zlib.compress(raw, n), zlib.decompress) for n in (1, 6)})
+    candidates["PNG (OpenCV) -1"] = (png(1), unpng)
+    share = float(((levels > 0) & (levels < 255)).mean())
+    print(f"map {WIDTH}x{HEIGHT}, {share:.1%} of pixels uncertain")
+    for name, (encode, decode) in candidates.items():
+        encode_ms, packed = _mean_ms(encode)
+        decode_ms, unpacked = _mean_ms(lambda: decode(packed))
+        assert unpacked == raw, name
+        print(f"  {name:16s} {len(raw) / len(packed):5.1f}x  encode {encode_ms:5.2f} ms  decode {decode_ms:5.2f} ms")
+
+
+def decoders(path: Path) -> None:
+    data = path.read_bytes()
+    reference = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    candidates = {
+        "simplejpeg": lambda: simplejpeg.decode_jpeg(data, colorspace="RGB"),
+        "cv2.imdecode + RGB": lambda: cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR),
+                                                   cv2.COLOR_BGR2RGB),
+        "torchvision (CPU)": lambda: torchvision.io.decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+        .permute(1, 2, 0).numpy(),
+        "PIL": lambda: np.asarray(Image.open(path).convert("RGB")),
+    }
+    print(f"decoders, {path.name}")
+    for name, decode in candidates.items():
+        ms, image = _mean_ms(decode)
+        print(f"  {name:20s} {ms:5.2f} ms  same pixels as OpenCV: {np.array_equal(image, reference)}")
+
+
+def main() -> None:
+    print(f"cpu capability {torch.backends.cpu.get_cpu_capability()}")
+    codecs(car_map())
+    if len(sys.argv) > 1:
+        decoders(Path(sys.argv[1]))
+        return
+    with tempfile.TemporaryDirectory() as scratch:  # a photo-like full-size JPEG: noise over the car map
+        noise = np.random.default_rng(0).integers(0, 64, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+        image = np.clip(noise + car_map()[..., None] // 2, 0, 255).astype(np.uint8)
+        path = Path(scratch) / "full.jpg"
+        cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        decoders(path)
+
+
+if __name__ == "__main__":
+    main()
