@@ -51,7 +51,9 @@ def test_unset_keys_keep_the_behaviour_and_the_text_of_existing_recipes(plugins)
     resolved = tomllib.loads(plain.to_toml())
     assert set(resolved["input"]) == {"size", "fit", "pad_mode", "normalize"} and "images" not in resolved["data"]
     normalise = recipe_normalise(plain)
-    assert not normalise.bgr and torch.allclose(normalise.mean.flatten(), torch.tensor([0.485, 0.456, 0.406]) * 255)
+    white = torch.full((1, 3, 1, 1), 255, dtype=torch.uint8)
+    expected = (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
+    assert not normalise.bgr and torch.allclose(normalise(white).flatten(), expected)
 
 
 def test_bgr_model_receives_the_channels_reversed_through_the_prediction_path(plugins):

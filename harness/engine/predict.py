@@ -62,24 +62,28 @@ TTA: dict[str, list[tuple[Transform, Transform]]] = {
 }
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def variant_logits(
     models: Sequence[torch.nn.Module], images: torch.Tensor, tta: str, compute: Compute,
     tiling: Tiling | None = None,
-) -> list[torch.Tensor]:
-    """Per model, the logits of every TTA variant, mapped back: ``(V, N, 1, H, W)`` float32."""
-    per_model = []
-    for model in models:
-        def forward_pass(x: torch.Tensor, model=model) -> torch.Tensor:
-            return model(x.contiguous(memory_format=compute.memory_format))
+) -> list[list[torch.Tensor]]:
+    """Per model, the logits ``(N, 1, H, W)`` (float32) of every TTA variant, mapped back.
 
-        outputs = []
-        for forward, inverse in TTA[tta]:
-            with compute.autocast():
-                variant = forward(images)
-                logits = forward_pass(variant) if tiling is None else predict_tiled(forward_pass, variant, tiling)
-            outputs.append(inverse(logits.float()))
-        per_model.append(torch.stack(outputs))
+    Each variant of the input is made once and given to every model in turn: a flip of a full-size
+    float input costs as much as a forward pass of a small network, and only one variant is held at
+    a time.
+    """
+    def forward_pass(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return model(x.contiguous(memory_format=compute.memory_format))
+
+    per_model: list[list[torch.Tensor]] = [[] for _ in models]
+    for forward, inverse in TTA[tta]:
+        with compute.autocast():
+            variant = forward(images)
+            for model, outputs in zip(models, per_model):
+                logits = (forward_pass(model, variant) if tiling is None
+                          else predict_tiled(lambda x, model=model: forward_pass(model, x), variant, tiling))
+                outputs.append(inverse(logits.float()))
     return per_model
 
 
@@ -118,11 +122,11 @@ def quantised(probability: torch.Tensor) -> torch.Tensor:
     """``harness.runs.probabilities.quantise`` on the device: uint8 ``round(p * 255)``, the same levels bit
     for bit (float32 clamp and product, halves rounded to even in both), and a quarter of the bytes to
     copy back to the host."""
-    return torch.round(probability.clamp(0.0, 1.0) * LEVELS).to(torch.uint8)
+    return probability.clamp(0.0, 1.0).mul_(LEVELS).round_().to(torch.uint8)
 
 
 def combine(
-    per_model: list[torch.Tensor], index: int, height: int, width: int, fit: Fit, average: str,
+    per_model: list[list[torch.Tensor]], index: int, height: int, width: int, fit: Fit, average: str,
     fold_average: str | None = None,
 ) -> torch.Tensor:
     """The probability map ``(height, width)`` of image ``index`` of the batch.
@@ -131,13 +135,25 @@ def combine(
     probabilities); variants are averaged as the recipe says, models by ``merge_folds``.
     """
     maps = []
-    for logits in per_model:
-        restored = fit.restore(logits[:, index], height, width)[:, 0]  # (V, height, width)
+    for variants in per_model:
+        restored = [fit.restore(logits[index : index + 1], height, width)[0, 0] for logits in variants]
         if average == "logits":
-            maps.append(torch.sigmoid(restored.mean(0)))
+            maps.append(torch.sigmoid(_mean(restored)))
         else:
-            maps.append(torch.sigmoid(restored).mean(0))
+            maps.append(_mean([torch.sigmoid(logits) for logits in restored]))
+    if fold_average is None:
+        return _mean(maps)
     return merge_folds(torch.stack(maps), fold_average)
+
+
+def _mean(maps: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack(maps).mean(0)``, summed in the same order, without a copy of every map."""
+    if len(maps) == 1:
+        return maps[0]
+    total = maps[0].clone(memory_format=torch.contiguous_format)
+    for other in maps[1:]:
+        total += other
+    return total.div_(len(maps))
 
 
 def predict_loader(
