@@ -158,8 +158,8 @@ def predict_command(
                                                           "or maps (a probability store).")] = "rle",
     device: DeviceOption = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images a batch (default: the recipe's).")] = None,
-    workers: Annotated[Optional[int], typer.Option(min=0, help="Loader processes decoding images "
-                                                               "(default: as the recipe trains).")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=0, help="Loader processes (default: one per core on a CPU, "
+                                                               "each predicting; as the recipe trains on a GPU).")] = None,
     results: Annotated[Path, typer.Option(help="Where run names are looked up.")] = Path("results"),
 ) -> None:
     """Apply a run's fold models, or an ensemble's runs, merger and post-processing, to images; rerun to resume."""

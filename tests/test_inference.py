@@ -249,3 +249,49 @@ def test_a_full_disk_is_one_line_and_a_rerun_resumes(bench, trained, synthetic_s
     monkeypatch.undo()
     assert bench("predict", trained, synthetic_set / "test", "--out", out, "--format", "png").code == 0
     assert len(list((out / "masks").glob("*.png"))) == 16
+
+
+def _with_predict_key(run: Path, copy: Path, line: str) -> Path:
+    """A copy of ``run`` whose recipe has ``line`` in its [predict] table."""
+    shutil.copytree(run, copy)
+    recipe = copy / "recipe.toml"
+    recipe.write_text(recipe.read_text().replace("[predict]\n", f"[predict]\n{line}\n", 1))
+    return copy
+
+
+def test_compiled_prediction_in_two_workers_gives_the_eager_maps(bench, synthetic_set, tmp_path, tiny_recipe):
+    """predict.compile: compiled in the main process, then again in each worker that predicts (16 images in
+    batches of 4 on 2 workers); the maps are the eager path's within one level, the masks the same. The
+    floor model (``pointwise``), which compiles in seconds: what is tested is the pipeline around it."""
+    recipe = tiny_recipe(tmp_path / "pointwise.toml", synthetic_set, name="pointwise", model='name = "pointwise"',
+                         epochs=1, extra="[predict]\ntta = 'hflip'")
+    assert bench("run", recipe, "--results", tmp_path, "--name", "pointwise", "--device", "cpu").code == 0
+    trained = tmp_path / "pointwise"
+    compiled = _with_predict_key(trained, tmp_path / "compiled", "compile = true")
+    out = tmp_path / "out"
+    result = bench("predict", compiled, synthetic_set / "test", "--out", out, "--format", "maps", "--device", "cpu",
+                   "--batch-size", "4", "--workers", "2")
+    assert result.code == 0, result.err
+    assert "16 images in" in result.out and not result.err.strip()
+    eager, got = ProbabilityMaps.open(trained / "test_maps"), ProbabilityMaps.open(out / "maps")
+    assert sorted(got.written_ids()) == sorted(eager.ids)
+    for image_id in eager.ids:
+        want, have = np.array(eager.quantised(image_id), np.int16), np.array(got.quantised(image_id), np.int16)
+        assert np.abs(want - have).max() <= 1, image_id
+        assert np.mean(binarise(want.astype(np.uint8)) != binarise(have.astype(np.uint8))) < 1e-3, image_id
+
+
+def test_a_failed_compile_is_one_line_before_any_image_is_read(bench, trained, synthetic_set, tmp_path, monkeypatch):
+    import torch
+
+    def no_compiler(function):
+        def failing(*args, **kwargs):
+            raise torch._dynamo.exc.TorchDynamoException("InvalidCxxCompiler: No working C++ compiler found\n"
+                                                          "  the rest of a long message")
+        return failing
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    compiled = _with_predict_key(trained, tmp_path / "compiled", "compile = true")
+    result = bench("predict", compiled, synthetic_set / "test", "--out", tmp_path / "out", "--device", "cpu")
+    one_error_line(result, "predict.compile", "No working C++ compiler found", "predict.compile = false")
+    assert not (tmp_path / "out" / "rle.part").exists() or not (tmp_path / "out" / "rle.part").read_bytes()

@@ -105,12 +105,16 @@ def image_shape(path: Path) -> tuple[int, int] | None:
 
 @dataclass(frozen=True)
 class Sample:
-    """One image, fitted to the network input, or why it could not be (``image`` None)."""
+    """One image, fitted to the network input, or why it could not be (``image`` None); once predicted,
+    its map in place of the image, as uint8 levels or as its output encodes them
+    (``harness.engine.inference``)."""
 
     index: int
-    image: torch.Tensor | None  # uint8 CHW
+    image: torch.Tensor | None  # uint8 HWC, as decoded: the model's input layout is made with its normalising
     shape: tuple[int, int]  # the original (height, width)
     problem: str | None = None
+    levels: np.ndarray | None = None  # uint8 (height, width)
+    encoded: bytes | None = None
 
 
 class ImageSamples(torch.utils.data.Dataset):
@@ -134,7 +138,7 @@ class ImageSamples(torch.utils.data.Dataset):
         if self.preprocess is not None:
             image = self.preprocess(image=image)["image"]
         fitted = self.fit.array(image)
-        return Sample(index, torch.from_numpy(np.ascontiguousarray(fitted.transpose(2, 0, 1))), shape)
+        return Sample(index, torch.from_numpy(np.ascontiguousarray(fitted)), shape)
 
 
 def collate(samples: list[Sample]) -> list[Sample]:

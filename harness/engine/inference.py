@@ -2,25 +2,34 @@
 
 ``bench predict`` (any images, into a folder) and ``bench run``'s test prediction (its data's test
 images, into the run's test store) both go through ``predict_images``, so a map written by one is
-the map the other writes: bit for bit when the batches are the same (the recipe's batch size, and
-nothing resumed or skipped; a kernel may round differently in another batch shape).
+the map the other writes: bit for bit when the batches and workers are the same (the recipe's batch
+size, and nothing resumed or skipped; a kernel may round differently in another batch shape or on
+another number of threads).
 
-The work is a pipeline with every stage bounded, so memory stays flat over 100,064 images: loader
-workers decode, preprocess and fit (``harness.data.image_files``); the main process runs the
-batches through every fold model with the recipe's TTA and tiling (``harness.engine.predict``);
-maps are quantised there too, and only their uint8 levels come back to the host, where a few writer
-threads threshold, encode and write them, at most ``_PENDING_BATCHES`` batches behind. An output
-says which images it already holds, and those are never decoded again: a job killed at any moment
-is resumed by running it again.
+The work is a pipeline with every stage bounded, so memory stays flat over 100,064 images. Loader
+workers decode, preprocess and fit (``harness.data.image_files``). A batch is then run through
+every fold model with the recipe's TTA and tiling (``harness.engine.predict``) and its maps
+quantised to uint8 levels (``Predictor.predicted``; ``predict.compile`` compiles that step):
+- on a GPU, in the main process, batch after batch, while the workers decode the next ones; a few
+  writer threads encode the levels (``harness.engine.outputs``) and write them;
+- on a CPU, in the workers themselves, one per core, each on one thread: they predict and encode
+  whole batches side by side, and only the encoded bytes cross to the main process's writer
+  threads. (The main process decoding and predicting on both cores' threads managed 18 full-size
+  images/s on 2 cores; docs/scale.md has the figures of both.)
+The writers lag at most ``_PENDING_BATCHES`` batches behind. An output says which images it already
+holds, and those are never decoded again: a job killed at any moment is resumed by running it again.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+import os
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Iterator, Protocol, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Callable, Protocol, Sequence
 
 import albumentations as A
 import numpy as np
@@ -37,6 +46,7 @@ from harness.data.loading import Normalise
 from harness.engine.assembly import Assembly, recipe_fit, recipe_normalise
 from harness.engine.device import Compute
 from harness.engine.predict import combine, quantised, variant_logits
+from harness.errors import BenchError
 from harness.memory import HEAP_BLOCK, keep_freed_memory
 from harness.recipe.schema import PredictSpec
 from harness.runs.folder import FoldFolder
@@ -46,11 +56,14 @@ _PENDING_BATCHES = 2  # batches of maps waiting for a writer, at most: the bound
 
 
 class Output(Protocol):
-    """Where per-image results go (``harness.engine.outputs``). ``write`` is called from writer threads,
-    each image once; ``finish`` once at the end, with every image of the job in input order."""
+    """Where per-image results go (``harness.engine.outputs``). ``encode`` is a pure function, called in
+    loader workers or writer threads; ``write`` is called from writer threads, each image once, with
+    what ``encode`` made of it; ``finish`` once at the end, with every image of the job in input order."""
+
+    encode: Callable[[np.ndarray], bytes]
 
     def done(self, image_id: str) -> bool: ...
-    def write(self, image_id: str, levels: np.ndarray) -> None: ...
+    def write(self, image_id: str, encoded: bytes) -> None: ...
     def finish(self, ids: list[str]) -> None: ...
 
 
@@ -64,6 +77,7 @@ class Predictor:
     preprocess: A.Compose | None
     spec: PredictSpec
     compute: Compute
+    loader_workers: int  # the recipe's (``Assembly.loader_workers``): what decodes for a GPU
 
     @classmethod
     def from_folds(cls, parts: Assembly, folds: Sequence[FoldFolder], compute: Compute) -> Predictor:
@@ -76,7 +90,7 @@ class Predictor:
             models.append(model.to(compute.device, memory_format=compute.memory_format).eval())
         recipe = parts.recipe
         return cls(models, recipe_fit(recipe), recipe_normalise(recipe).to(compute.device),
-                   parts.transforms("preprocess"), recipe.predict, compute)
+                   parts.transforms("preprocess"), recipe.predict, compute, parts.loader_workers(compute))
 
     def batch_size(self, wanted: int, first: ImageFile) -> int:
         """``wanted`` on a GPU. On a CPU, the largest batch up to it whose float32 input stays within one
@@ -88,18 +102,79 @@ class Predictor:
         height, width = self.fit.input_shape(*(image_shape(first.path) or (1, 1)))
         return max(1, min(wanted, HEAP_BLOCK // (3 * height * width * 4)))
 
-    def maps(self, samples: list[Sample]) -> Iterator[tuple[Sample, torch.Tensor]]:
-        """``(sample, probability map at its own size)``; samples of one input shape are one batch."""
+    def levels(self, images: torch.Tensor, shapes: tuple[tuple[int, int], ...]) -> list[torch.Tensor]:
+        """A batch of one input shape (uint8 NHWC, on the device) through every fold model with the recipe's
+        TTA, each map restored to its original ``shapes[i]``, merged and quantised to uint8 levels: the
+        full-size float work of prediction, which ``predict.compile`` compiles as one graph."""
+        spec, compute = self.spec, self.compute
+        inputs = self.normalise(images.permute(0, 3, 1, 2), compute.memory_format)
+        per_model = variant_logits(self.models, inputs, spec.tta, compute, spec.tiling)
+        return [quantised(combine(per_model, position, *shape, self.fit, spec.average, spec.fold_average))
+                for position, shape in enumerate(shapes)]
+
+    @functools.cached_property
+    def _levels(self) -> Callable[[torch.Tensor, tuple[tuple[int, int], ...]], list[torch.Tensor]]:
+        return torch.compile(self.levels) if self.spec.compile else self.levels
+
+    @torch.no_grad()
+    def predicted(self, samples: list[Sample], encode: Callable[[np.ndarray], bytes] | None = None) -> list[Sample]:
+        """The batch with each readable image replaced by its map's uint8 levels, on the host, or by what
+        ``encode`` makes of them. On a CPU, the loader's ``collate_fn``: the workers predict and encode, and
+        only the encoded bytes (tens of kB for a full-size mask) cross to the main process. On a GPU, called
+        on each batch in the main process, whose writer threads encode."""
         groups: dict[tuple[int, ...], list[Sample]] = {}
         for sample in samples:
-            groups.setdefault(tuple(sample.image.shape), []).append(sample)
-        spec, compute = self.spec, self.compute
+            if sample.problem is None:
+                groups.setdefault(tuple(sample.image.shape), []).append(sample)
+        done: dict[int, Sample] = {}
         for group in groups.values():
-            images = torch.stack([sample.image for sample in group]).to(compute.device, non_blocking=True)
-            per_model = variant_logits(self.models, self.normalise(images).contiguous(
-                memory_format=compute.memory_format), spec.tta, compute, spec.tiling)
-            for position, sample in enumerate(group):
-                yield sample, combine(per_model, position, *sample.shape, self.fit, spec.average, spec.fold_average)
+            images = group[0].image[None] if len(group) == 1 else torch.stack([sample.image for sample in group])
+            maps = self._levels(images.to(self.compute.device, non_blocking=True), tuple(s.shape for s in group))
+            for sample, levels in zip(group, maps):
+                levels = levels.cpu().numpy()
+                done[sample.index] = replace(sample, image=None, levels=None if encode else levels,
+                                             encoded=encode(levels) if encode else None)
+        return [done.get(sample.index, sample) for sample in samples]
+
+    def compiled(self, first: ImageFile, batch_size: int, in_workers: bool) -> None:
+        """With ``predict.compile``, compile for ``first``'s shape before any image is read, so that a failure
+        (no C++ compiler, an operation the compiler cannot take) is one line. Loader workers that predict
+        compile again, each on its own, from the compiler's caches (3 s here): a graph compiled before
+        the fork ran five times slower in the forked workers (55 ms a full-size image against 11,
+        AVX512)."""
+        if not self.spec.compile:
+            return
+        # A CUDA build of PyTorch compiling for the CPU warns "No CUDA runtime is found": noise to the user
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+        height, width = image_shape(first.path) or (1, 1)
+        images = torch.zeros((batch_size, *self.fit.input_shape(height, width), 3), dtype=torch.uint8,
+                             device=self.compute.device)
+        try:
+            with torch.no_grad():
+                self._levels(images, ((height, width),) * batch_size)
+        except torch._dynamo.exc.TorchDynamoException as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise BenchError(f"predict.compile: torch.compile failed ({reason}); set predict.compile = false "
+                             "in the run's recipe.toml") from None
+        if in_workers:
+            torch._dynamo.reset()
+
+    def worker_started(self, worker_id: int) -> None:
+        """A loader worker that predicts, started: with ``predict.compile``, the compiler works in this
+        worker's own thread, as on one core it would anyway. (Its pool of compile threads, inherited
+        from the parent, has no threads after the fork: a worker that waited on it waited forever.)"""
+        if self.spec.compile:
+            from torch._inductor import config
+
+            config.compile_threads = 1
+
+    def workers(self, requested: int | None, batches: int) -> int:
+        """Loader processes for ``batches`` batches: ``requested``, or by default one per core on a CPU (each
+        predicts) and the recipe's loader workers on a GPU (they decode); none for a single batch,
+        which the main process predicts sooner than it starts a worker."""
+        if requested is None:
+            requested = len(os.sched_getaffinity(0)) if self.compute.device.type == "cpu" else self.loader_workers
+        return min(requested, batches) if batches > 1 else 0
 
 
 @dataclass
@@ -123,33 +198,38 @@ class Outcome:
 
 
 def predict_images(images: Sequence[ImageFile], predictor: Predictor, output: Output, batch_size: int,
-                   workers: int, console: Console) -> Outcome:
+                   workers: int | None, console: Console) -> Outcome:
     """Predict every image ``output`` does not hold yet; skip (and report) those that cannot be read.
 
     ``batch_size`` is what the caller wants; on a CPU it may be lowered (``Predictor.batch_size``).
+    ``workers``: loader processes, or None for ``Predictor.workers``' default.
     """
     pending = [image for image in images if not output.done(image.image_id)]
     outcome = Outcome(len(images), resumed=len(images) - len(pending))
     started = time.perf_counter()
     if pending:
-        keep_freed_memory()
-        samples = ImageSamples(pending, predictor.preprocess, predictor.fit)
-        batches = torch.utils.data.DataLoader(samples, batch_size=predictor.batch_size(batch_size, pending[0]),
-                                              num_workers=workers, collate_fn=collate)
+        keep_freed_memory()  # before the workers start: they inherit it
+        batch_size = predictor.batch_size(batch_size, pending[0])
+        in_workers = predictor.compute.device.type == "cpu"
+        workers = predictor.workers(workers, -(-len(pending) // batch_size))
+        predictor.compiled(pending[0], batch_size, in_workers and workers > 0)
+        batches = torch.utils.data.DataLoader(
+            ImageSamples(pending, predictor.preprocess, predictor.fit), batch_size=batch_size, num_workers=workers,
+            collate_fn=functools.partial(predictor.predicted, encode=output.encode) if in_workers else collate,
+            worker_init_fn=predictor.worker_started if in_workers else None)
         with _progress(console) as progress, ThreadPoolExecutor(_WRITERS) as writers:
             task = progress.add_task("predict", total=len(pending))
             waiting: deque[list[Future]] = deque()
             for batch in batches:
-                for sample in batch:
-                    if sample.problem is not None:
-                        image = pending[sample.index]
-                        outcome.skipped.append((str(image.path), sample.problem))
-                        console.print(f"[yellow]warning:[/] {escape(str(image.path))}: {escape(sample.problem)}; "
-                                      "skipped", highlight=False)
-                readable = [sample for sample in batch if sample.problem is None]
-                writes = [writers.submit(output.write, pending[sample.index].image_id,
-                                         quantised(probability).cpu().numpy())
-                          for sample, probability in predictor.maps(readable)]
+                writes = []
+                for sample in batch if in_workers else predictor.predicted(batch):
+                    image = pending[sample.index]
+                    if sample.problem is None:
+                        writes.append(writers.submit(_write, output, image.image_id, sample))
+                        continue
+                    outcome.skipped.append((str(image.path), sample.problem))
+                    console.print(f"[yellow]warning:[/] {escape(str(image.path))}: {escape(sample.problem)}; "
+                                  "skipped", highlight=False)
                 waiting.append(writes)
                 outcome.predicted += len(writes)
                 if len(waiting) > _PENDING_BATCHES:
@@ -160,6 +240,10 @@ def predict_images(images: Sequence[ImageFile], predictor: Predictor, output: Ou
     output.finish([image.image_id for image in images])
     outcome.seconds = time.perf_counter() - started
     return outcome
+
+
+def _write(output: Output, image_id: str, sample: Sample) -> None:
+    output.write(image_id, sample.encoded if sample.encoded is not None else output.encode(sample.levels))
 
 
 def _wait(writes: list[Future]) -> None:

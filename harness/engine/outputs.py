@@ -13,11 +13,16 @@ Every output is resumable by construction, so a killed job run again redoes noth
 
 Masks are ``binarise(levels, threshold)`` of the quantised map: the very pixels a reader of the
 probability store selects at the same threshold.
+
+Each output is two steps: ``encode`` turns a map's levels into the bytes the output keeps (a PNG, an
+RLE, a compressed map), a pure function that runs wherever the map is made (in the loader workers on
+a CPU); ``write`` files those bytes, in the main process, which owns the output folder.
 """
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -28,14 +33,34 @@ from harness.data.rle import encode
 from harness.data.submission import write_submission
 from harness.errors import BenchError
 from harness.io import atomic_write_bytes, cannot_write
-from harness.runs.probabilities import ProbabilityMaps, binarise
+from harness.runs.probabilities import ProbabilityMaps, binarise, compress
 
 FORMATS = ("rle", "png", "maps")
 
 
+@dataclass(frozen=True)
+class PngMask:
+    """A map's mask at ``threshold`` as a PNG of 0 and 255."""
+
+    threshold: float
+
+    def __call__(self, levels: np.ndarray) -> bytes:
+        return cv2.imencode(".png", binarise(levels, self.threshold).view(np.uint8) * np.uint8(255))[1].tobytes()
+
+
+@dataclass(frozen=True)
+class RleMask:
+    """A map's mask at ``threshold`` as Kaggle's run-length encoding, in ASCII."""
+
+    threshold: float
+
+    def __call__(self, levels: np.ndarray) -> bytes:
+        return encode(binarise(levels, self.threshold)).encode("ascii")
+
+
 class MaskFiles:
     def __init__(self, folder: Path, threshold: float):
-        self.folder, self.threshold = Path(folder) / "masks", threshold
+        self.folder, self.encode = Path(folder) / "masks", PngMask(threshold)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             for stale in self.folder.glob(".*.tmp"):  # a write cut short by a kill (harness.io.atomic_write)
@@ -46,9 +71,8 @@ class MaskFiles:
     def done(self, image_id: str) -> bool:
         return (self.folder / f"{image_id}.png").exists()
 
-    def write(self, image_id: str, levels: np.ndarray) -> None:
-        mask = binarise(levels, self.threshold).view(np.uint8) * np.uint8(255)
-        atomic_write_bytes(self.folder / f"{image_id}.png", cv2.imencode(".png", mask)[1].tobytes())
+    def write(self, image_id: str, png: bytes) -> None:
+        atomic_write_bytes(self.folder / f"{image_id}.png", png)
 
     def finish(self, ids: list[str]) -> None:
         pass
@@ -57,7 +81,7 @@ class MaskFiles:
 class RleJournal:
     def __init__(self, folder: Path, threshold: float):
         self.journal, self.submission = Path(folder) / "rle.part", Path(folder) / "submission.csv.gz"
-        self.threshold = threshold
+        self.encode = RleMask(threshold)
         self.rows: dict[str, tuple[int, int]] = {}  # id -> (offset, length) of its RLE in the journal
         self._lock = threading.Lock()
         try:
@@ -89,8 +113,7 @@ class RleJournal:
     def done(self, image_id: str) -> bool:
         return image_id in self.rows
 
-    def write(self, image_id: str, levels: np.ndarray) -> None:
-        rle = encode(binarise(levels, self.threshold)).encode("ascii")
+    def write(self, image_id: str, rle: bytes) -> None:
         with self._lock:
             try:
                 offset = self._handle.tell()
@@ -115,6 +138,8 @@ class RleJournal:
 
 
 class MapStore:
+    encode = staticmethod(compress)
+
     def __init__(self, store: ProbabilityMaps):
         self.store = store
         self._written = store.written_ids()  # one listing of its folder, not a file test per image
@@ -126,8 +151,8 @@ class MapStore:
     def done(self, image_id: str) -> bool:
         return image_id in self._written
 
-    def write(self, image_id: str, levels: np.ndarray) -> None:
-        self.store.put(image_id, levels)
+    def write(self, image_id: str, compressed: bytes) -> None:
+        self.store.put_compressed(image_id, compressed)
 
     def finish(self, ids: list[str]) -> None:
         pass

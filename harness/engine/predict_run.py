@@ -36,7 +36,7 @@ class PredictRequest:
     format: str = "rle"
     device: str | None = None
     batch_size: int | None = None  # default: the recipe's train.batch_size
-    workers: int | None = None  # default: as training loads (``Assembly.loader_workers``)
+    workers: int | None = None  # default: ``Predictor.workers``
 
 
 def predict(request: PredictRequest, plugins: Plugins, console: Console) -> Outcome:
@@ -70,7 +70,7 @@ class RunPrediction:
     recipe: Recipe
     predictor: Predictor
     batch_size: int
-    workers: int
+    workers: int | None
 
     @classmethod
     def of(cls, folder: RunFolder, plugins: Plugins, request: PredictRequest) -> RunPrediction:
@@ -78,9 +78,8 @@ class RunPrediction:
         parts = Assembly(recipe, plugins)
         folds = _fold_checkpoints(folder, recipe)
         compute = _compute(recipe, folder, resolve_device(request.device))
-        workers = parts.loader_workers(compute) if request.workers is None else request.workers
         return cls(recipe, Predictor.from_folds(parts, folds, compute), request.batch_size or recipe.train.batch_size,
-                   workers)
+                   request.workers)
 
     def predict(self, images: list[ImageFile], output: Output, console: Console) -> Outcome:
         return predict_images(images, self.predictor, output, self.batch_size, self.workers, console)

@@ -387,7 +387,7 @@ def _predict_test(stage: _Stage, folds: list[FoldFolder]) -> None:
     images = [ImageFile(image_id, dataset.image_dir("test") / f"{image_id}.jpg") for image_id in dataset.test]
     output = MapStore(folder.open_maps("test"))  # created by _allocate_maps
     outcome = predict_images(images, Predictor.from_folds(parts, folds, compute), output, recipe.train.batch_size,
-                             parts.loader_workers(compute), stage.console)
+                             None, stage.console)
     if outcome.skipped:
         path, reason = outcome.skipped[0]
         raise BenchError(f"{path}: {reason} ({len(outcome.skipped)} test images unreadable); replace or remove "

@@ -121,4 +121,4 @@ def _write_masks(ensemble: Ensemble, ids: list[str], request: PredictRequest, co
     masks, files = test_pass.SubmissionMasks(ensemble), MaskFiles(request.out, threshold=0.5)
     for image_id in ids:
         if not files.done(image_id):
-            files.write(image_id, masks(image_id).view("uint8") * 255)
+            files.write(image_id, files.encode(masks(image_id).view("uint8") * 255))

@@ -222,6 +222,12 @@ class PredictSpec(_Strict):
         None, description="Predict the data's test images at the end of the run (unset: true). false: no test "
                           "maps, for runs that are only scored (tuning trials); bench predict applies the run later."
     )
+    compile: bool | None = Field(
+        None, description="Compile prediction (normalising, the models with TTA, restoring, merging, quantising) "
+                           "with torch.compile, which fuses the full-size passes around the models; costs seconds "
+                           "to tens of seconds once per process and input shape, and needs a C++ compiler on a "
+                           "CPU. Unset: false."
+    )
 
     @pydantic.model_validator(mode="after")
     def _check_tiling(self) -> PredictSpec:

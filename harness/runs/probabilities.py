@@ -92,6 +92,11 @@ def _compressor() -> zstandard.ZstdCompressor:
     return _codecs.compressor
 
 
+def compress(levels: np.ndarray) -> bytes:
+    """A map's uint8 levels as a store file holds them."""
+    return _compressor().compress(np.ascontiguousarray(levels, dtype=np.uint8).data)
+
+
 def _decompressor() -> zstandard.ZstdDecompressor:
     if not hasattr(_codecs, "decompressor"):
         _codecs.decompressor = zstandard.ZstdDecompressor()
@@ -192,10 +197,14 @@ class ProbabilityMaps:
         """Write an image's quantised map (uint8 levels), atomically."""
         if levels.shape != self.shapes[image_id] or levels.dtype != np.uint8:
             raise ValueError(f"{image_id}: map {levels.dtype} {levels.shape} != uint8 {self.shapes[image_id]}")
+        self.put_compressed(image_id, compress(levels))
+
+    def put_compressed(self, image_id: str, data: bytes) -> None:
+        """Write an image's map as ``compress`` encoded it (in another process, perhaps), atomically."""
         path = self.file(image_id)
         temporary = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
         try:
-            temporary.write_bytes(_compressor().compress(np.ascontiguousarray(levels).data))
+            temporary.write_bytes(data)
             os.replace(temporary, path)
         except OSError as error:
             temporary.unlink(missing_ok=True)
