@@ -35,10 +35,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 # 2. the CUDA tests (tests/test_cuda.py: fp16 with its GradScaler, bf16, CUDA against CPU prediction)
 step 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
 
-# 3. throughput of the three recipes at full resolution (--size 1920x1280: the built-in images are small;
-#    their own batch sizes),
-#    bf16 with channels_last, and the same compiled; the loader and harness overhead are measured
-#    on the CPU machines (docs/scale.md), so they are skipped here.
+# 3. throughput of the three recipes at full resolution (--size 1920x1280: the built-in images are
+#    small) with their own batch sizes, bf16 with channels_last, and the same compiled; the loader
+#    and harness overhead are measured on the CPU machines (docs/scale.md), so they are skipped here.
 for recipe in vladimir alexander artsiom; do
     step 100 bench benchmark "recipes/$recipe.toml" --device cuda --size 1920x1280 \
         --variants "bf16+cl,bf16+cl+compile" --skip loader,overhead --warmup 3 --repeats 10 --results "$OUT/results"

@@ -176,9 +176,8 @@ def predict_loader(
     leaves it unset.
     """
     for images, indices in loader:
-        images = normalise(images.to(compute.device, non_blocking=True))
-        per_model = variant_logits(models, images.contiguous(memory_format=compute.memory_format), tta, compute,
-                                   tiling)
+        images = normalise(images.to(compute.device, non_blocking=True), compute.memory_format)
+        per_model = variant_logits(models, images, tta, compute, tiling)
         for position, index in enumerate(indices.tolist()):
             height, width = shapes[index]
             yield index, combine(per_model, position, height, width, fit, average, fold_average)

@@ -171,7 +171,7 @@ def _measure(variant, model, make_optimizer, loss, compute, batch_size, height, 
     normalise = Normalise("imagenet").to(device)
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch_size, 3, height, width), dtype=torch.uint8, generator=generator)
-    images = normalise(images.to(device)).contiguous(memory_format=compute.memory_format)
+    images = normalise(images.to(device), compute.memory_format)
     masks = (torch.rand(batch_size, 1, height, width, generator=generator) > 0.5).float().to(device)
     reset_peak_memory(device)
 

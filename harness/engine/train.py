@@ -194,8 +194,7 @@ def train_epoch(setup: FoldSetup, state: TrainState, epoch: int, trained: torch.
         lr_factor = setup.multiplier(epoch + index / steps_per_epoch)
         for group, base in zip(setup.optimizer.param_groups, base_lrs):
             group["lr"] = base * lr_factor
-        images = setup.normalise(images.to(compute.device, non_blocking=True))
-        images = images.contiguous(memory_format=compute.memory_format)
+        images = setup.normalise(images.to(compute.device, non_blocking=True), compute.memory_format)
         masks = masks.to(compute.device, non_blocking=True).float()
         loss = _backward(trained, setup, scaler, images, masks, 1 if summed else setup.accumulate)
         losses.append(loss)

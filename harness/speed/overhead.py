@@ -61,7 +61,7 @@ def bare_epoch(model, make_optimizer, loss, images, masks, batch: int, compute: 
     optimizer = make_optimizer(model.parameters())
     normalise = Normalise("imagenet").to(compute.device)
     batches = [
-        (normalise(images[i : i + batch].to(compute.device)).contiguous(memory_format=compute.memory_format),
+        (normalise(images[i : i + batch].to(compute.device), compute.memory_format),
          masks[i : i + batch].to(compute.device).float())
         for i in range(0, len(images), batch)
     ]

@@ -22,13 +22,13 @@ bench() { "$python" -m harness.cli "$@"; }
 export NO_ALBUMENTATIONS_UPDATE=1
 mkdir -p "$work"
 
-[ -d "$work/full" ] || bench data synth --out "$work/full" --cars 1 --test-cars 1 --size "$size"
-"$python" - "$work" "$images" <<'EOF'
+full="$work/full-$size" test="$work/test-$size"  # per size: a WORK reused with another SIZE gets its own
+[ -d "$full" ] || bench data synth --out "$full" --cars 1 --test-cars 1 --size "$size"
+"$python" - "$full" "$test" "$images" <<'EOF'
 import os, sys
 from pathlib import Path
-work, count = Path(sys.argv[1]), int(sys.argv[2])
-sources = sorted((work / "full" / "test").glob("*.jpg"))
-folder = work / "test"
+full, folder, count = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+sources = sorted((full / "test").glob("*.jpg"))
 if not folder.is_dir() or len(os.listdir(folder)) != count:
     folder.mkdir(exist_ok=True)
     for index in range(count):  # Carvana's naming: a 12-digit car id and the view number
@@ -41,7 +41,7 @@ bench run tools/scale/pointwise.toml --results "$work/runs" --name pointwise
 
 out="$work/predict-$format"
 rm -rf "$out"
-command=(-m harness.cli predict "$work/runs/pointwise" "$work/test" --out "$out" --format "$format")
+command=(-m harness.cli predict "$work/runs/pointwise" "$test" --out "$out" --format "$format")
 setsid "$python" "${command[@]}" &
 first=$!
 sleep "$kill_after"
