@@ -259,6 +259,7 @@ def _with_predict_key(run: Path, copy: Path, line: str) -> Path:
     return copy
 
 
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on a CPU needs a C++ compiler (g++)")
 def test_compiled_prediction_in_two_workers_gives_the_eager_maps(bench, synthetic_set, tmp_path, tiny_recipe):
     """predict.compile: compiled in the main process, then again in each worker that predicts (16 images in
     batches of 4 on 2 workers); the maps are the eager path's within one level, the masks the same. The
