@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from harness.data.image_files import decode_image
+from harness.data.image_files import decode_image, to_chw
 from harness.data.rle import decode
 from harness.data.submission import read_submission
 from harness.runs.probabilities import ProbabilityMaps, binarise
@@ -209,6 +209,16 @@ def test_decode_image_gives_the_pixels_of_opencv(synthetic_set, tmp_path):
     assert decode_image(tmp_path / "bad.jpg") is None and decode_image(tmp_path / "missing.jpg") is None
 
 
+
+@pytest.mark.parametrize("channels,dtype", [(3, np.uint8), (1, np.uint8), (6, np.uint8), (3, np.float32)])
+def test_to_chw_gives_the_planes_of_any_image_view(channels, dtype):
+    """OpenCV's split into one array's planes: the pixels of a transpose, whatever the strides it is given."""
+    image = (np.random.default_rng(0).random((5, 7, channels)) * 200).astype(dtype)
+    for view in (image, image[:, ::-1], image[::2], image[..., ::-1]):
+        planes = to_chw(view)
+        assert planes.is_contiguous()
+        np.testing.assert_array_equal(planes.numpy(), view.transpose(2, 0, 1))
+
 def test_a_run_with_predict_test_false_has_no_test_store(bench, synthetic_set, tmp_path, tiny_recipe):
     recipe = tiny_recipe(tmp_path / "scored.toml", synthetic_set, name="scored", epochs=1)
     result = bench("run", recipe, "--results", tmp_path, "--name", "scored", "--device", "cpu",
@@ -285,7 +295,7 @@ def test_compiled_prediction_in_two_workers_gives_the_eager_maps(bench, syntheti
 def test_a_failed_compile_is_one_line_before_any_image_is_read(bench, trained, synthetic_set, tmp_path, monkeypatch):
     import torch
 
-    def no_compiler(function):
+    def no_compiler(function, **options):
         def failing(*args, **kwargs):
             raise torch._dynamo.exc.TorchDynamoException("InvalidCxxCompiler: No working C++ compiler found\n"
                                                           "  the rest of a long message")

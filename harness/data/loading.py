@@ -27,6 +27,7 @@ from PIL import Image
 
 from harness.data.carvana import CarvanaSet, read_image, read_mask
 from harness.data.geometry import Fit
+from harness.data.image_files import to_chw
 from harness.errors import BenchError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -185,10 +186,6 @@ class PredictionSamples(torch.utils.data.Dataset):
         return to_chw(self.fit.array(self.read(position))), position
 
 
-def to_chw(image: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-
-
 def shapes_of_test_images(dataset: CarvanaSet) -> dict[str, tuple[int, int]]:
     """(height, width) of every test image, from the file headers (cheap: no decoding)."""
     shapes = {}
@@ -236,8 +233,8 @@ class Normalise(torch.nn.Module):
         """``(x - mean) / std`` as ``x * (1 / std) - mean / std``: one pass from uint8 to float32 (a
         full-size image: 6 ms against 13 for the three passes of subtract, divide and convert, AVX512,
         one thread), equal to it within a few float32 ulps. The result is laid out as ``memory_format``
-        says whatever the input's strides: a channels-last view of decoded HWC pixels becomes a
-        contiguous NCHW input in the same pass. (Under ``torch.compile`` the functional form, which the
+        says whatever the input's strides: uint8 planes become a channels-last input in the same
+        pass, and a channels-last view a contiguous one. (Under ``torch.compile`` the functional form, which the
         compiler fuses with what follows: a given output buffer would have to be written in full.)"""
         images = images.flip(1) if self.bgr else images
         if torch.compiler.is_compiling():

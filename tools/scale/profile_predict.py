@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from harness.data.image_files import ImageFile, Sample, decode_image
+from harness.data.image_files import ImageFile, Sample, decode_image, to_chw
 from harness.engine.assembly import Assembly
 from harness.engine.device import Compute
 from harness.engine.inference import Predictor
@@ -49,7 +49,7 @@ def main() -> None:
         clock = time.perf_counter()
         image = decode_image(path)
         clock = step("decode", clock)
-        sample = Sample(index, torch.from_numpy(predictor.fit.array(image)), image.shape[:2])
+        sample = Sample(index, to_chw(predictor.fit.array(image)), image.shape[:2])
         clock = step("fit", clock)
         (predicted,) = predictor.predicted([sample])
         clock = step("predict", clock)

@@ -9,8 +9,9 @@ The convolution is computed as a batched matrix product, weights ``(1, C)`` time
 on a full-size (1920x1280) NCHW image PyTorch's CPU ``conv2d`` takes 3.6 ms on one thread but 137-170
 on two, a multiply and a channel sum 5 ms, the product 2-3 ms on either (AVX512), and a floor must
 not be slower than what it measures. Under ``torch.compile`` it is the multiply and sum, which the
-compiler fuses with the normalising before it and the flips and sigmoid after it (a full-size image
-with flip TTA over 2 folds: 12 ms against 29 with the product, which stays a library call).
+compiler fuses with the normalising before it and the flips, sigmoid and quantising after it into
+one pass over the image (a full-size image with flip TTA over 2 folds: 5 ms against 29 with the
+product, which stays a library call; ``harness.engine.inference.Predictor._levels``).
 """
 
 from __future__ import annotations
