@@ -125,7 +125,10 @@ class Predictor:
         """
         if not self.spec.compile:
             return self.levels
-        return torch.compile(self.levels, options={"realize_cpu_acc_reads_threshold": _FUSED_READS})
+        # compile_threads 1: compile in the calling thread. A loader worker inherits the parent's pool of
+        # compile threads without its threads (a fork copies only the calling thread) and waited on it forever.
+        return torch.compile(self.levels, options={"realize_cpu_acc_reads_threshold": _FUSED_READS,
+                                                   "compile_threads": 1})
 
     @torch.no_grad()
     def predicted(self, samples: list[Sample], encode: Callable[[np.ndarray], bytes] | None = None) -> list[Sample]:
@@ -169,15 +172,6 @@ class Predictor:
                              "in the run's recipe.toml") from None
         if in_workers:
             torch._dynamo.reset()
-
-    def worker_started(self, worker_id: int) -> None:
-        """A loader worker that predicts, started: with ``predict.compile``, the compiler works in this
-        worker's own thread, as on one core it would anyway. (Its pool of compile threads, inherited
-        from the parent, has no threads after the fork: a worker that waited on it waited forever.)"""
-        if self.spec.compile:
-            from torch._inductor import config
-
-            config.compile_threads = 1
 
     def workers(self, requested: int | None, batches: int) -> int:
         """Loader processes for ``batches`` batches: ``requested``, or by default one per core on a CPU (each
@@ -226,8 +220,7 @@ def predict_images(images: Sequence[ImageFile], predictor: Predictor, output: Ou
         predictor.compiled(pending[0], batch_size, in_workers and workers > 0)
         batches = torch.utils.data.DataLoader(
             ImageSamples(pending, predictor.preprocess, predictor.fit), batch_size=batch_size, num_workers=workers,
-            collate_fn=functools.partial(predictor.predicted, encode=output.encode) if in_workers else collate,
-            worker_init_fn=predictor.worker_started if in_workers else None)
+            collate_fn=functools.partial(predictor.predicted, encode=output.encode) if in_workers else collate)
         with _progress(console) as progress, ThreadPoolExecutor(_WRITERS) as writers:
             task = progress.add_task("predict", total=len(pending))
             waiting: deque[list[Future]] = deque()
