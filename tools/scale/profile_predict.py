@@ -3,8 +3,9 @@
 ``python tools/scale/profile_predict.py RUN IMAGES_FOLDER`` predicts the folder's first 16 images one
 at a time, three times, on one thread as each worker does (``harness.engine.inference``), with the
 run's fold models in fp32 and its recipe's ``predict.compile``, and prints the mean milliseconds per
-image of: decode, fit (with the split into planes), predict (normalise, the models with TTA, restore, merge and quantise: one
-graph when compiled), and RLE (encoding the mask). docs/scale.md records its figures.
+image of: decode, fit (with the split into planes), predict (normalise, the models with TTA, restore,
+merge and quantise: one graph when compiled), and RLE (encoding the mask). docs/scale.md records its
+figures.
 """
 
 from __future__ import annotations
