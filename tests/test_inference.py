@@ -209,7 +209,6 @@ def test_decode_image_gives_the_pixels_of_opencv(synthetic_set, tmp_path):
     assert decode_image(tmp_path / "bad.jpg") is None and decode_image(tmp_path / "missing.jpg") is None
 
 
-
 @pytest.mark.parametrize("channels,dtype", [(3, np.uint8), (1, np.uint8), (6, np.uint8), (3, np.float32)])
 def test_to_chw_gives_the_planes_of_any_image_view(channels, dtype):
     """OpenCV's split into one array's planes: the pixels of a transpose, whatever the strides it is given."""
@@ -218,6 +217,7 @@ def test_to_chw_gives_the_planes_of_any_image_view(channels, dtype):
         planes = to_chw(view)
         assert planes.is_contiguous()
         np.testing.assert_array_equal(planes.numpy(), view.transpose(2, 0, 1))
+
 
 def test_a_run_with_predict_test_false_has_no_test_store(bench, synthetic_set, tmp_path, tiny_recipe):
     recipe = tiny_recipe(tmp_path / "scored.toml", synthetic_set, name="scored", epochs=1)

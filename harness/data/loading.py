@@ -234,8 +234,9 @@ class Normalise(torch.nn.Module):
         full-size image: 6 ms against 13 for the three passes of subtract, divide and convert, AVX512,
         one thread), equal to it within a few float32 ulps. The result is laid out as ``memory_format``
         says whatever the input's strides: uint8 planes become a channels-last input in the same
-        pass, and a channels-last view a contiguous one. (Under ``torch.compile`` the functional form, which the
-        compiler fuses with what follows: a given output buffer would have to be written in full.)"""
+        pass, and a channels-last view a contiguous one. (Under ``torch.compile`` the functional form,
+        which the compiler fuses with what follows: a given output buffer would have to be written in
+        full.)"""
         images = images.flip(1) if self.bgr else images
         if torch.compiler.is_compiling():
             return torch.addcmul(self.shift, images, self.scale).contiguous(memory_format=memory_format)
