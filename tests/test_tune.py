@@ -92,9 +92,9 @@ def _start_and_wait_for_a_fold(command: list[str], study_folder: Path) -> subpro
     Its output goes to ``tune.log`` beside the results, which a failing assertion can show. Ctrl-C is
     given back its default in the child: a suite started in the background (``make test &``, nohup)
     ignores SIGINT, every child inherits that, and Python then installs no KeyboardInterrupt."""
-    log = open(study_folder.parent.parent.parent / "tune.log", "w")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    with open(study_folder.parent.parent.parent / "tune.log", "w") as log:  # the child keeps its own copy
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while not list(study_folder.glob("tiny-*/fold-0/fold.json")):
         assert process.poll() is None and time.monotonic() < deadline, "tune ended before it could be stopped"
