@@ -306,3 +306,18 @@ def test_a_failed_compile_is_one_line_before_any_image_is_read(bench, trained, s
     result = bench("predict", compiled, synthetic_set / "test", "--out", tmp_path / "out", "--device", "cpu")
     one_error_line(result, "predict.compile", "No working C++ compiler found", "predict.compile = false")
     assert not (tmp_path / "out" / "rle.part").exists() or not (tmp_path / "out" / "rle.part").read_bytes()
+
+
+def test_a_compile_option_this_pytorch_does_not_know_is_one_line(bench, trained, synthetic_set, tmp_path, monkeypatch):
+    import torch
+
+    def unknown_option(function, **options):
+        raise RuntimeError("Unexpected optimization option realize_cpu_acc_reads_threshold, "
+                           "known options are ['a', 'b']")
+
+    monkeypatch.setattr(torch, "compile", unknown_option)
+    compiled = _with_predict_key(trained, tmp_path / "compiled", "compile = true")
+    result = bench("predict", compiled, synthetic_set / "test", "--out", tmp_path / "out", "--device", "cpu")
+    one_error_line(result, "predict.compile", "Unexpected optimization option realize_cpu_acc_reads_threshold",
+                   "predict.compile = false")
+    assert "known options" not in result.err

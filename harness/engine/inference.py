@@ -127,8 +127,12 @@ class Predictor:
             return self.levels
         # compile_threads 1: compile in the calling thread. A loader worker inherits the parent's pool of
         # compile threads without its threads (a fork copies only the calling thread) and waited on it forever.
-        return torch.compile(self.levels, options={"realize_cpu_acc_reads_threshold": _FUSED_READS,
-                                                   "compile_threads": 1})
+        try:
+            return torch.compile(self.levels, options={"realize_cpu_acc_reads_threshold": _FUSED_READS,
+                                                       "compile_threads": 1})
+        except RuntimeError as error:  # an option another PyTorch does not know; its message lists every one it does
+            raise BenchError(f"predict.compile: torch.compile refused its options ({str(error).split(',')[0]}); "
+                             "set predict.compile = false in the run's recipe.toml") from None
 
     @torch.no_grad()
     def predicted(self, samples: list[Sample], encode: Callable[[np.ndarray], bytes] | None = None) -> list[Sample]:
