@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
+import io
 import json
 from pathlib import Path
 from typing import Callable
@@ -13,7 +15,7 @@ import pytest
 from harness.data import rle
 from harness.data.carvana import data_hash, open_carvana, read_image, read_mask
 from harness.ensemble import oof_search
-from harness.data.submission import read_submission, write_submission
+from harness.data.submission import HEADER, read_submission, write_submission
 from harness.runs.probabilities import ProbabilityMaps, binarise, quantise
 
 
@@ -383,6 +385,19 @@ def test_check_accepts_a_valid_submission(bench, synthetic_set, valid_rows, tmp_
     assert result.code == 0 and f"{len(valid_rows)} test images" in result.out
 
 
+@pytest.mark.parametrize("image_id", ["fff9b3a5373f_16", "a,comma", 'a"quote', "a\nline", "voiture_é"])
+def test_a_submission_is_the_csv_the_standard_library_writes_and_reads(image_id, tmp_path) -> None:
+    """Rows are written without csv.writer (harness.data.submission._csv_row), and ISA-L compresses them:
+    plain gzip must read the bytes csv.writer would have written, and read_submission the rows."""
+    rows = [(image_id, "1 3 10 5"), ("empty_01", "")]
+    path = tmp_path / "submission.csv.gz"
+    write_submission(path, iter(rows))
+    expected = io.StringIO()
+    csv.writer(expected, lineterminator="\n").writerows([HEADER, *((name + ".jpg", text) for name, text in rows)])
+    assert gzip.decompress(path.read_bytes()).decode("utf-8") == expected.getvalue()
+    assert [(name, text) for _, name, text in read_submission(path)] == rows
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda rows: rows[1:], "missing"),
     (lambda rows: rows + rows[:1], "appears twice"),
@@ -393,6 +408,8 @@ def test_check_accepts_a_valid_submission(bench, synthetic_set, valid_rows, tmp_
     (lambda rows: [(rows[0][0], "10 2 1 2")] + rows[1:], "not sorted"),
     (lambda rows: [(rows[0][0], "1 5 3 2")] + rows[1:], "not sorted and non-overlapping"),
     (lambda rows: [(rows[0][0], "1 x")] + rows[1:], "integers"),
+    (lambda rows: [(rows[0][0], "1 " + "9" * 19)] + rows[1:], "more than 18 digits"),
+    (lambda rows: [(rows[0][0], "10  2 1 2")] + rows[1:], "not sorted"),  # two spaces: not the canonical form
 ])
 def test_check_catches(bench, synthetic_set, valid_rows, tmp_path, change, message) -> None:
     path = _write_rows(tmp_path / "bad.csv.gz", change(list(valid_rows)))
