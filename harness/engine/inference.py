@@ -175,7 +175,7 @@ class Predictor:
             raise BenchError(f"predict.compile: torch.compile failed ({reason}); set predict.compile = false "
                              "in the run's recipe.toml") from None
         if in_workers:
-            torch._dynamo.reset()
+            torch.compiler.reset()
 
     def workers(self, requested: int | None, batches: int) -> int:
         """Loader processes for ``batches`` batches: ``requested``, or by default one per core on a CPU (each
