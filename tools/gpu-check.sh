@@ -3,7 +3,7 @@
 # inside 8 minutes on the lent H200, so that one call of the `device` tool does it all.
 #
 # Prepare, here (the device machine has torch, timm, opencv, pandas, rich, typer, but not these):
-#   ../shared/tools/device-wheels.sh zstandard==0.25.0 tomli-w==1.2.0 simplejpeg==1.9.0
+#   ../shared/tools/device-wheels.sh zstandard==0.25.0 tomli-w==1.2.0 simplejpeg==1.9.0 isal==1.9.1
 # Run it there:   command "bash tools/gpu-check.sh", carry [".whl"], timeout_s 560
 # Every step has its own time limit and the script goes on after a failure, so one broken step
 # costs its limit, not the lease. What comes back under $OUT: gpu-check.log (all output),
