@@ -39,8 +39,8 @@ def write_submission(path: Path, rows: Iterable[tuple[str, str]]) -> int:
         nonlocal written
         # mtime=0: the same rows give the same bytes, so two submissions can be compared by hash.
         # ISA-L's gzip (isal) at level 2, not the standard library's zlib at 6: 3% larger for RLE rows, 25x
-        # faster. 100,064 full-size cars' rows (1 GB of text) took zlib 103 s, the longest step of
-        # `bench predict --format rle` after predicting (docs/scale.md).
+        # faster. Compressing 100,064 full-size cars' rows (1 GB of text) took zlib about 103 s, the longest
+        # step of `bench predict --format rle` after predicting (docs/scale.md).
         with igzip.GzipFile(fileobj=handle, mode="wb", mtime=0, compresslevel=2) as packed:
             packed.write(_csv_row(HEADER))
             for image_id, rle_mask in rows:
@@ -110,7 +110,7 @@ def rle_problem(text: str, shape: tuple[int, int]) -> str | None:
     height, width = shape
     if _PAIRS.fullmatch(text):
         # the canonical form, every row our writers make, parsed in C: checking a submission of 100,064 full-size
-        # cars took 21 s instead of 44
+        # cars took 21 s instead of 48 (docs/scale.md)
         numbers = np.fromstring(text, dtype=np.int64, sep=" ")
     else:
         fields = text.split()
