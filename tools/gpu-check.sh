@@ -51,11 +51,13 @@ for precision in fp16 bf16; do
         --results "$OUT/runs" --name "alexander-$precision"
 done
 
-# 5. bench predict at full size with flip TTA: 320 hard links to full-size synthetic JPEGs, the
-#    pointwise floor model (tools/scale/pointwise.toml) and the quick alexander run of step 4.
+# 5. the JPEG decoders on a full-size image, nvJPEG among them (tools/scale/codecs.py); then bench predict
+#    at full size with flip TTA: 320 hard links to full-size synthetic JPEGs, the pointwise floor model
+#    (tools/scale/pointwise.toml) and the quick alexander run of step 4.
 step 60 bench data synth --out "$OUT/full" --cars 1 --test-cars 1 --size 1918x1280
 images="$OUT/images" && mkdir -p "$images"
 sources=("$OUT"/full/test/*.jpg)
+step 30 python3 tools/scale/codecs.py "${sources[0]}"  # the JPEG decoders, nvJPEG among them
 for i in $(seq 0 319); do
     ln -f "${sources[$(( i % ${#sources[@]} ))]}" "$images/$(printf '%012x_%02d' "$i" $(( 1 + i % 16 ))).jpg"
 done

@@ -4,7 +4,8 @@
 silhouette upsampled from 144x96, so its uncertain band is wider than a trained model's), each
 lossless codec's ratio and ms to encode and decode; then, for a full-size JPEG (docs/scale.md used
 an image of ``bench data synth --size 1918x1280``; default: a noisier one written here, slower to
-decode), each decoder's ms and whether it gives OpenCV's pixels. Mean of 20 calls.
+decode), each decoder's ms per image and whether it gives OpenCV's pixels; with a GPU, nvJPEG's too
+(``torchvision.io.decode_jpeg`` on CUDA, one image and 16 at once). Mean of 20 calls.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import zstandard
 from PIL import Image
 
 HEIGHT, WIDTH, CALLS = 1280, 1918, 20
+GPU_BATCH = 16  # images one call of nvJPEG decodes together
 
 
 def _mean_ms(call) -> tuple[float, object]:
@@ -73,10 +75,23 @@ def decoders(path: Path) -> None:
         .permute(1, 2, 0).numpy(),
         "PIL": lambda: np.asarray(Image.open(path).convert("RGB")),
     }
+    if torch.cuda.is_available():  # nvJPEG, which tools/gpu-check.sh measures on the lent GPU
+        encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        candidates["torchvision (CUDA)"] = lambda: _synchronised(torchvision.io.decode_jpeg(encoded, device="cuda"))
+        candidates[f"torchvision (CUDA), {GPU_BATCH} at once"] = lambda: _synchronised(
+            torchvision.io.decode_jpeg([encoded] * GPU_BATCH, device="cuda")[0])
     print(f"decoders, {path.name}")
     for name, decode in candidates.items():
         ms, image = _mean_ms(decode)
-        print(f"  {name:20s} {ms:5.2f} ms  same pixels as OpenCV: {np.array_equal(image, reference)}")
+        if isinstance(image, torch.Tensor):
+            image = image.permute(1, 2, 0).cpu().numpy()
+        per_image = ms / GPU_BATCH if "at once" in name else ms
+        print(f"  {name:34s} {per_image:5.2f} ms  same pixels as OpenCV: {np.array_equal(image, reference)}")
+
+
+def _synchronised(image: torch.Tensor) -> torch.Tensor:
+    torch.cuda.synchronize()
+    return image
 
 
 def main() -> None:
