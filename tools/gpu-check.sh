@@ -57,7 +57,7 @@ done
 step 60 bench data synth --out "$OUT/full" --cars 1 --test-cars 1 --size 1918x1280
 images="$OUT/images" && mkdir -p "$images"
 sources=("$OUT"/full/test/*.jpg)
-step 30 python3 tools/scale/codecs.py "${sources[0]}"  # the JPEG decoders, nvJPEG among them
+step 30 python3 tools/scale/codecs.py "${sources[0]}"
 for i in $(seq 0 319); do
     ln -f "${sources[$(( i % ${#sources[@]} ))]}" "$images/$(printf '%012x_%02d' "$i" $(( 1 + i % 16 ))).jpg"
 done

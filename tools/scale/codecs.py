@@ -75,18 +75,19 @@ def decoders(path: Path) -> None:
         .permute(1, 2, 0).numpy(),
         "PIL": lambda: np.asarray(Image.open(path).convert("RGB")),
     }
+    images_per_call = dict.fromkeys(candidates, 1)
     if torch.cuda.is_available():  # nvJPEG, which tools/gpu-check.sh measures on the lent GPU
         encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         candidates["torchvision (CUDA)"] = lambda: _synchronised(torchvision.io.decode_jpeg(encoded, device="cuda"))
         candidates[f"torchvision (CUDA), {GPU_BATCH} at once"] = lambda: _synchronised(
             torchvision.io.decode_jpeg([encoded] * GPU_BATCH, device="cuda")[0])
+        images_per_call.update({"torchvision (CUDA)": 1, f"torchvision (CUDA), {GPU_BATCH} at once": GPU_BATCH})
     print(f"decoders, {path.name}")
     for name, decode in candidates.items():
         ms, image = _mean_ms(decode)
         if isinstance(image, torch.Tensor):
             image = image.permute(1, 2, 0).cpu().numpy()
-        per_image = ms / GPU_BATCH if "at once" in name else ms
-        print(f"  {name:34s} {per_image:5.2f} ms  same pixels as OpenCV: {np.array_equal(image, reference)}")
+        print(f"  {name:34s} {ms / images_per_call[name]:5.2f} ms  same pixels as OpenCV: {np.array_equal(image, reference)}")
 
 
 def _synchronised(image: torch.Tensor) -> torch.Tensor:
