@@ -71,7 +71,7 @@ def test_only_the_run_folder_owner_spells_run_folder_files():
 def test_harness_is_in_wings():
     modules = sorted(p.name for p in (ROOT / "harness").glob("*.py"))
     wings = sorted(p.name for p in (ROOT / "harness").iterdir() if (p / "__init__.py").exists())
-    assert modules == ["__init__.py", "api.py", "cli.py", "errors.py", "io.py", "memory.py"]
+    assert modules == ["__init__.py", "api.py", "cli.py", "errors.py", "io.py", "memory.py", "tables.py"]
     assert wings == ["data", "engine", "ensemble", "evaluate", "recipe", "runs", "speed", "tune"]
 
 

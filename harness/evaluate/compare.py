@@ -10,7 +10,8 @@ what does not carry across folds is each run's fold-to-fold spread, which is mar
 Kaggle metric gives. Unfinished runs are listed apart, never ranked.
 
 The views are pandas tables with raw numbers; ``render`` turns them into a rich table, csv,
-markdown or json, so every format shows the same numbers.
+markdown or json, so every format shows the same numbers. The rich table keeps the columns a view
+is read for whole at any console width (``harness.tables``): the others follow in tables below.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from typing import Any, Callable, Literal
 import pandas as pd
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
+from harness import tables
 from harness.errors import BenchError
 from harness.evaluate import results
 from harness.evaluate import stats
@@ -194,8 +195,9 @@ def worst_images_table(per_image: dict[str, pd.DataFrame], order: list[str], cou
 
 
 def render(found: list[Board], unfinished: list[UnfinishedRun], fmt: Format, console: Console,
-           options: Options) -> None:
-    """Print the boards in ``fmt``; csv and json stay machine-readable (notes go to stderr for csv)."""
+           options: Options, wide: bool = False) -> None:
+    """Print the boards in ``fmt``; csv and json stay machine-readable (notes go to stderr for csv).
+    A table splits its columns to fit the console unless ``wide`` (``harness.tables``)."""
     if fmt == "json":
         console.out(json.dumps(_as_json(found, unfinished, options), indent=2), highlight=False)
         return
@@ -220,7 +222,7 @@ def render(found: list[Board], unfinished: list[UnfinishedRun], fmt: Format, con
         if fmt == "markdown":
             console.out(f"### {title}\n\n{_markdown(frame, mixed)}\n", highlight=False)
         else:
-            console.print(_rich_table(frame, title, mixed))
+            _print_table(frame, title, mixed, options.view, console, wide)
         for note in [*shared, *board_notes(board.frame), splits_note(board.runs)]:
             if note:
                 console.print(note, highlight=False)
@@ -386,14 +388,18 @@ def is_text_column(header: str) -> bool:
     return header in ("recipe", "run", "device", "image", "car")
 
 
-def _rich_table(frame: pd.DataFrame, title: str, mixed_splits: bool) -> Table:
+# The columns that name a row of each view (repeated in every table of a split board) and the
+# ones it is read for: both always in the first table, whole, whatever the console's width.
+_KEYS: dict[View, tuple[str, ...]] = {"run": ("#", "run"), "fold": ("run", "fold"), "image": ("run", "image")}
+_DECISIVE: dict[View, tuple[str, ...]] = {"run": ("OOF Dice", "95% CI (cars)", "Δ to best [95% CI]", "p"),
+                                          "fold": ("Dice",), "image": ("Dice",)}
+
+
+def _print_table(frame: pd.DataFrame, title: str, mixed_splits: bool, view: View, console: Console,
+                 wide: bool) -> None:
     headers, rows = human_cells(frame, mixed_splits)
-    table = Table(title=title, title_justify="left")
-    for header in headers:
-        table.add_column(header, justify="left" if is_text_column(header) else "right", no_wrap=header != "device")
-    for row in rows:
-        table.add_row(*map(escape, row))
-    return table
+    tables.print_table(console, title, headers, rows, key=_KEYS[view], decisive=_DECISIVE[view],
+                       left=[header for header in headers if is_text_column(header)], wide=wide)
 
 
 def _markdown(frame: pd.DataFrame, mixed_splits: bool) -> str:

@@ -29,6 +29,7 @@ from harness.io import atomic_write_json
 from harness.recipe.plugins import Plugins
 from harness.recipe.schema import Recipe
 from harness.speed.overhead import overhead_ratio
+from harness.tables import print_table
 
 VARIANTS = ("fp32", "fp32+cl", "bf16", "bf16+cl", "fp16+cl", "bf16+cl+compile")
 
@@ -187,24 +188,21 @@ def _rate(images_per_s: float) -> str:
     return f"{images_per_s:.3g}"
 
 
-def print_result(result: dict[str, Any], path: Path, console) -> None:
-    """The benchmark as tables: variants, then model facts, loader, overhead and cost lines."""
-    from rich.table import Table
-
-    table = Table(title=f"{result['recipe']}: {result['input'][0]}x{result['input'][1]}, batch {result['batch_size']}, "
-                        f"{result['environment']['device']}")
-    columns = ("variant", "train img/s", "% of peak", "step ms p50", "step ms p95", "infer img/s", "% of peak",
-               "infer+TTA img/s", "peak MB", "compile s", "note")
-    for column in columns:
-        table.add_column(column, justify="left" if column in ("variant", "note") else "right")
-    for v in result["variants"]:
-        note = "; ".join(filter(None, ["auto picks this" if v["auto"] else "", v["note"]]))
-        table.add_row(v["variant"], _rate(v["train_images_per_s"]), f"{100 * v['train_peak_fraction']:.1f}",
-                      f"{v['train_step_ms_p50']:.0f}", f"{v['train_step_ms_p95']:.0f}", _rate(v["infer_images_per_s"]),
-                      f"{100 * v['infer_peak_fraction']:.1f}", _rate(v["infer_tta_images_per_s"]),
-                      f"{v['peak_memory_mb']:.0f}", "" if v["compile_seconds"] is None else f"{v['compile_seconds']:.0f}",
-                      note)
-    console.print(table)
+def print_result(result: dict[str, Any], path: Path, console, wide: bool = False) -> None:
+    """The benchmark as a table of variants (split to fit the console unless ``wide``: ``harness.tables``),
+    then model facts, loader, overhead and cost lines."""
+    title = (f"{result['recipe']}: {result['input'][0]}x{result['input'][1]}, batch {result['batch_size']}, "
+             f"{result['environment']['device']}")
+    headers = ("variant", "train img/s", "train % of peak", "step ms p50", "step ms p95", "infer img/s",
+               "infer % of peak", "infer+TTA img/s", "peak MB", "compile s", "note")
+    rows = [[v["variant"], _rate(v["train_images_per_s"]), f"{100 * v['train_peak_fraction']:.1f}",
+             f"{v['train_step_ms_p50']:.0f}", f"{v['train_step_ms_p95']:.0f}", _rate(v["infer_images_per_s"]),
+             f"{100 * v['infer_peak_fraction']:.1f}", _rate(v["infer_tta_images_per_s"]), f"{v['peak_memory_mb']:.0f}",
+             "" if v["compile_seconds"] is None else f"{v['compile_seconds']:.0f}",
+             "; ".join(filter(None, ["auto picks this" if v["auto"] else "", v["note"]]))]
+            for v in result["variants"]]
+    print_table(console, title, headers, rows, key=("variant",), decisive=("train img/s", "infer img/s"),
+                left=("variant", "note"), wide=wide)
     peaks = ", ".join(f"{precision} {gflops:,.0f}" for precision, gflops in result["peak_gflops"].items())
     console.print(f"peak: a square matmul here reaches {peaks} GFLOP/s (CPU capability "
                   f"{result['environment']['cpu_capability']}); % of peak = images/s x GFLOPs per image "

@@ -4,6 +4,7 @@ mattered, and the best trial as a recipe."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,8 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
+from harness.tables import print_table
 from harness.tune import study as studies
 from harness.tune.search_space import SearchSpace
 
@@ -22,11 +22,12 @@ MIN_TRIALS_FOR_IMPORTANCE = 4
 
 
 def summarise(study: optuna.Study, space: SearchSpace, place: studies.StudyPlace, tuned_dir: Path, command: str,
-              console: Console) -> Path | None:
-    """Print the trials and parameter importances; write trials.csv and the best trial as a recipe."""
+              console: Console, wide: bool = False) -> Path | None:
+    """Print the trials and parameter importances; write trials.csv and the best trial as a recipe.
+    Their tables split to fit the console unless ``wide`` (``harness.tables``)."""
     table = studies.write_trials_csv(study, place.folder)
-    console.print(_trials_rich_table(table, place.name))
-    _print_importances(study, console)
+    _print_trials(table, place.name, space.spec.objectives, console, wide)
+    _print_importances(study, console, wide)
     best = studies.best_trials(study)
     if not best:
         console.print("no trial has completed yet; nothing to write", highlight=False)
@@ -43,19 +44,17 @@ def summarise(study: optuna.Study, space: SearchSpace, place: studies.StudyPlace
     return out
 
 
-def _trials_rich_table(table: pd.DataFrame, name: str) -> Table:
+def _print_trials(table: pd.DataFrame, name: str, objectives: Sequence[str], console: Console, wide: bool) -> None:
     """The trials as trials.csv has them, less the run folder names (long hashes; they are in the file);
-    a complete trial's partial Dice is its final Dice, so it is shown for unfinished trials only."""
+    a complete trial's partial Dice is its final Dice, so it is shown for unfinished trials only.
+    A trial is read for its state and objective values: those stay in the first table."""
     shown = table.drop(columns=["run"])
     if "partial_dice" in shown:
         shown["partial_dice"] = shown["partial_dice"].where(shown["state"] != "complete")
-    rich_table = Table(title=f"study {name} (run folders in trials.csv)")
-    for column in shown.columns:
-        rich_table.add_column(column.removeprefix("param:"), justify="left" if column == "note" else "right",
-                              overflow="fold")
-    for row in shown.to_dict("records"):
-        rich_table.add_row(*[_cell(column, value) for column, value in row.items()])
-    return rich_table
+    headers = [column.removeprefix("param:") for column in shown.columns]
+    rows = [[_cell(column, value) for column, value in row.items()] for row in shown.to_dict("records")]
+    print_table(console, f"study {name} (run folders in trials.csv)", headers, rows, key=("trial",),
+                decisive=("state", *objectives), left=("note",), wide=wide)
 
 
 def _cell(column: str, value: Any) -> str:
@@ -65,10 +64,10 @@ def _cell(column: str, value: Any) -> str:
         return f"{value:.0f}"
     if isinstance(value, float):
         return f"{value:.4g}" if column.startswith("param:") else f"{value:.4f}"
-    return escape(str(value))
+    return str(value)
 
 
-def _print_importances(study: optuna.Study, console: Console) -> None:
+def _print_importances(study: optuna.Study, console: Console, wide: bool) -> None:
     """PED-ANOVA importances (Optuna's default); they say nothing until a few trials have completed."""
     complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     if complete < MIN_TRIALS_FOR_IMPORTANCE:
@@ -84,9 +83,6 @@ def _print_importances(study: optuna.Study, console: Console) -> None:
         return
     if not importances:
         return
-    table = Table(title="parameter importances (PED-ANOVA)")
-    table.add_column("parameter")
-    table.add_column("importance", justify="right")
-    for key, value in importances.items():
-        table.add_row(escape(key), f"{value:.3f}")
-    console.print(table)
+    print_table(console, "parameter importances (PED-ANOVA)", ("parameter", "importance"),
+                [[key, f"{value:.3f}"] for key, value in importances.items()], key=("parameter",),
+                decisive=("importance",), left=("parameter",), wide=wide)
