@@ -16,9 +16,9 @@ flat whatever the number of images.
 
 from __future__ import annotations
 
-import importlib.machinery
 import os
 import pickle
+import sys
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -90,13 +90,28 @@ def unpoolable(ensemble: Ensemble) -> str | None:
     """
     for part in (ensemble.merge, *(post.apply for post in ensemble.post)):
         module = getattr(part, "func", part).__module__
-        if importlib.machinery.PathFinder.find_spec(module.partition(".")[0]) is None:
+        if not importable_by_name(module.partition(".")[0]):
             return f"{module} is not importable by name in a worker process"
     try:
         pickle.dumps(unopened(ensemble))
     except (pickle.PicklingError, TypeError, AttributeError) as error:
         return f"the ensemble does not pickle ({error})"
     return None
+
+
+def importable_by_name(package: str) -> bool:
+    """Whether a fresh interpreter finds ``package`` by name, as a spawned worker will.
+
+    Every finder on ``sys.meta_path`` is asked, not only ``PathFinder``: ``pip install -e .`` (what
+    ``make install`` does) installs its own finder there, and a worker gets it too from the same
+    ``.pth`` file. ``sys.modules`` is not consulted: a plugin loaded from a file is in it under a
+    private name that no finder knows.
+    """
+    for finder in sys.meta_path:
+        find_spec = getattr(finder, "find_spec", None)
+        if find_spec is not None and find_spec(package, None) is not None:
+            return True
+    return False
 
 
 def unopened(ensemble: Ensemble) -> Ensemble:
