@@ -14,10 +14,11 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.text import Text
 
 from harness.errors import BenchError
 from harness.runs.folder import RUNS_HELP, SUMMARY_FILE
+from harness.tables import print_table
 
 app = typer.Typer(
     help="Benchmark binary segmentation recipes: run, compare, tune and ensemble them.",
@@ -41,6 +42,10 @@ ProfileOption = Annotated[
 DeviceOption = Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present).")]
 SetOption = Annotated[
     Optional[list[str]], typer.Option("--set", help="Override KEY=VALUE, e.g. train.epochs=3 (repeatable).")
+]
+WideOption = Annotated[
+    bool, typer.Option("--wide", help="Print each table whole, every column at full width, however wide "
+                                      "(default: the columns that do not fit the terminal go into tables below).")
 ]
 
 
@@ -69,18 +74,17 @@ def _plugins(ctx: typer.Context):
 
 
 @app.command("plugins")
-def plugins_command(ctx: typer.Context) -> None:
+def plugins_command(ctx: typer.Context, wide: WideOption = False) -> None:
     """List the loaded plugins: name, version, source, hooks and the components they register."""
     plugins = _plugins(ctx)
-    table = Table(title="bench plugins", show_lines=True)
-    for column in ("plugin", "version", "source", "hooks", "registers"):
-        table.add_column(column, overflow="fold")
-    for info in plugins.infos:
-        registers = "\n".join(f"{kind}: {', '.join(names)}" for kind, names in info.components.items())
-        table.add_row(info.name, info.version, info.source, "\n".join(info.hooks), registers)
-    for failure in plugins.failures:
-        table.add_row(failure.name, "-", failure.source, "", f"[red]failed: {escape(failure.error)}[/]")
-    console.print(table)
+    headers = ("plugin", "version", "source", "hooks", "registers")
+    rows = [[info.name, info.version, info.source, "\n".join(info.hooks),
+             "\n".join(f"{kind}: {', '.join(names)}" for kind, names in info.components.items())]
+            for info in plugins.infos]
+    rows += [[failure.name, "-", failure.source, "", Text(f"failed: {failure.error}", style="red")]
+             for failure in plugins.failures]
+    print_table(console, "bench plugins", headers, rows, key=("plugin",), decisive=("registers",), left=headers,
+                wide=wide)
 
 
 @app.command("show")
@@ -199,6 +203,7 @@ def compare_command(
     worst: Annotated[int, typer.Option(help="Images per run in --by image.")] = 10,
     resamples: Annotated[int, typer.Option(min=100, help="Bootstrap and permutation resamples.")] = 2000,
     seed: Annotated[int, typer.Option(help="Seed of the resamples: same seed, same intervals.")] = 0,
+    wide: WideOption = False,
 ) -> None:
     """Rank complete runs of one data set (folds may differ), with intervals, p-values, speed and cost."""
     from harness.evaluate import compare
@@ -210,8 +215,15 @@ def compare_command(
         raise BenchError(f"--by {by}: expected run, fold or image")
     options = compare.Options(by, sort, tuple(filter_ or ()), worst, resamples, seed)
     index = scan(runs or [], results)
+    _say_skipped(index.skipped)
     found = compare.boards(compare.select_groups(index, options.filters, explicit=bool(runs)), options)
-    compare.render(found, index.unfinished, format_, console, options)
+    compare.render(found, index.unfinished, format_, console, options, wide)
+
+
+def _say_skipped(skipped: list[str]) -> None:
+    """One line on stderr for what a glob like results/* matched besides runs; stdout stays csv or json."""
+    if skipped:
+        Console(stderr=True, soft_wrap=True).print(f"skipped, not runs: {escape(', '.join(skipped))}", highlight=False)
 
 
 @app.command("report")
@@ -227,7 +239,9 @@ def report_command(
     from harness.evaluate.report import write_report
     from harness.evaluate.results import scan
 
-    groups = compare.select_groups(scan(runs or [], results), tuple(filter_ or ()), explicit=True)
+    index = scan(runs or [], results)
+    _say_skipped(index.skipped)
+    groups = compare.select_groups(index, tuple(filter_ or ()), explicit=True)
     if not groups:
         raise BenchError(f"no complete runs in {', '.join(runs) if runs else results}")
     write_report(groups[0], out, worst)
@@ -293,8 +307,13 @@ def ensemble_command(
         f"[{oof['difference_interval'][0]:+.5f}, {oof['difference_interval'][1]:+.5f}]\n"
         f"merging alone (before post-processing, best run at its own threshold {oof['best_run_own_threshold']:.3f}): "
         f"{oof['merge_gain']:+.5f} [{oof['merge_gain_interval'][0]:+.5f}, {oof['merge_gain_interval'][1]:+.5f}], {verdict}\n"
-        f"wrote {report['submission']} ({report['test']['images']} images, {report['test']['images_per_s']:.1f} images/s) "
+        f"wrote {report['submission']} ({report['test']['images']} images, {report['test']['images_per_s']:.1f} images/s "
+        f"in {_processes(report['test']['workers'])}) "
         f"and {out / 'ensemble.json'}", highlight=False)
+
+
+def _processes(count: int) -> str:
+    return "this process" if count == 1 else f"{count} worker processes"
 
 
 def _parse_weights(text: str | None) -> list[float] | None:
@@ -322,6 +341,7 @@ def benchmark_command(
     workers: Annotated[str, typer.Option(help="Loader worker counts to try, comma-separated.")] = "0,1,2",
     skip: Annotated[str, typer.Option(help="Parts to skip, comma-separated: loader, overhead (slow at full size on a CPU).")] = "",
     results: Annotated[Path, typer.Option(help="Benchmarks go to RESULTS/benchmarks/.")] = Path("results"),
+    wide: WideOption = False,
 ) -> None:
     """Throughput, memory, GFLOPs, data pipeline, harness overhead and full-Carvana cost of a recipe."""
     from harness.recipe.schema import load_recipe
@@ -338,7 +358,7 @@ def benchmark_command(
         batch_size=batch, warmup=warmup, repeats=repeats, loader_batches=max(4, repeats), worker_counts=counts,
         skip=_parse_skip(skip),
     )
-    print_result(result, write_result(result, results), console)
+    print_result(result, write_result(result, results), console, wide)
 
 
 def _parse_skip(text: str) -> set[str]:
@@ -388,6 +408,7 @@ def tune_command(
     workers: Annotated[int, typer.Option(min=1, help="Processes on this machine working on the study.")] = 1,
     results: Annotated[Path, typer.Option(help="Studies go to RESULTS/tune/STUDY/, one run folder per trial.")] = Path("results"),
     tuned: Annotated[Path, typer.Option(help="Where the best trial is written as STUDY.toml.")] = Path("recipes/tuned"),
+    wide: WideOption = False,
 ) -> None:
     """Search the recipe's [tune] space with Optuna; write the best trial as a recipe. Run it again to resume."""
     import shlex
@@ -401,7 +422,7 @@ def tune_command(
                   StudyPlace(name, results / "tune" / name, storage), device, workers)
     _plugins(ctx)  # say which plugins were skipped, once, before the workers load them again
     space, found = tune(job, console)
-    summarise(found, space, job.place, tuned, shlex.join(["bench", *sys.argv[1:]]), console)
+    summarise(found, space, job.place, tuned, shlex.join(["bench", *sys.argv[1:]]), console, wide)
 
 
 def _parse_size(text: str) -> tuple[int, int]:

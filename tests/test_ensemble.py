@@ -6,6 +6,7 @@ import csv
 import gzip
 import io
 import json
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -362,8 +363,27 @@ def test_bad_input_is_one_line(bench, noisy_runs, tmp_path, args, message) -> No
 
 def test_unfinished_run_is_refused(bench, noisy_runs, tmp_path) -> None:
     (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "recipe.toml").write_text('name = "half"\n')  # written first: a run that never finished
     result = bench("ensemble", noisy_runs["a"], tmp_path / "half", "--out", tmp_path / "ens")
     assert result.code == 2 and "unfinished" in result.err
+
+
+def test_a_glob_over_a_results_folder_skips_what_holds_no_run(bench, noisy_runs, tmp_path) -> None:
+    """results/* matches results/benchmarks and notes of the user's own: they are not runs, and are
+    skipped with one line; a name that matches nothing is still an error."""
+    results = tmp_path / "results"
+    results.mkdir()
+    for name in ("a", "b"):
+        shutil.copytree(noisy_runs[name], results / name)
+    (results / "benchmarks").mkdir()
+    (results / "notes.txt").write_text("my notes")
+    result = bench("ensemble", results / "*", "--out", tmp_path / "ens")
+    assert result.code == 0, result.err
+    assert f"skipped, not runs: {results / 'benchmarks'} (no run in it), {results / 'notes.txt'} (not a folder)" \
+        in result.out.replace("\n", " ")
+    assert bench("ensemble", results / "nope", "--out", tmp_path / "ens2").err.count("no such run folder") == 1
+    only_notes = bench("ensemble", results / "notes.txt", "--out", tmp_path / "ens3")
+    assert only_notes.code == 2 and "notes.txt (not a folder): no run folder" in only_notes.err
 
 
 def _write_rows(path: Path, rows: list[tuple[str, str]]) -> Path:

@@ -1,7 +1,7 @@
 """``bench run``: a recipe, k-fold, into a run folder that ``bench compare`` and ``bench ensemble`` read.
 
 The run folder's layout belongs to ``harness.runs.folder`` (and is documented in
-``results/README.md``). Every stage leaves a marker when it finishes (each fold's, the test
+``docs/results.md``). Every stage leaves a marker when it finishes (each fold's, the test
 predictions', and last the summary, which marks the run complete), so ``--resume`` skips finished
 work and redoes only the interrupted stage; within a fold, training resumes from the last finished
 epoch.

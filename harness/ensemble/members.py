@@ -9,7 +9,7 @@ Their folds may differ. A member never predicts out of fold a car it trained on,
 splits, so every image's merged out-of-fold map is made of honest predictions only, one per member,
 and weights and threshold chosen on those maps see each image once per member, never its label
 through a member's own training. Test maps average every fold's model of each member, as with one
-set of folds. results/README.md ("Runs on other folds") says where this stops being exact.
+set of folds. docs/results.md ("Runs on other folds") says where this stops being exact.
 """
 
 from __future__ import annotations

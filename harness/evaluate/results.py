@@ -19,22 +19,24 @@ from typing import Any
 import pandas as pd
 
 from harness.errors import BenchError
-from harness.runs.folder import Run, UnfinishedRun, open_run, resolve_runs
+from harness.runs.folder import Run, UnfinishedRun, open_run, resolve_targets
 
 @dataclass(frozen=True)
 class ResultsIndex:
     complete: list[Run]
     unfinished: list[UnfinishedRun]
+    skipped: list[str]  # targets that name no run, "PATH (why)", said once under the output
 
 
 def scan(targets: list[str], default: Path) -> ResultsIndex:
     """Index the runs named by ``targets`` (``harness.runs.folder.RUNS_HELP``); with no targets, every
     run folder directly inside ``default`` (normally ``results/``)."""
     complete, unfinished = [], []
-    for folder in resolve_runs(targets, default):
+    found = resolve_targets(targets, default)
+    for folder in found.folders:
         entry = open_run(folder)
         (complete if isinstance(entry, Run) else unfinished).append(entry)
-    return ResultsIndex(complete, unfinished)
+    return ResultsIndex(complete, unfinished, found.skipped)
 
 
 def read_software(run: Run) -> str:

@@ -1,4 +1,4 @@
-"""The run folder: the one place that knows its layout (``results/README.md`` documents it).
+"""The run folder: the one place that knows its layout (``docs/results.md`` documents it).
 
 ``bench run`` writes a run folder, and ``bench compare``, ``report``, ``ensemble``, ``ablate`` and
 ``tune`` read it. Every path into it, the test of whether a run or a fold is finished, the summary's
@@ -211,7 +211,7 @@ def data_groups(runs: list[Run]) -> list[list[Run]]:
 
     Folds need not agree: in every run, every training image has exactly one out-of-fold prediction,
     made by a model that never saw its car, so per-image scores pair image by image across runs on
-    the same data (results/README.md, "Runs on other folds", says why and where that stops).
+    the same data (docs/results.md, "Runs on other folds", says why and where that stops).
 
     A run written before data hashes were recorded is placed by the rule that held until then: with
     the runs on the same data root and the same splits hash. It takes the data hash of such runs when
@@ -275,29 +275,47 @@ def open_run(path: Path) -> Run | UnfinishedRun:
         return UnfinishedRun(path, folder.folds_done(), reason)
 
 
+@dataclass(frozen=True)
+class Targets:
+    """What a list of RUNS arguments names: run folders, and the entries that name none."""
+    folders: list[Path]
+    skipped: list[str]  # "PATH (why)": a file or a folder without runs, among targets that name runs
+
+
 def resolve_runs(targets: list[str], results: Path) -> list[Path]:
+    """Run folders named by ``targets`` (see ``resolve_targets``)."""
+    return resolve_targets(targets, results).folders
+
+
+def resolve_targets(targets: list[str], results: Path) -> Targets:
     """Run folders named by ``targets`` (see ``RUNS_HELP``), in the order given, each once; with no
     targets, every run folder directly inside ``results``.
 
     A run folder stands for itself and any other folder for the run folders directly inside it; a
-    name that is not a folder is looked up under ``results``.
+    name that is not a folder is looked up under ``results``. An entry that exists but names no run
+    (``results/*`` expands to ``results/benchmarks``, a notes file, ...) is skipped while another
+    target names a run: the shell chose those entries, not the user. A name that matches nothing is
+    always an error: that one is a typo.
     """
     found: dict[str, Path] = {}
+    skipped: list[str] = []
     for target in targets or [str(results)]:
         if glob.has_magic(target):
             matches = sorted(glob.glob(target)) or sorted(glob.glob(str(results / target)))
         else:
-            matches = [target] if os.path.isdir(target) else [str(results / target)]
-        folders = [Path(m) for m in matches if os.path.isdir(m)]
-        if not folders:
+            matches = [target] if os.path.exists(target) else [str(results / target)]
+        if not any(os.path.exists(m) for m in matches):
             raise BenchError(f"{target}: no such run folder or folder of runs (not found under {results} either)")
-        runs = [run for folder in folders for run in _expand(folder)]
-        if not runs and targets:
-            raise BenchError(f"{target}: no run in it (a run folder holds recipe.toml from its start; "
-                             "an unfinished one is finished by bench run --resume)")
-        for run in runs:
-            found.setdefault(str(run.resolve()), run)
-    return list(found.values())
+        for match in filter(os.path.exists, matches):
+            runs = _expand(Path(match)) if os.path.isdir(match) else []
+            if not runs:
+                skipped.append(f"{match} ({'no run in it' if os.path.isdir(match) else 'not a folder'})")
+            for run in runs:
+                found.setdefault(str(run.resolve()), run)
+    if targets and not found:
+        raise BenchError(f"{', '.join(skipped)}: no run folder (a run folder holds recipe.toml from its start; "
+                         "an unfinished one is finished by bench run --resume)")
+    return Targets(list(found.values()), skipped if targets else [])
 
 
 def is_run_folder(path: Path) -> bool:
