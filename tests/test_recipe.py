@@ -48,6 +48,21 @@ def test_every_recipe_and_profile_loads(path, plugins):
         load_recipe(path, plugins, [profile])
 
 
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("profiles", [[], ["quick"], ["quick", "own_folds"]], ids="+".join)
+def test_every_recipe_tunes_as_it_is_and_on_a_quick_budget(path, profiles, plugins):
+    """bench tune checks its space before any trial: each recipe's own values lie inside it, also once a
+    profile has moved them (a quick profile's learning rate, say), and every bound gives a valid recipe."""
+    from harness.tune.search_space import SearchSpace
+
+    SearchSpace(load_recipe(path, plugins, profiles), plugins, path.name).check()
+
+
+def test_every_quick_profile_reads_the_images_every_carvana_layout_folder_has(plugins):
+    """A quick look at a user's own data must not need Carvana's train_hq/: the quick profiles read train/."""
+    assert {load_recipe(path, plugins, ["quick"]).data.images for path in RECIPES} == {"standard"}
+
+
 def test_faithful_values_survive_validation(plugins):
     alexander = load_recipe(REPO / "recipes/alexander.toml", plugins)
     assert alexander.train.grad_clip == 1.0 and alexander.predict.tta == "hflip"

@@ -108,7 +108,8 @@ def open_carvana(root: Path | str, images: ImageSet = "standard") -> CarvanaSet:
     if images not in _SUFFIX:
         raise BenchError(f"unknown image set {images!r}; expected 'standard' or 'hq'")
     train_name, test_name = f"train{_SUFFIX[images]}", f"test{_SUFFIX[images]}"
-    chosen = "" if images == "standard" else f"; data.images = {images!r} reads {train_name}/ and {test_name}/"
+    chosen = "" if images == "standard" else (f"; data.images = {images!r} reads {train_name}/ and {test_name}/, "
+                                              "--set data.images=standard reads train/ and test/")
     train_dir = root / train_name
     if not train_dir.is_dir():
         raise BenchError(f"data folder {root} has no {train_name}/ folder "
