@@ -16,7 +16,7 @@ import pytest
 from harness.data import rle
 from harness.data.carvana import data_hash, open_carvana, read_image, read_mask
 from harness.ensemble import oof_search
-from harness.data.submission import HEADER, read_submission, write_submission
+from harness.data.submission import HEADER, check_submission, read_submission, write_submission
 from harness.runs.probabilities import ProbabilityMaps, binarise, quantise
 
 
@@ -403,6 +403,17 @@ def test_check_accepts_a_valid_submission(bench, synthetic_set, valid_rows, tmp_
     assert write_submission(path, iter(valid_rows)) == len(valid_rows)
     result = bench("ensemble", "--check", path, "--data", synthetic_set)
     assert result.code == 0 and f"{len(valid_rows)} test images" in result.out
+
+
+def test_a_noisy_full_size_mask_longer_than_csvs_field_limit_checks(tmp_path) -> None:
+    """A noisy model's full-size mask can take megabytes of RLE; csv's default limit is 128 KiB, and
+    the check of such a submission failed at the end of bench ensemble (found at 1918x1280)."""
+    mask = np.zeros((1280, 1918), dtype=np.uint8)
+    mask.flat[::4] = 1  # 613,760 runs
+    path = tmp_path / "submission.csv.gz"
+    write_submission(path, iter([("noisy_01", rle.encode(mask))]))
+    assert len(next(iter(read_submission(path)))[2]) > csv.field_size_limit() > 0
+    assert check_submission(path, {"noisy_01": (1280, 1918)}) == 1
 
 
 @pytest.mark.parametrize("image_id", ["fff9b3a5373f_16", "a,comma", 'a"quote', "a\nline", "voiture_é"])

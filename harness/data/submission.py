@@ -67,6 +67,7 @@ def read_submission(path: Path) -> Iterable[tuple[int, str, str]]:
     """Yield ``(line number, image id, rle)`` from a (gzipped or plain) submission csv."""
     path = Path(path)
     opener = igzip.open if path.suffix == ".gz" else open
+    limit = csv.field_size_limit(_LONGEST_FIELD)
     try:
         with opener(path, "rt", encoding="utf-8", newline="") as handle:
             reader = csv.reader(handle)
@@ -79,6 +80,13 @@ def read_submission(path: Path) -> Iterable[tuple[int, str, str]]:
                 yield reader.line_num, row[0].removesuffix(_SUFFIX), row[1]
     except (OSError, EOFError, UnicodeDecodeError, csv.Error) as error:
         raise BenchError(f"{path}: cannot read as a (gzipped) csv: {error}") from None
+    finally:
+        csv.field_size_limit(limit)
+
+
+# csv's default field limit is 128 KiB; a noisy full-size mask's RLE is longer (a 1918x1280 mask of
+# alternating pixels takes about 12 MB), and it is still a valid row to check.
+_LONGEST_FIELD = 2**31 - 1
 
 
 def check_submission(path: Path, expected: Mapping[str, tuple[int, int]]) -> int:
