@@ -406,12 +406,19 @@ def tune_command(
     storage: Annotated[Optional[str], typer.Option(help="Shared storage: an RDB URL (sqlite:///..., postgresql://...) or a "
                                                         "journal file path (default: RESULTS/tune/STUDY/study.db).")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Processes on this machine working on the study.")] = 1,
+    host: Annotated[Optional[str], typer.Option(help="This machine's name in a shared study (default: its hostname; "
+                                                     "give each container its own): a dead process's trial of the same "
+                                                     "host is retried at once, another host's after --heartbeat-grace.")] = None,
+    heartbeat_grace: Annotated[int, typer.Option(min=3, help="Seconds a running trial may go without its worker's "
+                                                             "heartbeat before another worker fails and retries it "
+                                                             "(RDB storages).")] = 60,
     results: Annotated[Path, typer.Option(help="Studies go to RESULTS/tune/STUDY/, one run folder per trial.")] = Path("results"),
     tuned: Annotated[Path, typer.Option(help="Where the best trial is written as STUDY.toml.")] = Path("recipes/tuned"),
     wide: WideOption = False,
 ) -> None:
     """Search the recipe's [tune] space with Optuna; write the best trial as a recipe. Run it again to resume."""
     import shlex
+    import socket
 
     from harness.tune.study import StudyPlace
     from harness.tune.summary import summarise
@@ -419,7 +426,8 @@ def tune_command(
 
     name = study or "-".join([recipe.stem, *(profile or [])])
     job = TuneJob(recipe, tuple(profile or ()), tuple(set_ or ()), tuple(ctx.obj["plugins_dir"]), ctx.obj["strict"],
-                  StudyPlace(name, results / "tune" / name, storage), device, workers)
+                  StudyPlace(name, results / "tune" / name, storage, host or socket.gethostname(), heartbeat_grace),
+                  device, workers)
     _plugins(ctx)  # say which plugins were skipped, once, before the workers load them again
     space, found = tune(job, console)
     summarise(found, space, job.place, tuned, shlex.join(["bench", *sys.argv[1:]]), console, wide)

@@ -59,6 +59,15 @@ def synthetic_set(tmp_path_factory) -> Path:
     return write_synthetic_carvana(root, cars=4, test_cars=1, size=(64, 40), seed=0)
 
 
+@pytest.fixture(scope="session")
+def tune_set(tmp_path_factory) -> Path:
+    """For bench tune: 8 cars, so each of 2 folds validates 4, enough pairs for a Wilcoxon test to prune."""
+    from harness.data.synthetic import write_synthetic_carvana
+
+    return write_synthetic_carvana(tmp_path_factory.mktemp("tune") / "carvana", cars=8, test_cars=1,
+                                   size=(64, 40), seed=0)
+
+
 @pytest.fixture
 def carvana_copy(synthetic_set, tmp_path) -> Path:
     """A private copy of the synthetic set that a test may break."""

@@ -33,15 +33,6 @@ pruner = {{ name = "wilcoxon", p_threshold = 0.5 }}
 """
 
 
-@pytest.fixture(scope="module")
-def tune_set(tmp_path_factory) -> Path:
-    """8 cars, so each of 2 folds validates 4: enough pairs for a Wilcoxon test to prune."""
-    from harness.data.synthetic import write_synthetic_carvana
-
-    return write_synthetic_carvana(tmp_path_factory.mktemp("tune") / "carvana", cars=8, test_cars=1,
-                                   size=(64, 40), seed=0)
-
-
 def _load(results: Path, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{results / 'tune' / name / 'study.db'}")
 

@@ -13,12 +13,13 @@ would mix two searches, so that is refused with a hint to name a new study.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
 import warnings
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -26,6 +27,8 @@ import optuna
 import pandas as pd
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import text as sql
+from sqlalchemy.engine import make_url
 
 from harness.errors import BenchError
 from harness.io import atomic_write_json, atomic_write_text, cannot_write
@@ -45,15 +48,30 @@ _RETRY = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
 
 @dataclass(frozen=True)
 class StudyPlace:
-    """Where a study is: its folder (run folders, trials.csv) and its storage (the trials themselves)."""
+    """Where a study is: its folder (run folders, trials.csv) and its storage (the trials themselves).
+
+    ``host`` names this machine in the study: a trial left running by a dead process of the same
+    host is retried at once (``recover_dead_trials``), another host's once its heartbeat is
+    ``grace_seconds`` old.
+    """
 
     name: str
     folder: Path
     storage_url: str | None = None  # None: SQLite in the folder
+    host: str = field(default_factory=socket.gethostname)
+    grace_seconds: int = GRACE_SECONDS
 
     @property
     def storage_text(self) -> str:
-        return self.storage_url or f"sqlite:///{self.folder / 'study.db'}"
+        """The storage as said to people and written to study.json: a URL's password hidden."""
+        if self.storage_url is None:
+            return f"sqlite:///{self.folder / 'study.db'}"
+        if "://" not in self.storage_url:
+            return self.storage_url
+        try:
+            return make_url(self.storage_url).render_as_string(hide_password=True)
+        except Exception:  # not a URL SQLAlchemy parses: storage() says so
+            return self.storage_url
 
     def storage(self) -> optuna.storages.BaseStorage:
         """An RDB URL (``sqlite:///...``, ``postgresql://...``) or a journal file path.
@@ -61,20 +79,46 @@ class StudyPlace:
         RDB storages beat a heartbeat, so a trial whose worker died anywhere is failed and retried
         by the next worker; a journal file has no heartbeat (see ``recover_dead_trials``).
         """
-        text = self.storage_text
+        text = self.storage_url or self.storage_text
         try:
             if "://" not in text:
                 from optuna.storages.journal import JournalFileBackend
 
                 Path(text).parent.mkdir(parents=True, exist_ok=True)
                 return optuna.storages.JournalStorage(JournalFileBackend(text))
+            text = _with_driver(text)
             engine = {"connect_args": {"timeout": 60}} if text.startswith("sqlite") else {}
             return optuna.storages.RDBStorage(
-                text, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+                text, engine_kwargs=engine, heartbeat_interval=self.heartbeat_seconds, grace_period=self.grace_seconds,
                 heartbeat_stale_trial_callback=_RETRY)
-        except Exception as error:  # a bad URL or path, a missing driver, an unreachable server
-            reason = str(error).splitlines()[0] if str(error) else ""
-            raise BenchError(f"study storage {text}: cannot open ({type(error).__name__}: {reason})") from None
+        except BenchError:
+            raise
+        except Exception as error:  # a bad URL or path, an unreachable server, a wrong password, no database
+            raise BenchError(f"study storage {self.storage_text}: cannot open ({_reason(error)})") from None
+
+    @property
+    def heartbeat_seconds(self) -> int:
+        """A live worker beats at least three times within the grace period, so it is never taken for dead."""
+        return max(1, min(HEARTBEAT_SECONDS, self.grace_seconds // 3))
+
+
+def _with_driver(url: str) -> str:
+    """``postgresql://`` with psycopg 3, segbench's PostgreSQL driver (SQLAlchemy would look for psycopg2);
+    a URL that names its driver (``postgresql+psycopg2://``) is used as it is."""
+    scheme, _, rest = url.partition("://")
+    if scheme not in ("postgresql", "postgres", "postgresql+psycopg"):
+        return url
+    if importlib.util.find_spec("psycopg") is None:
+        raise BenchError(f"study storage {scheme}://...: the PostgreSQL driver is not installed; "
+                         "pip install segbench[postgres]")
+    return f"postgresql+psycopg://{rest}"
+
+
+def _reason(error: Exception) -> str:
+    """The driver's own first line (SQLAlchemy wraps it in a paragraph with a link), without the URL."""
+    cause = getattr(error, "orig", None) or error
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}"
 
 
 @contextmanager
@@ -127,17 +171,46 @@ def load(place: StudyPlace, space: SearchSpace, worker: int) -> optuna.Study:
     return study
 
 
-def this_worker() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+def this_worker(place: StudyPlace) -> str:
+    return f"{place.host}:{os.getpid()}"
 
 
-def recover_dead_trials(study: optuna.Study) -> list[int]:
-    """Fail and re-queue trials left running by a worker of this machine that no longer exists.
+def budget_lock(study: optuna.Study):
+    """Held while a worker counts the trials and asks for one, by every host that shares the study.
+
+    The study folder's file lock (``harness.tune.tune.Worker``) is one host's: two hosts on one
+    PostgreSQL study would each count 9 of 10 and both start the tenth. A PostgreSQL advisory lock,
+    keyed by the study and held by one connection, spans them, and the server drops it when the
+    connection dies with its process. Other storages are one host's (SQLite, a journal file).
+    """
+    storage = getattr(study._storage, "_backend", study._storage)  # Optuna wraps an RDB in a cache
+    engine = getattr(storage, "engine", None)
+    if engine is None or engine.dialect.name != "postgresql":
+        return nullcontext()
+    return _advisory_lock(engine, study._study_id)
+
+
+@contextmanager
+def _advisory_lock(engine, study_id: int) -> Iterator[None]:
+    key = (_ADVISORY_NAMESPACE << 32) + study_id
+    with engine.connect() as connection:
+        connection.execute(sql("SELECT pg_advisory_lock(:key)"), {"key": key})
+        try:
+            yield
+        finally:
+            connection.execute(sql("SELECT pg_advisory_unlock(:key)"), {"key": key})
+
+
+_ADVISORY_NAMESPACE = 0x5E6B  # segbench's advisory locks: the high half of the key, the study's id the low
+
+
+def recover_dead_trials(study: optuna.Study, place: StudyPlace) -> list[int]:
+    """Fail and re-queue trials left running by a worker of this host that no longer exists.
 
     The heartbeat would find them too, but only after its grace period, and a journal file has no
-    heartbeat at all; a worker on this machine is known dead at once. Returns the trials failed.
+    heartbeat at all; a worker on this host is known dead at once. Returns the trials failed.
     """
-    host = socket.gethostname()
+    host = place.host
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")

@@ -69,7 +69,7 @@ def prepare(job: TuneJob, console: Console) -> tuple[SearchSpace, optuna.Study]:
     space = job.search_space()
     space.check()
     study = studies.create_or_load(job.place, space)
-    for number in studies.recover_dead_trials(study):
+    for number in studies.recover_dead_trials(study, job.place):
         console.print(f"trial {number} was left running by a worker that died: recorded as failed, queued again "
                       "(its run folder resumes)", highlight=False)
     return space, study
@@ -199,14 +199,14 @@ class Worker:
 
     def _next_trial(self) -> optuna.Trial | None:
         (self.job.place.folder / ".locks").mkdir(parents=True, exist_ok=True)
-        with self.lock:
+        with self.lock, studies.budget_lock(self.study):
             optuna.storages.fail_stale_trials(self.study)  # a dead worker's trial is queued again first
             if self.deadline is not None and time.time() >= self.deadline:
                 return None
             if self.space.spec.trials is not None and studies.counted_trials(self.study) >= self.space.spec.trials:
                 return None
             trial = self.study.ask(self.space.spec.distributions())
-            trial.set_user_attr("worker", studies.this_worker())
+            trial.set_user_attr("worker", studies.this_worker(self.job.place))
             return trial
 
     def _run_trial(self, trial: optuna.Trial) -> None:
