@@ -278,3 +278,13 @@ def test_pointwise_is_a_1x1_convolution():
     images = torch.randn(2, 3, 32, 48)
     with torch.no_grad():
         assert torch.allclose(model(images), model.conv(images), atol=1e-6)
+
+
+def test_the_imagenet_urls_written_out_are_torchvisions():
+    """The plugins name torchvision's weight files without importing torchvision's models (a second of
+    every bench command): the URLs must stay the ones torchvision publishes."""
+    from plugins.components.nets.linknet34 import RESNET34_IMAGENET
+    from plugins.components.nets.ternausnet import VGG11_IMAGENET
+
+    assert RESNET34_IMAGENET.url == torchvision.models.ResNet34_Weights.IMAGENET1K_V1.url
+    assert VGG11_IMAGENET.url == torchvision.models.VGG11_Weights.IMAGENET1K_V1.url

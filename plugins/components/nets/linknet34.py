@@ -71,13 +71,14 @@ resnet34 file loads into it as it is.
 from __future__ import annotations
 
 import torch
-import torchvision
 from torch import nn
 
 from harness.api import UrlFile, load_encoder_weights
 
-# torchvision's published ImageNet ResNet34 (what the original's ``pretrained=True`` loaded).
-RESNET34_IMAGENET = UrlFile(torchvision.models.ResNet34_Weights.IMAGENET1K_V1.url)
+# torchvision's published ImageNet ResNet34 (what the original's ``pretrained=True`` loaded):
+# ``torchvision.models.ResNet34_Weights.IMAGENET1K_V1.url``, written out (tests/test_nets.py checks
+# it) so that loading the plugins does not import torchvision's models, a second of every bench command.
+RESNET34_IMAGENET = UrlFile("https://download.pytorch.org/models/resnet34-b627a593.pth")
 RESNET34_CHANNELS = (64, 128, 256, 512)  # e1, e2, e3, e4 (the original's ``filters``)
 HEAD_CHANNELS = 32
 
@@ -108,6 +109,8 @@ class LinkNet34(nn.Module):
     """The original LinkNet34 (see the module docstring); ``H`` and ``W`` must be multiples of 32."""
 
     def __init__(self, num_classes: int = 1) -> None:
+        import torchvision  # here, not at the top: see RESNET34_IMAGENET
+
         super().__init__()
         f1, f2, f3, f4 = RESNET34_CHANNELS
         resnet = torchvision.models.resnet34(weights=None)

@@ -20,13 +20,14 @@ so a torchvision ``vgg11`` weights file (keys ``features.N.weight``) loads into 
 from __future__ import annotations
 
 import torch
-import torchvision
 from torch import nn
 
 from harness.api import UrlFile, load_encoder_weights
 
-# torchvision's published ImageNet VGG11 (what TernausNet and artsiom started from).
-VGG11_IMAGENET = UrlFile(torchvision.models.VGG11_Weights.IMAGENET1K_V1.url)
+# torchvision's published ImageNet VGG11 (what TernausNet and artsiom started from):
+# ``torchvision.models.VGG11_Weights.IMAGENET1K_V1.url``, written out (tests/test_nets.py checks it)
+# so that loading the plugins does not import torchvision's models, a second of every bench command.
+VGG11_IMAGENET = UrlFile("https://download.pytorch.org/models/vgg11-8a719046.pth")
 VGG11_CHANNELS = (64, 128, 256, 512, 512)  # after conv1, conv2, conv3, conv4, conv5
 
 
@@ -36,6 +37,8 @@ def vgg11_features() -> nn.Sequential:
     Built from torchvision's own layer list rather than ``vgg11()``, which would also build (and
     initialise, about a second on a CPU) the 120M-parameter classifier only to throw it away.
     """
+    import torchvision  # here, not at the top: see VGG11_IMAGENET
+
     features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["A"])
     for module in features.modules():
         if isinstance(module, nn.Conv2d):
