@@ -6,6 +6,7 @@ the command needs them, and turns a ``BenchError`` into one line on stderr and e
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from rich.text import Text
 
 from harness.errors import BenchError
 from harness.runs.folder import RUNS_HELP, SUMMARY_FILE
-from harness.tables import print_table
+from harness.tables import as_csv, as_markdown, check_format, print_table
 
 app = typer.Typer(
     help="Benchmark binary segmentation recipes: run, compare, tune and ensemble them.",
@@ -43,6 +44,7 @@ DeviceOption = Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (
 SetOption = Annotated[
     Optional[list[str]], typer.Option("--set", help="Override KEY=VALUE, e.g. train.epochs=3 (repeatable).")
 ]
+FormatOption = Annotated[str, typer.Option("--format", help="table, csv, markdown or json.")]
 WideOption = Annotated[
     bool, typer.Option("--wide", help="Print each table whole, every column at full width, however wide "
                                       "(default: the columns that do not fit the terminal go into tables below).")
@@ -74,17 +76,30 @@ def _plugins(ctx: typer.Context):
 
 
 @app.command("plugins")
-def plugins_command(ctx: typer.Context, wide: WideOption = False) -> None:
+def plugins_command(ctx: typer.Context, wide: WideOption = False, format_: FormatOption = "table") -> None:
     """List the loaded plugins: name, version, source, hooks and the components they register."""
+    check_format(format_)
     plugins = _plugins(ctx)
+    if format_ == "json":
+        listing = [{"plugin": i.name, "version": i.version, "source": i.source, "hooks": list(i.hooks),
+                    "registers": {kind: list(names) for kind, names in i.components.items()}} for i in plugins.infos]
+        listing += [{"plugin": f.name, "source": f.source, "error": f.error} for f in plugins.failures]
+        console.out(json.dumps(listing, indent=2), highlight=False)
+        return
     headers = ("plugin", "version", "source", "hooks", "registers")
     rows = [[info.name, info.version, info.source, "\n".join(info.hooks),
              "\n".join(f"{kind}: {', '.join(names)}" for kind, names in info.components.items())]
             for info in plugins.infos]
     rows += [[failure.name, "-", failure.source, "", Text(f"failed: {failure.error}", style="red")]
              for failure in plugins.failures]
-    print_table(console, "bench plugins", headers, rows, key=("plugin",), decisive=("registers",), left=headers,
-                wide=wide)
+    if format_ == "csv":
+        console.out(as_csv(headers, [[str(cell).replace("\n", "; ") for cell in row] for row in rows]), end="",
+                    highlight=False)
+    elif format_ == "markdown":
+        console.out(f"### bench plugins\n\n{as_markdown(headers, rows)}", highlight=False)
+    else:
+        print_table(console, "bench plugins", headers, rows, key=("plugin",), decisive=("registers",), left=headers,
+                    wide=wide)
 
 
 @app.command("show")
@@ -195,7 +210,7 @@ FilterOption = Annotated[
 def compare_command(
     runs: RunsArgument = None,
     results: ResultsOption = Path("results"),
-    format_: Annotated[str, typer.Option("--format", help="table, csv, markdown or json.")] = "table",
+    format_: FormatOption = "table",
     sort: Annotated[str, typer.Option(help="dice, fold_mean, fold_std, train_seconds, train_speed, "
                                            "inference_speed, parameters, recipe or run.")] = "dice",
     filter_: FilterOption = None,
@@ -209,8 +224,7 @@ def compare_command(
     from harness.evaluate import compare
     from harness.evaluate.results import scan
 
-    if format_ not in ("table", "csv", "markdown", "json"):
-        raise BenchError(f"--format {format_}: expected table, csv, markdown or json")
+    check_format(format_)
     if by not in ("run", "fold", "image"):
         raise BenchError(f"--by {by}: expected run, fold or image")
     options = compare.Options(by, sort, tuple(filter_ or ()), worst, resamples, seed)
@@ -342,23 +356,28 @@ def benchmark_command(
     skip: Annotated[str, typer.Option(help="Parts to skip, comma-separated: loader, overhead (slow at full size on a CPU).")] = "",
     results: Annotated[Path, typer.Option(help="Benchmarks go to RESULTS/benchmarks/.")] = Path("results"),
     wide: WideOption = False,
+    format_: Annotated[str, typer.Option("--format", help="table, markdown, json (the result file's json) or csv "
+                                                          "(the variants' numbers); with json and csv only they "
+                                                          "go to stdout.")] = "table",
 ) -> None:
     """Throughput, memory, GFLOPs, data pipeline, harness overhead and full-Carvana cost of a recipe."""
     from harness.recipe.schema import load_recipe
     from harness.speed.benchmark import benchmark_recipe, print_result, write_result
 
+    check_format(format_)
     plugins = _plugins(ctx)
     resolved = load_recipe(recipe, plugins, profile or [], set_ or [])
     try:
         counts = [int(w) for w in workers.split(",")]
     except ValueError:
         raise BenchError(f"--workers {workers}: expected worker counts like 0,1,2") from None
+    progress = Console(stderr=True, soft_wrap=True) if format_ in ("json", "csv") else console  # stdout: data only
     result = benchmark_recipe(
-        resolved, plugins, console, device=device, variants=variants, size=_parse_size(size) if size else None,
+        resolved, plugins, progress, device=device, variants=variants, size=_parse_size(size) if size else None,
         batch_size=batch, warmup=warmup, repeats=repeats, loader_batches=max(4, repeats), worker_counts=counts,
         skip=_parse_skip(skip),
     )
-    print_result(result, write_result(result, results), console, wide)
+    print_result(result, write_result(result, results), console, wide, format_)
 
 
 def _parse_skip(text: str) -> set[str]:

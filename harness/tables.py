@@ -10,12 +10,17 @@ below, each keyed again, so no cell is cut and nothing is lost. Widths are rich'
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Callable, Collection, Sequence
+from typing import Any
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+from harness.errors import BenchError
 
 # Columns one space apart, each header underlined on its own: the narrowest box that still shows
 # where a column starts (rich's SIMPLE_HEAD takes three characters between columns, and the six
@@ -34,6 +39,33 @@ CONTINUED = "(continued)"
 _UNBOUNDED = 1_000_000  # wider than any table: measures what a table needs, not what the console allows
 
 Cell = str | Text  # a str is shown as it is (no markup); a Text keeps its style
+
+FORMATS = ("table", "csv", "markdown", "json")  # --format of every command that prints a table
+
+
+def check_format(text: str) -> str:
+    """``--format``'s value, or one line naming the choices."""
+    if text not in FORMATS:
+        raise BenchError(f"--format {text}: expected {', '.join(FORMATS[:-1])} or {FORMATS[-1]}")
+    return text
+
+
+def as_markdown(headers: Sequence[str], rows: Sequence[Sequence[Cell]]) -> str:
+    """A pipe table, for pages: every column, a cell's lines joined by "; "."""
+    def cell(value: Cell) -> str:
+        return "; ".join(str(value).splitlines()).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(map(cell, row)) + " |" for row in rows])
+
+
+def as_csv(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """``headers`` and ``rows`` as csv text (values as they are: numbers stay numbers for scripts)."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(headers)
+    writer.writerows([str(value) if isinstance(value, Text) else value for value in row] for row in rows)
+    return text.getvalue()
 
 
 def print_table(console: Console, title: str, headers: Sequence[str], rows: Sequence[Sequence[Cell]], *,

@@ -99,9 +99,38 @@ def test_skipped_parts_are_absent_and_bad_skip_is_one_line(bench, synthetic_set,
     bad = bench("benchmark", recipe, "--skip", "loader,gpu", "--results", tmp_path)
     assert bad.code == 2 and "--skip loader,gpu" in bad.err and len(bad.err.strip().splitlines()) == 1
     result = bench("benchmark", recipe, "--results", tmp_path, "--repeats", 2, "--warmup", 1,
-                   "--variants", "fp32", "--skip", "loader,overhead")
+                   "--variants", "fp32", "--skip", "loader,overhead", "--format", "json")
     assert result.code == 0, result.err
     (path,) = (tmp_path / "benchmarks").glob("tiny-*.json")
     measured = json.loads(path.read_text())
     assert measured["loader"] is None and measured["harness_overhead"] is None
     assert [v["variant"] for v in measured["variants"]] == ["fp32"]
+    assert json.loads(result.out) == measured, "--format json: stdout is the result file, the rest on stderr"
+    assert f"written to {path}" in result.err
+
+
+@pytest.mark.parametrize("fmt", ["csv", "markdown"])
+def test_a_benchmark_prints_as_csv_or_markdown(fmt, tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from harness.speed.benchmark import print_result
+
+    variant = {"variant": "fp32", "auto": True, "note": "", "train_images_per_s": 12.5, "train_peak_fraction": 0.25,
+               "train_step_ms_p50": 640.0, "train_step_ms_p95": 700.0, "infer_images_per_s": 50.0,
+               "infer_peak_fraction": 0.3, "infer_tta_images_per_s": 25.0, "peak_memory_mb": 900.0,
+               "compile_seconds": None}
+    result = {"recipe": "tiny", "input": [64, 40], "batch_size": 4, "variants": [variant],
+              "environment": {"device": "cpu (AVX2)", "cpu_capability": "AVX2"}, "peak_gflops": {"fp32": 80.0},
+              "train_gflops_per_image": 1.0, "gflops_per_image": 0.5, "parameters": 1e6, "loader": None,
+              "harness_overhead": None, "carvana_cost": {"total_hours": 3.0, "train_hours": 2.0, "test_hours": 1.0,
+                                                         "assumption": "scaled"},
+              "carvana_cost_schedule": {"folds": 2, "epochs": 3, "tta": "none"}, "carvana_cost_variant": "fp32"}
+    out = io.StringIO()
+    print_result(result, tmp_path / "b.json", Console(file=out, width=80), fmt=fmt)
+    text = out.getvalue()
+    if fmt == "csv":
+        assert text.splitlines()[:2] == [",".join(variant), "fp32,True,,12.5,0.25,640.0,700.0,50.0,0.3,25.0,900.0,"]
+    else:
+        assert "| variant | train img/s |" in text and "| fp32 | 12.5 | 25.0 |" in text and "written to" in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 
 import pytest
@@ -117,3 +118,8 @@ def test_bench_plugins_lists_recipe_plugins_and_dropped_file(bench, tmp_path):
     assert result.code == 0, result.err
     for name in RECIPE_PLUGINS | {"focal", "1.2.3", "bench_losses", "unet11", "linknet"}:
         assert name in result.out
+    listing = json.loads(bench("--plugins-dir", folder, "plugins", "--format", "json").out)
+    focal = next(plugin for plugin in listing if plugin["plugin"] == "focal")
+    assert focal["version"] == "1.2.3" and "bench_losses" in focal["hooks"]
+    assert bench("plugins", "--format", "csv").out.startswith("plugin,version,source,hooks,registers\n")
+    assert bench("plugins", "--format", "html").err.count("--format html: expected table, csv, markdown or json") == 1

@@ -403,10 +403,7 @@ def _print_table(frame: pd.DataFrame, title: str, mixed_splits: bool, view: View
 
 
 def _markdown(frame: pd.DataFrame, mixed_splits: bool) -> str:
-    headers, rows = human_cells(frame, mixed_splits)
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return tables.as_markdown(*human_cells(frame, mixed_splits))
 
 
 def _p_text(p: float) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
 
 from harness.data.loading import EpochSampler, Images, TrainingSamples
 from harness.engine import compute_choice
@@ -29,7 +30,7 @@ from harness.io import atomic_write_json
 from harness.recipe.plugins import Plugins
 from harness.recipe.schema import Recipe
 from harness.speed.overhead import overhead_ratio
-from harness.tables import print_table
+from harness.tables import as_csv, as_markdown, print_table
 
 VARIANTS = ("fp32", "fp32+cl", "bf16", "bf16+cl", "fp16+cl", "bf16+cl+compile")
 
@@ -188,9 +189,15 @@ def _rate(images_per_s: float) -> str:
     return f"{images_per_s:.3g}"
 
 
-def print_result(result: dict[str, Any], path: Path, console, wide: bool = False) -> None:
+def print_result(result: dict[str, Any], path: Path, console: Console, wide: bool = False, fmt: str = "table") -> None:
     """The benchmark as a table of variants (split to fit the console unless ``wide``: ``harness.tables``),
-    then model facts, loader, overhead and cost lines."""
+    then model facts, loader, overhead and cost lines; or as markdown, or for scripts as the json written
+    to ``path`` or the variants as csv (the other lines then go to stderr)."""
+    if fmt == "json":
+        console.out(json.dumps(result, indent=2), highlight=False)
+    elif fmt == "csv":
+        variants = result["variants"]
+        console.out(as_csv(list(variants[0]), [list(v.values()) for v in variants]), end="", highlight=False)
     title = (f"{result['recipe']}: {result['input'][0]}x{result['input'][1]}, batch {result['batch_size']}, "
              f"{result['environment']['device']}")
     headers = ("variant", "train img/s", "train % of peak", "step ms p50", "step ms p95", "infer img/s",
@@ -201,24 +208,34 @@ def print_result(result: dict[str, Any], path: Path, console, wide: bool = False
              "" if v["compile_seconds"] is None else f"{v['compile_seconds']:.0f}",
              "; ".join(filter(None, ["auto picks this" if v["auto"] else "", v["note"]]))]
             for v in result["variants"]]
-    print_table(console, title, headers, rows, key=("variant",), decisive=("train img/s", "infer img/s"),
-                left=("variant", "note"), wide=wide)
+    if fmt == "markdown":
+        console.out(f"### {title}\n\n{as_markdown(headers, rows)}\n", highlight=False)
+    elif fmt == "table":
+        print_table(console, title, headers, rows, key=("variant",), decisive=("train img/s", "infer img/s"),
+                    left=("variant", "note"), wide=wide)
+    lines = Console(stderr=True, soft_wrap=True) if fmt in ("json", "csv") else console
+    for line in _result_lines(result, path):
+        lines.print(line, highlight=False, markup=False)
+
+
+def _result_lines(result: dict[str, Any], path: Path) -> list[str]:
+    """What the variants table leaves out: peak GFLOP/s, the model, loader, overhead, Carvana's cost, the file."""
     peaks = ", ".join(f"{precision} {gflops:,.0f}" for precision, gflops in result["peak_gflops"].items())
-    console.print(f"peak: a square matmul here reaches {peaks} GFLOP/s (CPU capability "
-                  f"{result['environment']['cpu_capability']}); % of peak = images/s x GFLOPs per image "
-                  f"({result['train_gflops_per_image']:.1f} training, {result['gflops_per_image']:.1f} inference) / peak",
-                  highlight=False)
+    lines = [f"peak: a square matmul here reaches {peaks} GFLOP/s (CPU capability "
+             f"{result['environment']['cpu_capability']}); % of peak = images/s x GFLOPs per image "
+             f"({result['train_gflops_per_image']:.1f} training, {result['gflops_per_image']:.1f} inference) / peak",
+             f"model: {result['parameters'] / 1e6:.1f} M parameters, {result['gflops_per_image']:.1f} GFLOPs per image "
+             "(forward)"]
     loader, overhead, cost = result["loader"], result["harness_overhead"], result["carvana_cost"]
-    console.print(f"model: {result['parameters'] / 1e6:.1f} M parameters, {result['gflops_per_image']:.1f} GFLOPs per image (forward)", highlight=False)
     if loader:
         speeds = ", ".join(f"{w} workers {s:.0f}" for w, s in loader["images_per_s"].items())
-        console.print(f"data pipeline (decode + augment + fit, images/s): {speeds}; {loader['verdict']}", highlight=False)
+        lines.append(f"data pipeline (decode + augment + fit, images/s): {speeds}; {loader['verdict']}")
     if overhead:
-        console.print(f"harness overhead: {overhead['ratio']:.3f}x a bare PyTorch loop "
-                      f"({overhead['harness_seconds']:.3f} s vs {overhead['bare_seconds']:.3f} s)", highlight=False)
+        lines.append(f"harness overhead: {overhead['ratio']:.3f}x a bare PyTorch loop "
+                     f"({overhead['harness_seconds']:.3f} s vs {overhead['bare_seconds']:.3f} s)")
     schedule = result["carvana_cost_schedule"]
-    console.print(f"full Carvana at this recipe's {schedule['folds']} folds x {schedule['epochs']} epochs, TTA "
-                  f"{schedule['tta']} ({result['carvana_cost_variant']}, one device of this kind): "
-                  f"{cost['total_hours']:,.0f} h ({cost['train_hours']:,.0f} h training, {cost['test_hours']:,.0f} h test); "
-                  f"{cost['assumption']}", highlight=False)
-    console.print(f"written to {path}", highlight=False)
+    lines.append(f"full Carvana at this recipe's {schedule['folds']} folds x {schedule['epochs']} epochs, TTA "
+                 f"{schedule['tta']} ({result['carvana_cost_variant']}, one device of this kind): "
+                 f"{cost['total_hours']:,.0f} h ({cost['train_hours']:,.0f} h training, {cost['test_hours']:,.0f} h test); "
+                 f"{cost['assumption']}")
+    return [*lines, f"written to {path}"]
