@@ -13,6 +13,8 @@ one host covers the other) and their own ``--host`` names, on one ``--storage`` 
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import re
 import shutil
@@ -22,7 +24,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from wsgiref.util import setup_testing_defaults
 
 import optuna
 import pytest
@@ -106,61 +110,64 @@ def _psycopg_url(storage: str) -> str:
     return storage.replace("postgresql://", "postgresql+psycopg://")
 
 
-@pytest.mark.skipif(not BENCH.exists(), reason=f"no installed bench command beside {sys.executable}: make install")
-def test_two_hosts_spend_the_budget_exactly_and_retry_a_killed_hosts_trial(postgres, tune_set, tiny_recipe, tmp_path):
+@dataclass(frozen=True)
+class TwoHosts:
+    storage: str  # the SQLAlchemy URL the tests open the study with
+    folder: Path
+    killed_trial: int
+    host_b: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="module")
+def two_hosts(postgres, tune_set, tiny_recipe, tmp_path_factory) -> TwoHosts:
     """Host a runs the baseline and is killed (SIGKILL) in its second trial; host b, started then,
-    spends the rest of the budget: the dead host's trial is failed by the heartbeat and retried, and
-    the study ends with exactly the budget's 3 complete trials, as one process would."""
-    recipe = tiny_recipe(tmp_path / "tiny.toml", tune_set, epochs=2, extra=TUNE)
-    tuned = tmp_path / "tuned"
-    host_a = subprocess.Popen(_tune(recipe, postgres, "host-a", tmp_path / "a", tuned), env=_environment(),
-                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    spends the rest of the study's budget of 3 trials."""
+    if not BENCH.exists():
+        pytest.skip(f"no installed bench command beside {sys.executable}: make install")
+    folder = tmp_path_factory.mktemp("two_hosts")
+    recipe = tiny_recipe(folder / "tiny.toml", tune_set, epochs=2, extra=TUNE)
+    host_a = subprocess.Popen(_tune(recipe, postgres, "host-a", folder / "a", folder / "tuned"), env=_environment(),
+                              cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               start_new_session=True)
-    storage = _psycopg_url(postgres)
     deadline = time.monotonic() + 300
-    while True:  # until host a is inside its second trial: a fold of it has started
+    while len(list((folder / "a" / "tune" / "shared").glob("tiny-*/fold-0"))) < 2:  # a fold of trial 2 started
         assert host_a.poll() is None and time.monotonic() < deadline, host_a.stdout.read() if host_a.stdout else ""
-        folders = list((tmp_path / "a" / "tune" / "shared").glob("tiny-*/fold-0"))
-        if len(folders) == 2:
-            break
         time.sleep(0.1)
     os.killpg(host_a.pid, signal.SIGKILL)
     host_a.wait()
+    storage = _psycopg_url(postgres)
     running = [t for t in optuna.load_study(study_name="shared", storage=storage).get_trials()
                if t.state == TrialState.RUNNING]
     assert [t.user_attrs["worker"].partition(":")[0] for t in running] == ["host-a"]
+    host_b = subprocess.run(_tune(recipe, postgres, "host-b", folder / "b", folder / "tuned"), env=_environment(),
+                            cwd=folder, capture_output=True, text=True, timeout=300)
+    return TwoHosts(storage, folder, running[0].number, host_b)
 
-    host_b = subprocess.run(_tune(recipe, postgres, "host-b", tmp_path / "b", tuned), env=_environment(),
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
 
+def test_two_hosts_spend_the_budget_exactly_and_retry_a_killed_hosts_trial(two_hosts):
+    """The dead host's trial is failed by the heartbeat and retried by the other, and the study ends
+    with exactly the budget's 3 complete trials, as one process would."""
+    host_b = two_hosts.host_b
     assert host_b.returncode == 0, host_b.stdout + host_b.stderr
     assert PASSWORD not in host_b.stdout + host_b.stderr, "the password was printed"
-    trials = optuna.load_study(study_name="shared", storage=storage).get_trials()
+    trials = optuna.load_study(study_name="shared", storage=two_hosts.storage).get_trials()
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 3, [(t.number, t.state) for t in trials]
-    killed = next(t for t in trials if t.number == running[0].number)
+    killed = next(t for t in trials if t.number == two_hosts.killed_trial)
     assert killed.state == TrialState.FAIL
     retry = next(t for t in complete if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed.number)
     assert retry.params == killed.params and retry.user_attrs["worker"].startswith("host-b:")
-    assert (tuned / "shared.toml").is_file() and "best trial" in host_b.stdout
+    assert (two_hosts.folder / "tuned" / "shared.toml").is_file() and "best trial" in host_b.stdout
     best = max(complete, key=lambda t: t.value)
-    assert any((tmp_path / host / "tune" / "shared" / best.user_attrs["run"] / "summary.json").is_file()
+    assert any((two_hosts.folder / host / "tune" / "shared" / best.user_attrs["run"] / "summary.json").is_file()
                for host in ("a", "b")), "the best trial's run folder is on one of the hosts"
 
 
-def test_the_dashboard_finds_the_study(postgres, tune_set, tiny_recipe, tmp_path, bench):
+def test_the_dashboard_finds_the_study(two_hosts):
     """optuna-dashboard's own server (its WSGI app, called without a socket) lists the trials."""
-    import io
-    import json
-    from wsgiref.util import setup_testing_defaults
-
     from optuna_dashboard import wsgi
 
-    recipe = tiny_recipe(tmp_path / "tiny.toml", tune_set, extra=TUNE.replace("trials = 3", "trials = 1"))
-    result = bench("tune", recipe, "--storage", postgres, "--study", "dashboard", "--results", tmp_path / "r",
-                   "--tuned", tmp_path / "tuned")
-    assert result.code == 0, result.err
-    app = wsgi(optuna.storages.RDBStorage(_psycopg_url(postgres)))
+    app = wsgi(optuna.storages.RDBStorage(two_hosts.storage))
 
     def get(path: str) -> dict:
         environ: dict = {"PATH_INFO": path, "wsgi.input": io.BytesIO()}
@@ -171,9 +178,15 @@ def test_the_dashboard_finds_the_study(postgres, tune_set, tiny_recipe, tmp_path
         return json.loads(body)
 
     studies = {study["study_name"]: study for study in get("/api/studies")["study_summaries"]}
-    assert "dashboard" in studies
-    detail = get(f"/api/studies/{studies['dashboard']['study_id']}")
-    assert [trial["state"] for trial in detail["trials"]] == ["Complete"]
+    detail = get(f"/api/studies/{studies['shared']['study_id']}")
+    assert sorted(trial["state"] for trial in detail["trials"]) == ["Complete"] * 3 + ["Fail"]
+
+
+def test_a_study_name_another_recipe_uses_is_refused(postgres, two_hosts, synthetic_set, tiny_recipe, tmp_path, bench):
+    other = tiny_recipe(tmp_path / "other.toml", synthetic_set, extra=TUNE)
+    failed = bench("tune", other, "--storage", postgres, "--study", "shared", "--results", tmp_path / "r")
+    assert failed.code == 2 and "study 'shared'" in failed.err and "different recipe" in failed.err
+    assert len(failed.err.strip().splitlines()) == 1 and PASSWORD not in failed.err
 
 
 @pytest.mark.parametrize("change, message", [
@@ -187,16 +200,6 @@ def test_a_database_url_that_cannot_open_is_one_line(postgres, synthetic_set, ti
     failed = bench("tune", recipe, "--storage", change(postgres), "--results", tmp_path / "r")
     assert failed.code == 2 and "cannot open" in failed.err and message in failed.err, failed.err
     assert len(failed.err.strip().splitlines()) == 1 and PASSWORD not in failed.err and "wrong" not in failed.err
-
-
-def test_a_study_name_another_recipe_uses_is_refused(postgres, synthetic_set, tiny_recipe, tmp_path, bench):
-    first = tiny_recipe(tmp_path / "first.toml", synthetic_set, extra=TUNE.replace("trials = 3", "trials = 1"))
-    assert bench("tune", first, "--storage", postgres, "--study", "taken", "--results", tmp_path / "r",
-                 "--tuned", tmp_path / "tuned").code == 0
-    other = tiny_recipe(tmp_path / "other.toml", synthetic_set, extra=TUNE.replace("1e-4", "2e-4"))
-    failed = bench("tune", other, "--storage", postgres, "--study", "taken", "--results", tmp_path / "r2")
-    assert failed.code == 2 and "study 'taken'" in failed.err and "different recipe" in failed.err
-    assert len(failed.err.strip().splitlines()) == 1 and PASSWORD not in failed.err
 
 
 def test_a_postgresql_url_without_the_driver_names_the_extra(synthetic_set, tiny_recipe, tmp_path, bench, monkeypatch):
