@@ -152,3 +152,22 @@ def test_a_bf16_run_trains(bench, synthetic_set, tiny_recipe, tmp_path):
     assert result.code == 0, result.err
     summary = json.loads(next(tmp_path.glob("tiny-*/summary.json")).read_text())
     assert summary["device"].endswith("bf16, channels_last") and summary["oof_dice"] > 0.5
+
+
+def test_tf32_flags_follow_the_recipe_on_cuda_and_are_left_alone_unset_or_on_a_cpu():
+    """train.tf32 sets PyTorch's fp32 precision flags for CUDA (process-wide), only when stated."""
+    from harness.engine.device import set_tf32, tf32_state
+
+    cuda, before = torch.device("cuda"), (torch.backends.cudnn.conv.fp32_precision,
+                                          torch.backends.cuda.matmul.fp32_precision)
+    try:
+        set_tf32(cuda, False)
+        assert tf32_state(cuda) == {"convolutions": "ieee", "matmul": "ieee"}
+        set_tf32(cuda, None)
+        set_tf32(torch.device("cpu"), True)
+        assert tf32_state(cuda) == {"convolutions": "ieee", "matmul": "ieee"}
+        set_tf32(cuda, True)
+        assert tf32_state(cuda) == {"convolutions": "tf32", "matmul": "tf32"}
+        assert tf32_state(torch.device("cpu")) is None
+    finally:
+        torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = before

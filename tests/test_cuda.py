@@ -45,3 +45,14 @@ def test_cuda_prediction_agrees_with_the_cpu(bench, synthetic_set, tmp_path, tin
     differ = sum(int(np.count_nonzero((cpu.quantised(i) >= 128) != (cuda.quantised(i) >= 128))) for i in cpu.ids)
     total = sum(h * w for h, w in cpu.shapes.values())
     assert differ <= total * 1e-4, f"{differ} of {total} pixels differ"
+
+
+def test_tf32_false_is_true_fp32_and_recorded(bench, synthetic_set, tmp_path, tiny_recipe):
+    """train.tf32 = false: convolutions and matmuls in IEEE fp32, as environment.json says."""
+    recipe = tiny_recipe(tmp_path / "tiny.toml", synthetic_set, epochs=1)
+    results = tmp_path / "results"
+    done = bench("run", recipe, "--device", "cuda", "--set", "train.precision=fp32", "--set", "train.tf32=false",
+                 "--results", results, "--name", "exact")
+    assert done.code == 0, done.err
+    environment = json.loads((results / "exact" / "environment.json").read_text())
+    assert environment["tf32"] == {"convolutions": "ieee", "matmul": "ieee"}

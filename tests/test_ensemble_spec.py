@@ -114,4 +114,4 @@ def test_the_seed_merge_spec_states_the_winning_merge():
     assert [(m.name, m.weight) for m in spec.members] == [
         ("vladimir", 0.25), ("alexander", 0.25), ("artsiom_vgg", 0.25), ("artsiom_unet", 0.25)]
     assert spec.members[1].runs == ["seed-alexander-*"] and (spec.merger, spec.threshold) == ("mean", 0.5)
-    assert [(p.name, p.reads, p.force) for p in spec.post] == [("seed_hull", "alexander", False)]
+    assert [(p.name, p.reads, p.force) for p in spec.post] == [("seed_hull", "alexander", True)]

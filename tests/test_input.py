@@ -135,7 +135,7 @@ def _rotated_mask(plugins, **input_keys) -> torch.Tensor:
     mask = np.zeros((32, 64), np.uint8)
     mask[8:24, 16:48] = 1
     samples = TrainingSamples([(rgb_image(), mask)], [0], Assembly(spec, plugins).transforms("augment"),
-                              recipe_fit(spec), seed=0)
+                              recipe_fit(spec), seed=0, augment_on_input=spec.input.augment_on == "input")
     return samples[(0, 0, 0)][1]
 
 
@@ -146,6 +146,21 @@ def test_linear_mask_interpolation_gives_soft_edges_after_a_rotation(plugins):
     between = ((soft > 0) & (soft < 1)).sum().item()
     assert between > 10, "the rotated edges should be blended"
     assert (soft == 1).any() and (soft == 0).any()
+
+
+def test_augmentation_on_the_input_rotates_after_the_resize(plugins):
+    """input.augment_on = "input" (artsiom's order): the 64x32 image's 32x16 car is squashed to a 16x16
+    square first and rotated there, and a rotated square spreads its pixels equally in every direction
+    (its covariance is isotropic); rotated first and squashed after, it is a sheared parallelogram."""
+    def anisotropy(mask: torch.Tensor) -> float:
+        rows, cols = np.nonzero(mask[0].numpy())
+        low, high = np.linalg.eigvalsh(np.cov(np.stack([cols, rows])))
+        return high / low
+
+    keys = dict(fit="resize", size=[32, 32])
+    on_input, on_image = _rotated_mask(plugins, augment_on="input", **keys), _rotated_mask(plugins, **keys)
+    assert on_input.shape == on_image.shape == (1, 32, 32)
+    assert anisotropy(on_input) < 1.2 and anisotropy(on_image) > 1.5
 
 
 @pytest.mark.parametrize("how", [None, "nearest"])

@@ -107,9 +107,10 @@ class TrainingSamples(torch.utils.data.Dataset):
     """
 
     def __init__(self, images: Images, indices: Sequence[int], augment: PhasedAugment | A.Compose | None, fit: Fit,
-                 seed: int):
+                 seed: int, augment_on_input: bool = False):
         self.images, self.indices, self.fit, self.seed = images, list(indices), fit, seed
         self.augment = augment if isinstance(augment, PhasedAugment) else PhasedAugment([(0, augment)])
+        self.augment_on_input = augment_on_input  # input.augment_on: after the fit instead of before it
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -121,11 +122,14 @@ class TrainingSamples(torch.utils.data.Dataset):
         if self.fit.mask_interpolation == "linear":  # soft targets: a float mask, which resampling blends
             mask = mask.astype(np.float32)
         augment = self.augment.at(epoch)
+        if self.augment_on_input:
+            image, mask = self.fit.array(image), self.fit.array(mask, is_mask=True)
         if augment is not None:
             augment.set_random_seed(sample_seed(self.seed, draw, index))
             out = augment(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
-        image, mask = self.fit.array(image), self.fit.array(mask, is_mask=True)
+        if not self.augment_on_input:
+            image, mask = self.fit.array(image), self.fit.array(mask, is_mask=True)
         return to_chw(image), torch.from_numpy(np.ascontiguousarray(mask))[None]
 
 

@@ -22,7 +22,7 @@ from harness.data.carvana import CarvanaSet, open_carvana
 from harness.data.geometry import CV2_INTERPOLATIONS, Fit
 from harness.data.loading import Normalise
 from harness.engine import compute_choice
-from harness.engine.device import Compute
+from harness.engine.device import Compute, set_tf32
 from harness.errors import BenchError
 from harness.recipe import components
 from harness.recipe.phases import Phase, builds_optimizer, epoch_table, phase_at, phases_of
@@ -143,7 +143,8 @@ class Assembly:
             loss=self.loss(),
             batch_size=batch_size, height=height, width=width,
             identity={"model": [recipe.model.name, model_params], "loss": [recipe.loss.name, recipe.loss.params],
-                      "optimizer": [recipe.optimizer.name, recipe.optimizer.params]},
+                      "optimizer": [recipe.optimizer.name, recipe.optimizer.params],
+                      **({} if recipe.train.tf32 is None else {"tf32": recipe.train.tf32})},  # TF32 changes GPU speed
         )
 
     def choose_compute(self, device: torch.device, workload: compute_choice.Workload,
@@ -153,6 +154,7 @@ class Assembly:
         Printed before anything trains (the decision with its timings, or a warning for a fixed choice
         known to be far slower), and the decision is what ``environment.json`` records.
         """
+        set_tf32(device, self.recipe.train.tf32)
         precision, channels_last = self.recipe.train.precision, self.recipe.train.channels_last
         if precision != "auto" and channels_last != "auto":
             warning = compute_choice.explicit_warning(device, precision, channels_last, workload)

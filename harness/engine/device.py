@@ -45,6 +45,22 @@ class Compute:
         return f"{self.device} ({name}), {self.precision}{layout}"
 
 
+def set_tf32(device: torch.device, tf32: bool | None) -> None:
+    """``train.tf32`` on a CUDA device: fp32 convolutions and matmuls as TF32 (``True``) or true fp32
+    (``False``, "ieee" in PyTorch's words); ``None`` leaves PyTorch's defaults. Process-wide flags,
+    set before the compute choice times anything, so it times what the run will compute."""
+    if device.type != "cuda" or tf32 is None:
+        return
+    torch.backends.cuda.matmul.fp32_precision = torch.backends.cudnn.conv.fp32_precision = "tf32" if tf32 else "ieee"
+
+
+def tf32_state(device: torch.device) -> dict[str, str] | None:
+    """What fp32 convolutions and matmuls compute in on this CUDA device (``environment.json``); None on a CPU."""
+    if device.type != "cuda":
+        return None
+    return {"convolutions": torch.backends.cudnn.conv.fp32_precision, "matmul": torch.backends.cuda.matmul.fp32_precision}
+
+
 def resolve_device(device: str | None) -> torch.device:
     """``--device``, or the first GPU when there is one and the CPU when there is not."""
     chosen = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from harness.engine.compute_choice import Decision
-from harness.engine.device import Compute
+from harness.engine.device import Compute, tf32_state
 
 PACKAGES = ("segbench", "torch", "torchvision", "segmentation-models-pytorch", "timm",
             "albumentations", "numpy", "opencv-python-headless", "pydantic", "optuna")
@@ -32,6 +32,7 @@ def describe_environment(compute: Compute, decision: Decision | None = None) -> 
         "device": compute.describe(),
         "precision": compute.precision,
         "channels_last": compute.channels_last,
+        "tf32": tf32_state(compute.device),  # null on a CPU; "ieee" is true fp32
         "compute_choice": None if decision is None else asdict(decision),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,

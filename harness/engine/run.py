@@ -340,7 +340,8 @@ def _fold_setup(stage: _Stage, training: _Training, fold: int) -> FoldSetup:
     val_ids = stage.splits.validation_images(dataset, fold)
     train_idx = [position[i] for i in train_ids] + training.extra_idx
     workers, batch = parts.loader_workers(compute), recipe.train.batch_size
-    samples = TrainingSamples(images, train_idx, training.augment, fit, seed=recipe.seed)
+    samples = TrainingSamples(images, train_idx, training.augment, fit, seed=recipe.seed,
+                              augment_on_input=recipe.input.augment_on == "input")
     sampler = EpochSampler(len(samples), seed=recipe.seed + fold, shuffle=True,
                            samples_per_epoch=_samples_per_epoch(recipe, len(samples)))
 

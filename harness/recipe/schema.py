@@ -152,6 +152,12 @@ class InputSpec(_Strict):
                           "Validation always scores against the binary ground truth. Unset: each transform's own "
                           "(nearest for all built-in ones), nearest for the resize."
     )
+    augment_on: Literal["image", "input"] | None = Field(
+        None, description="Where training augmentation runs: 'image', on the image as read, before the fit; 'input', "
+                          "on the network input, after it (artsiom's order: a rotation after the resize to 1024x1024 "
+                          "stays a rotation, while one before the squash of a 1918x1280 image becomes a rotation "
+                          "and a shear). Unset: image."
+    )
     align_corners: bool | None = Field(
         None, description="align_corners of the bilinear upsampling of logits back to the image size (fit = "
                           "'resize'); true is PyTorch 0.2's behaviour. The input's resize (OpenCV) is not affected. "
@@ -196,6 +202,12 @@ class TrainSpec(_Strict):
     )
     grad_clip: Annotated[float, Field(gt=0)] | None = None
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    tf32: bool | None = Field(
+        None, description="On a CUDA GPU that has TF32 (Ampere and later): whether fp32 convolutions and matmuls "
+                          "may round their inputs to TF32's 10-bit mantissa. false: true fp32 throughout, as the "
+                          "originals' 2017 GPUs computed (with precision = 'fp32': the exact reading); true: TF32 "
+                          "for both. Unset: PyTorch's defaults (TF32 convolutions, fp32 matmuls). No effect on a CPU."
+    )
     channels_last: bool | Literal["auto"] = "auto"
     compile: bool = False
     workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"

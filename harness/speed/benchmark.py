@@ -151,7 +151,8 @@ def loader_sweep(parts: Assembly, dataset, fit, batch: int, batches: int,
     work; whether a run would cache the set is reported beside it.
     """
     images = Images(dataset, dataset.train, parts.transforms("preprocess"), cache_bytes=0)
-    samples = TrainingSamples(images, range(len(images)), parts.transforms("augment"), fit, seed=parts.recipe.seed)
+    samples = TrainingSamples(images, range(len(images)), parts.transforms("augment"), fit, seed=parts.recipe.seed,
+                              augment_on_input=parts.recipe.input.augment_on == "input")
     images_per_s = {}
     for workers in worker_counts:
         loader = torch.utils.data.DataLoader(samples, batch_size=batch, num_workers=workers,

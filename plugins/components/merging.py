@@ -119,8 +119,9 @@ def seed_hull(low: int = 30, high: int = 210, erode_rows: int = 2, erode_cols: i
     d3dc028 (2017-10-13) with a 5-pixel margin, ``A > 7`` and no hull; ec0e6e7 set today's steps, and
     until b4821aa its result reached only the saved PNGs, not the submission's masks (lines 101-104).
     It reads alexander's uint8 map ``A`` only (the one member whose folder name holds "albu", lines
-    88-89). Here ``probability`` is the map of the member it reads (for now the merged map, which is
-    what ``Ensemble.mask`` passes) and ``mask`` the merged, thresholded mask.
+    88-89). Here ``probability`` is the map of the member an ensemble spec's ``reads`` names
+    (``ensembles/seed_merge.toml``: alexander's), or the merged map where none is named (``--post
+    seed_hull``), and ``mask`` the merged, thresholded mask.
 
     ``A`` is ``probability`` quantised exactly as the harness stores maps,
     ``round(clip(p, 0, 1) * 255)`` (``harness/runs/probabilities.py``, ``quantise``), so ``low``,
