@@ -8,7 +8,7 @@ BENCH := $(VENV)/bin/bench
 STAMP := $(VENV)/.installed-stamp
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install test demo seed-merge bench bench-baseline clean
+.PHONY: install test demo seed-merge ablations bench bench-baseline clean
 
 install: $(STAMP)
 
@@ -37,6 +37,11 @@ seed-merge: $(STAMP)
 	$(SEED_RUN) recipes/artsiom.toml --name seed-artsiom
 	$(SEED_RUN) recipes/artsiom_unet.toml --name seed-artsiom_unet
 	$(BENCH) ensemble ensembles/seed_merge.toml --results $(SEED) --out $(SEED)/merge
+
+# docs/ablations.md on today's quick profile: alexander's tricks, each switched alone (4 quick runs).
+ablations: $(STAMP)
+	$(BENCH) ablate recipes/alexander.toml --profile quick --trick tta --trick hnm --trick clahe \
+		--results results/ablate --out docs/ablations.md
 
 # Timings of the hot paths against the baseline saved on this kind of machine (fails on a >25% slowdown);
 # make bench-baseline records a new one. Run on an otherwise idle machine.
