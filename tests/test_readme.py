@@ -7,7 +7,8 @@ cache of its own. In-process tests with the checkout on ``sys.path`` once hid fi
 lines (a glob matching a README, a worker pool that never started under ``pip install -e``, ...).
 
 What the test adds to a line, it adds for time only, and says so in ``CASES``: a budget of seconds
-(one epoch of two steps on two folds of four cars), fewer timing repeats, no ImageNet download. The
+(one epoch of two steps on two folds of four cars, in fp32 without timing the precisions), fewer
+timing repeats, no ImageNet download. The
 paths the README leaves to the user are small generated sets: ``/data/carvana`` in Carvana's layout
 with its hq folders, ``/my/data`` the same images as a user's own set has them, without the
 ``train_hq/`` and ``test_hq/`` folders that only Carvana has. A line that cannot run here is in
@@ -35,10 +36,13 @@ COLUMNS = 80
 # One epoch of two optimizer steps on two folds of the quick profile's data, shrunk to 4 + 2 cars (32 test
 # images: two chunks of the ensemble's test pass, so that it starts its two worker processes).
 TINY_DATA = ["--set", "data.source.cars=4", "--set", "data.source.test_cars=2", "--set", "data.source.size=[96, 64]"]
+# fp32 fixed, so no line spends seconds timing precisions (tests/test_compute_choice.py runs `auto` through bench run)
+FIXED_COMPUTE = ["--set", "train.precision=fp32", "--set", "train.channels_last=false"]
 TINY_TRAINING = ["--set", "folds.k=2", "--set", "train.epochs=1", "--set", "train.steps_per_epoch=2",
-                 "--set", "train.validate_images=8"]
+                 "--set", "train.validate_images=8", *FIXED_COMPUTE]
 TINY = TINY_DATA + TINY_TRAINING
-OFFLINE = ["--set", "model.encoder_weights=none"]  # the faithful recipe's ImageNet encoder cannot be downloaded here
+# the faithful recipe's ImageNet encoder cannot be downloaded here
+OFFLINE = ["--set", "model.encoder_weights=none", *FIXED_COMPUTE]
 
 
 @dataclass(frozen=True)

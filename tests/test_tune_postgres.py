@@ -125,7 +125,7 @@ def two_hosts(postgres, tune_set, tiny_recipe, tmp_path_factory) -> TwoHosts:
     if not BENCH.exists():
         pytest.skip(f"no installed bench command beside {sys.executable}: make install")
     folder = tmp_path_factory.mktemp("two_hosts")
-    recipe = tiny_recipe(folder / "tiny.toml", tune_set, epochs=2, extra=TUNE)
+    recipe = tiny_recipe(folder / "tiny.toml", tune_set, epochs=1, extra=TUNE)
     host_a = subprocess.Popen(_tune(recipe, postgres, "host-a", folder / "a", folder / "tuned"), env=_environment(),
                               cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               start_new_session=True)

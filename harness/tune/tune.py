@@ -94,8 +94,8 @@ def _tune(job: TuneJob, console: Console) -> tuple[SearchSpace, optuna.Study]:
     _warn_if_the_disk_is_short(job, space, study, console)
     if job.workers == 1:
         Worker(job, space, 0, console).loop()
-    else:
-        _run_processes(job)
+    elif space.spec.trials is None or studies.counted_trials(study) < space.spec.trials:
+        _run_processes(job)  # not for a budget already spent: each worker process takes seconds to start
     return space, studies.load(job.place, space, 0)
 
 
