@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from harness.errors import BenchError
-from harness.runs.folder import RUNS_HELP, SUMMARY_FILE
+from harness.runs.folder import RUNS_HELP, SUMMARY_FILE, skipped_line
 from harness.tables import as_csv, as_markdown, check_format, print_table
 
 app = typer.Typer(
@@ -237,7 +237,7 @@ def compare_command(
 def _say_skipped(skipped: list[str]) -> None:
     """One line on stderr for what a glob like results/* matched besides runs; stdout stays csv or json."""
     if skipped:
-        Console(stderr=True, soft_wrap=True).print(f"skipped, not runs: {escape(', '.join(skipped))}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(escape(skipped_line(skipped)), highlight=False)
 
 
 @app.command("report")

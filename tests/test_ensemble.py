@@ -379,9 +379,13 @@ def test_a_glob_over_a_results_folder_skips_what_holds_no_run(bench, noisy_runs,
     (results / "notes.txt").write_text("my notes")
     result = bench("ensemble", results / "*", "--out", tmp_path / "ens")
     assert result.code == 0, result.err
-    assert f"skipped, not runs: {results / 'benchmarks'} (no run in it), {results / 'notes.txt'} (not a folder)" \
+    assert f"skipped: {results / 'benchmarks'} (no run in it), {results / 'notes.txt'} (not a folder)" \
         in result.out.replace("\n", " ")
     assert bench("ensemble", results / "nope", "--out", tmp_path / "ens2").err.count("no such run folder") == 1
+    shutil.copytree(noisy_runs["c"], results / "benchmarks" / "a")  # a second run named a
+    twice = bench("ensemble", results / "a", results / "benchmarks", "--out", tmp_path / "ens4")
+    assert f"{results / 'benchmarks' / 'a'} (a run of the same name is listed: {results / 'a'})" \
+        in twice.out.replace("\n", " ")
     only_notes = bench("ensemble", results / "notes.txt", "--out", tmp_path / "ens3")
     assert only_notes.code == 2 and "notes.txt (not a folder): no run folder" in only_notes.err
 

@@ -53,7 +53,7 @@ from harness.io import atomic_write_json, atomic_write_text
 from harness.recipe.components import build, validate_params
 from harness.recipe.hookspecs import Merge, PostProcess
 from harness.recipe.plugins import Plugins, UnknownComponent
-from harness.runs.folder import PER_IMAGE_FILE, Run, RunFolder, resolve_runs, resolve_targets
+from harness.runs.folder import PER_IMAGE_FILE, Run, RunFolder, resolve_runs, resolve_targets, skipped_line
 from harness.runs.probabilities import binarise, quantise
 
 T = TypeVar("T")
@@ -139,7 +139,7 @@ def build_ensemble(request: EnsembleRequest, plugins: Plugins, console: Console)
     """Choose the ensemble on out-of-fold data, write the submission and ``ensemble.json``; return the latter."""
     targets = resolve_targets(request.runs, request.results)
     if targets.skipped:
-        console.print(f"skipped, not runs: {', '.join(targets.skipped)}", highlight=False)
+        console.print(skipped_line(targets.skipped), highlight=False)
     folders = targets.folders
     if not request.runs:  # every run in --results: the finished ones (a named unfinished run is refused)
         folders = [folder for folder in folders if RunFolder(folder).complete()]

@@ -282,6 +282,11 @@ class Targets:
     skipped: list[str]  # "PATH (why)": a file or a folder without runs, among targets that name runs
 
 
+def skipped_line(skipped: list[str]) -> str:
+    """The one line that says what RUNS arguments matched besides the runs listed."""
+    return f"skipped: {', '.join(skipped)}"
+
+
 def resolve_runs(targets: list[str], results: Path) -> list[Path]:
     """Run folders named by ``targets`` (see ``resolve_targets``)."""
     return resolve_targets(targets, results).folders
@@ -312,10 +317,26 @@ def resolve_targets(targets: list[str], results: Path) -> Targets:
                 skipped.append(f"{match} ({'no run in it' if os.path.isdir(match) else 'not a folder'})")
             for run in runs:
                 found.setdefault(str(run.resolve()), run)
+    kept, same_names = _one_per_name(list(found.values()))
     if targets and not found:
         raise BenchError(f"{', '.join(skipped)}: no run folder (a run folder holds recipe.toml from its start; "
                          "an unfinished one is finished by bench run --resume)")
-    return Targets(list(found.values()), skipped if targets else [])
+    return Targets(kept, skipped + same_names if targets else same_names)
+
+
+def _one_per_name(runs: list[Path]) -> tuple[list[Path], list[str]]:
+    """The first run of each name, and the others as "PATH (why)": a run is named by its folder in
+    every table and key, so a second folder of the same name (``results/ablate/x`` beside
+    ``results/x``) could not be told apart from the first."""
+    kept: dict[str, Path] = {}
+    skipped = []
+    for run in runs:
+        name = RunFolder(run).name
+        if name in kept:
+            skipped.append(f"{run} (a run of the same name is listed: {kept[name]})")
+        else:
+            kept[name] = run
+    return list(kept.values()), skipped
 
 
 def is_run_folder(path: Path) -> bool:
