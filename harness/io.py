@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -19,11 +20,12 @@ from harness.errors import BenchError, DiskFull
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any], *, keep_existing: bool = False) -> None:
     """Call ``write(handle)`` on a temporary file beside ``path``, then rename it into place.
 
     A file that cannot be written (a full disk, no permission) is a ``BenchError`` naming it; the
-    old file, if any, is left as it was.
+    old file, if any, is left as it was. ``keep_existing``: a ``path`` that exists is kept, and the
+    new content dropped (``write_once``).
     """
     path = Path(path)
     try:
@@ -37,13 +39,56 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are files like any other
-        os.replace(tmp, path)
+        if keep_existing:
+            _link_unless_exists(tmp, path)
+        else:
+            os.replace(tmp, path)
     except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
         cause = _os_error(error) if isinstance(error, Exception) else None  # not for Ctrl-C
         if cause is not None:
             raise cannot_write(path, cause) from None
         raise
+
+
+def _link_unless_exists(tmp: str, path: Path) -> None:
+    """Give the finished ``tmp`` the name ``path`` unless that exists: a hard link is created whole or
+    fails when the name is taken, on NFS too, where O_EXCL has not always been atomic."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    os.unlink(tmp)
+
+
+def write_once_json(path: Path, value: Any) -> Any:
+    """Write ``value`` to ``path`` unless the file exists; return what ``path`` holds.
+
+    Why: the processes that train a run's folds may reach the same step at once (two folds finishing
+    together both assemble the run). With this, the first file written stays and both go on from
+    the same content, so their outputs agree byte for byte with no lock, which shared file systems
+    do not reliably provide.
+    """
+    path = Path(path)
+    if not path.exists():
+        atomic_write(path, lambda handle: handle.write(_json_bytes(value)), keep_existing=True)
+    return json.loads(path.read_text())
+
+
+def remove_stale_temporaries(folder: Path, pattern: str, older_than_s: float = 3600) -> None:
+    """Delete the temporary files matching ``pattern`` in ``folder`` that a killed writer left.
+
+    Only those older than ``older_than_s``: another process may be writing into the same folder right
+    now (the folds of one run, the shards of one prediction), and its temporary files live for
+    milliseconds, not an hour.
+    """
+    cutoff = time.time() - older_than_s
+    for leftover in Path(folder).glob(pattern):
+        try:
+            if leftover.stat().st_mtime < cutoff:
+                leftover.unlink()
+        except FileNotFoundError:  # renamed or removed by its writer meanwhile
+            pass
 
 
 def _os_error(error: BaseException) -> OSError | None:
@@ -102,4 +147,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_json(path: Path, value: Any) -> None:
-    atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
+    atomic_write_bytes(path, _json_bytes(value))
+
+
+def _json_bytes(value: Any) -> bytes:
+    return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode("utf-8")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import cv2
@@ -49,9 +51,13 @@ def test_what_is_written_is_known_and_a_reopened_store_keeps_it(tmp_path):
     store.put("car_02", np.full((4, 5), 7, np.uint8))
     leftover = tmp_path / "maps" / ".car_01.zst.123-4.tmp"  # what a killed writer leaves
     leftover.write_bytes(b"half")
-    again = ProbabilityMaps.create(tmp_path / "maps", SHAPES)  # a resumed run
+    os.utime(leftover, (time.time() - 7200,) * 2)
+    in_flight = tmp_path / "maps" / ".car_03.zst.456-7.tmp"  # another process of the run, writing now
+    in_flight.write_bytes(b"half")
+    again = ProbabilityMaps.create(tmp_path / "maps", SHAPES)  # a resumed run, or another fold's process
     assert again.written_ids() == {"car_02"}
     assert not leftover.exists()
+    assert in_flight.exists(), "a temporary file of a live writer is left alone"
     assert again.quantised("car_02").max() == 7
 
 

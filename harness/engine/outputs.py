@@ -32,7 +32,7 @@ import numpy as np
 from harness.data.rle import encode
 from harness.data.submission import write_submission
 from harness.errors import BenchError
-from harness.io import atomic_write_bytes, cannot_write
+from harness.io import atomic_write_bytes, cannot_write, remove_stale_temporaries
 from harness.runs.probabilities import ProbabilityMaps, binarise, compress
 
 FORMATS = ("rle", "png", "maps")
@@ -63,8 +63,7 @@ class MaskFiles:
         self.folder, self.encode = Path(folder) / "masks", PngMask(threshold)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            for stale in self.folder.glob(".*.tmp"):  # a write cut short by a kill (harness.io.atomic_write)
-                stale.unlink()
+            remove_stale_temporaries(self.folder, ".*.tmp")  # writes cut short by a kill (harness.io.atomic_write)
         except OSError as error:
             raise cannot_write(self.folder, error) from None
 

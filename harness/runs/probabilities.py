@@ -45,7 +45,7 @@ import numpy as np
 import zstandard
 
 from harness.errors import BenchError
-from harness.io import atomic_write_json, cannot_write
+from harness.io import atomic_write_json, cannot_write, remove_stale_temporaries
 
 TOP_LEVEL = 255  # probabilities are stored as round(p * TOP_LEVEL), uint8 levels 0..255
 ZSTD_LEVEL = 3
@@ -218,8 +218,7 @@ class ProbabilityMaps:
 
     def _remove_temporary_files(self) -> None:
         """What a killed writer left half-written (never read: only renamed files count)."""
-        for leftover in self.path.glob(f".*{SUFFIX}.*.tmp"):
-            leftover.unlink(missing_ok=True)
+        remove_stale_temporaries(self.path, f".*{SUFFIX}.*.tmp")
 
 
 class RawMaps:
