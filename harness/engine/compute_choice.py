@@ -117,7 +117,8 @@ def device_description(device: torch.device) -> str:
         where = f"cuda {name} (sm_{major}{minor})"
     else:
         bf16 = "native bf16" if native_bf16_cpu() else "no native bf16"
-        where = f"cpu {torch.backends.cpu.get_cpu_capability()} ({bf16}), {torch.get_num_threads()} threads"
+        threads = torch.get_num_threads()
+        where = f"cpu {torch.backends.cpu.get_cpu_capability()} ({bf16}), {threads} thread{'s' if threads > 1 else ''}"
     return f"{where}, torch {torch.__version__}"
 
 

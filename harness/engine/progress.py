@@ -85,6 +85,9 @@ class ConsoleReporter:
 
     def fold_started(self, fold: int, epochs: int, steps_per_epoch: int, first_epoch: int) -> None:
         self.last_val = ""
+        if first_epoch:
+            self.console.print(f"fold {fold + 1}/{self.work.k}: resumed from its checkpoint after epoch {first_epoch} "
+                               f"of {epochs}", highlight=False)
         if not self.live:
             return
         self.close()

@@ -5,6 +5,12 @@ The run folder's layout belongs to ``harness.runs.folder`` (and is documented in
 predictions', and last the summary, which marks the run complete), so ``--resume`` skips finished
 work and redoes only the interrupted stage; within a fold, training resumes from the last finished
 epoch.
+
+Folds may train in several processes at once (``--folds``; ``harness.distribute`` starts them on
+devices and clusters): each process trains the folds it is given into the one run folder, and the
+process that finds every fold finished assembles the run (test prediction, summary). Assembly is a
+function of the finished folds alone, and its markers are written once (``write_once_json``), so two
+processes that both assemble write the same bytes, with no lock.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from harness.engine.progress import ConsoleReporter, Workload
 from harness.engine.pseudo import Joined, PseudoLabelled, Selection, select_confident
 from harness.engine.train import FoldSetup, Validation, train_fold
 from harness.errors import BenchError
-from harness.io import atomic_write_json, atomic_write_text, ensure_room
+from harness.io import atomic_write_json, atomic_write_text, ensure_room, write_once_json
 from harness.recipe.plugins import Plugins
 from harness.recipe.schema import Recipe
 from harness.runs.folder import FoldFolder, RunFolder, read_json
@@ -66,6 +72,7 @@ class RunRequest:
     device: str | None = None
     estimate_only: bool = False
     monitor: RunMonitor | None = None
+    folds: tuple[int, ...] | None = None  # train only these (another process trains the others); None: all
 
 
 @dataclass(frozen=True)
@@ -103,14 +110,18 @@ def run_id(recipe: Recipe) -> str:
 
 
 def run(request: RunRequest, plugins: Plugins, console: Console) -> Path:
-    """Run (or resume, or find complete) a recipe; return the run folder."""
-    # [tune] says how to search, not what to run: the run's folder, hash and recipe.toml leave it out
-    recipe = request.recipe.model_copy(update={"tune": None})
-    folder = RunFolder(request.results / (request.name or run_id(recipe)))
+    """Run (or resume, or find complete) a recipe; return the run folder.
+
+    With ``request.folds``, only those folds train, and the run is assembled only when every fold of
+    the stage is found finished: the folder may be left incomplete, for another process to finish.
+    """
+    recipe, folder = run_recipe(request), run_folder(request)
+    check_folds(request.folds, recipe.folds.k)
     if _complete(folder, recipe):
         console.print(f"{folder.path} is already complete; nothing to do", highlight=False)
         return folder.path
-    if folder.path.exists() and not request.resume and not request.estimate_only:
+    joins = request.resume or request.folds is not None  # a process of a multi-process run joins its folder
+    if folder.path.exists() and not joins and not request.estimate_only:
         raise BenchError(f"{folder.path} holds an unfinished run; pass --resume to finish it, or remove the folder")
     parts = Assembly(recipe, plugins)
     device = resolve_device(request.device)
@@ -137,15 +148,63 @@ def run(request: RunRequest, plugins: Plugins, console: Console) -> Path:
                 console.print("stopped after the estimate (--estimate)", highlight=False)
         return folder.path
     stage = _Stage(recipe, parts, compute, dataset, fit, splits, folder, console)
-    _prepare(stage, decision, request.resume)
+    _prepare(stage, decision, joins)
     console.print(f"run {folder.path} on {compute.describe()}", highlight=False)
-    if not folder.complete():
-        models = _train_folds(stage, monitor=request.monitor)
-        _predict_test(stage, models)
-        _summarise(stage)
+    if not folder.complete() and not _train_and_assemble(stage, request.monitor, request.folds):
+        return folder.path
     if recipe.pseudo_label is not None:
-        _pseudo_stage(stage)
+        _pseudo_stage(stage, request.folds)
     return folder.path
+
+
+def run_recipe(request: RunRequest) -> Recipe:
+    """The recipe as the run keeps it: ``[tune]`` says how to search, not what to run, so the run's
+    folder, hash and ``recipe.toml`` leave it out."""
+    return request.recipe.model_copy(update={"tune": None})
+
+
+def run_folder(request: RunRequest) -> RunFolder:
+    return RunFolder(request.results / (request.name or run_id(run_recipe(request))))
+
+
+def stage_to_train(folder: RunFolder, recipe: Recipe) -> RunFolder | None:
+    """The stage whose folds train next: the run itself, then its pseudo-label stage; None once the
+    run is complete."""
+    if _complete(folder, recipe):
+        return None
+    return folder if not folder.complete() else folder.pseudo
+
+
+def check_joinable(folder: RunFolder, recipe: Recipe) -> None:
+    """A run folder that exists was made by this very recipe (resumed, or joined by another process)."""
+    if folder.recipe_toml.exists() and folder.recipe_toml.read_text() != recipe.to_toml():
+        raise BenchError(f"{folder.recipe_toml} differs from this recipe: the folder holds another recipe's "
+                         "folds. Resume or join it with the same recipe, profiles and --set, or pass another "
+                         "--name")
+
+
+def check_folds(folds: tuple[int, ...] | None, k: int) -> None:
+    """``--folds`` names folds the recipe has (0 to k-1), before anything is written."""
+    for fold in folds or ():
+        if not 0 <= fold < k:
+            raise BenchError(f"--folds {fold}: the recipe has {k} folds, numbered 0 to {k - 1}")
+
+
+def _train_and_assemble(stage: _Stage, monitor: RunMonitor | None, only: tuple[int, ...] | None,
+                        extra: PseudoLabelled | None = None, pseudo_images: int | None = None) -> bool:
+    """Train the stage's folds (``only`` those, when given); assemble the stage when every fold is
+    finished. Whether it was assembled: when not, another process is still training folds."""
+    models = _train_folds(stage, monitor=monitor, extra=extra, only=only)
+    unfinished = [fold.index for fold in models if not fold.done()]
+    if unfinished:
+        left = f"fold{'s' if len(unfinished) > 1 else ''} {', '.join(map(str, unfinished))}"
+        stage.console.print(f"{stage.folder.path}: {len(models) - len(unfinished)} of {len(models)} folds finished, "
+                            f"{left} still to train (--folds). The process that finishes the last fold assembles "
+                            "the run", highlight=False)
+        return False
+    _predict_test(stage, models)
+    _summarise(stage, pseudo_images=pseudo_images)
+    return True
 
 
 def _complete(folder: RunFolder, recipe: Recipe) -> bool:
@@ -160,13 +219,14 @@ def _nothing_selected(folder: RunFolder) -> bool:
     return path.exists() and not read_json(path)["images"]
 
 
-def _pseudo_stage(first: _Stage) -> None:
+def _pseudo_stage(first: _Stage, only: tuple[int, ...] | None) -> None:
     """vladimir's second stage (``harness.engine.pseudo``): the same folds trained again, from scratch,
     with the confident test images added to every fold's training side, into the run's pseudo stage.
 
     The selection is written before any training and reused on resume, so an interrupted stage
-    finishes with the images it started with. When no image qualifies, the stage would only repeat
-    the first one: the empty selection is recorded and the stage is skipped, with a warning.
+    finishes with the images it started with (and every process training its folds with the same
+    ones). When no image qualifies, the stage would only repeat the first one: the empty selection is
+    recorded and the stage is skipped, with a warning.
     """
     recipe, folder = first.recipe, first.folder
     stage = replace(first, folder=folder.pseudo)
@@ -174,9 +234,9 @@ def _pseudo_stage(first: _Stage) -> None:
     if selection_path.exists():
         selection = Selection.from_json(read_json(selection_path))
     else:
-        selection = select_confident(folder.open_maps("test"), recipe.pseudo_label, recipe.predict.threshold)
+        chosen = select_confident(folder.open_maps("test"), recipe.pseudo_label, recipe.predict.threshold)
         stage.folder.path.mkdir(exist_ok=True)
-        atomic_write_json(selection_path, selection.to_json())
+        selection = Selection.from_json(write_once_json(selection_path, chosen.to_json()))
     if not selection.images:
         first.console.print(f"[yellow]warning:[/] pseudo labelling skipped: no test image has at most "
                             f"{recipe.pseudo_label.max_uncertain_share} of its pixels uncertain (recorded in "
@@ -186,21 +246,23 @@ def _pseudo_stage(first: _Stage) -> None:
                         f"added to training (rule in {selection_path})", highlight=False)
     extra = PseudoLabelled(first.dataset, selection.images, folder.test_maps, recipe.predict.threshold,
                            first.parts.transforms("preprocess"))
-    models = _train_folds(stage, extra=extra)
-    _predict_test(stage, models)
-    _summarise(stage, pseudo_images=len(selection.images))
+    if not _train_and_assemble(stage, None, only, extra=extra, pseudo_images=len(selection.images)):
+        return
     before, after = (f.read_summary().oof_dice for f in (folder, stage.folder))
     first.console.print(f"pseudo-label stage: out-of-fold Dice {after:.4f} (first stage {before:.4f}) in "
                         f"{stage.folder.path}", highlight=False)
 
 
-def _prepare(stage: _Stage, decision: compute_choice.Decision | None, resume: bool) -> None:
-    """Create the run folder, or check that the one being resumed was made by this very recipe."""
+def _prepare(stage: _Stage, decision: compute_choice.Decision | None, joins: bool) -> None:
+    """Create the run folder, or check that the one being resumed (or joined by another process of
+    the run) was made by this very recipe.
+
+    Two processes that start together may both create it: each file is written whole, and the two
+    write the same recipe and folds (``environment.json``, the compute each measured, is the last one's).
+    """
     folder, recipe = stage.folder, stage.recipe
-    if resume and folder.path.exists():
-        if folder.recipe_toml.read_text() != recipe.to_toml():
-            raise BenchError(f"{folder.recipe_toml} differs from this recipe; resume with the same recipe, profiles "
-                             "and --set")
+    if joins and folder.recipe_toml.exists():
+        check_joinable(folder, recipe)
         if read_splits(folder.splits).hash != stage.splits.hash:
             raise BenchError(f"{folder.splits} differs from this data's folds; the data (or the folds file) changed "
                              "since the run started")
@@ -228,14 +290,15 @@ def _allocate_maps(stage: _Stage) -> ProbabilityMaps:
 
 
 def _train_folds(stage: _Stage, monitor: RunMonitor | None = None, extra: PseudoLabelled | None = None,
-                 estimate_only: bool = False) -> list[FoldFolder]:
-    """Train every unfinished fold; return every fold's folder, each holding its best weights.
+                 estimate_only: bool = False, only: tuple[int, ...] | None = None) -> list[FoldFolder]:
+    """Train every unfinished fold (of ``only``, when given); return every fold's folder, each
+    finished one holding its best weights.
 
     ``extra`` (pseudo-labelled images) joins the training side of every fold, never validation.
     """
     recipe, dataset, splits = stage.recipe, stage.dataset, stage.splits
     folds = [stage.folder.fold(f) for f in range(splits.k)]
-    pending = [f for f in range(splits.k) if not folds[f].done()]
+    pending = [f for f in range(splits.k) if not folds[f].done() and (only is None or f in only)]
     # an estimate stops before the first validation: it needs no store (at Carvana scale, 12 GB of disk)
     oof = None if estimate_only else _allocate_maps(stage)
     if pending:
@@ -265,7 +328,7 @@ def _train_folds(stage: _Stage, monitor: RunMonitor | None = None, extra: Pseudo
                     stage.console.print(f"fold {fold + 1}/{splits.k}: val Dice {summary['val_dice']:.4f} with "
                                         f"epoch {summary['best_epoch'] + 1}'s weights ({_KEPT[summary['checkpoint']]})",
                                         highlight=False)
-                if monitor is not None:
+                if monitor is not None and only is None:
                     monitor.fold_done(fold, folds[fold])
         finally:
             reporter.close()
@@ -393,7 +456,7 @@ def _predict_test(stage: _Stage, folds: list[FoldFolder]) -> None:
         path, reason = outcome.skipped[0]
         raise BenchError(f"{path}: {reason} ({len(outcome.skipped)} test images unreadable); replace or remove "
                          "them, then run again with --resume")
-    atomic_write_json(folder.test_marker, {
+    write_once_json(folder.test_marker, {  # a second process assembling at the same time keeps the first's
         "images": len(dataset.test), "models": len(folds), "seconds": round(outcome.seconds, 3),
         "images_per_s": round(outcome.images_per_s, 2),
     })
@@ -406,6 +469,9 @@ def _summarise(stage: _Stage, pseudo_images: int | None = None) -> None:
     A pseudo-label stage (``pseudo_images`` set) is summarised like a run of its own, under the
     recipe name ``<name>+pseudo``, so ``bench compare`` ranks it against the first stage on the same folds
     (its pseudo-labelled test images train, and are never scored: the data hash is the first stage's).
+
+    Everything here follows from the finished folds and the test marker, not from the process that
+    writes it, so two processes that both assemble the run write the same bytes.
     """
     recipe, dataset, splits, folder = stage.recipe, stage.dataset, stage.splits, stage.folder
     rows, folds = [], []
@@ -442,9 +508,26 @@ def _summarise(stage: _Stage, pseudo_images: int | None = None) -> None:
                                     / max(train_seconds, 1e-9), 2),
         "inference_images_per_s": test.get("images_per_s", folds[-1].get("val_images_per_s")),
         "parameters": sum(p.numel() for p in model.parameters()),
-        "device": stage.compute.describe(),
+        "device": _devices_of(folds, stage.compute),
         "reproduce": f"bench run {RunFolder(run_folder).recipe_toml} --name {run_folder.name}-again",
     }
     if pseudo_images is not None:
         summary.update(stage=folder.path.name, pseudo_images=pseudo_images)
+    _record_fold_devices(folder, folds)
     atomic_write_json(folder.summary_path, summary)
+
+
+def _record_fold_devices(folder: RunFolder, folds: list[dict]) -> None:
+    """``environment.json`` says where each fold trained (each ``fold.json`` records it)."""
+    if not folder.environment.exists():  # a pseudo stage: its run's environment.json says it
+        return
+    environment = read_json(folder.environment)
+    environment["folds"] = {str(f["fold"]): {"device": f.get("device"), "host": f.get("host")} for f in folds}
+    atomic_write_json(folder.environment, environment)
+
+
+def _devices_of(folds: list[dict], compute: Compute) -> str:
+    """The device the folds trained on, or each device once when they differ (folds written before
+    ``fold.json`` recorded it count as this process's)."""
+    devices = sorted({f.get("device") or compute.describe() for f in folds})
+    return devices[0] if len(devices) == 1 else "; ".join(devices)

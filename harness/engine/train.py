@@ -19,6 +19,7 @@ that does not grow with the data, and predicts the whole held-out fold once, at 
 from __future__ import annotations
 
 import math
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -354,6 +355,9 @@ def _finish(setup: FoldSetup, state: TrainState) -> dict[str, Any]:
         "train_seconds": round(state.train_seconds, 3),
         "train_images_per_s": round(state.train_images / max(state.train_seconds, 1e-9), 2),
         "val_images_per_s": state.history[-1]["val_images_per_s"] if state.history else None,
+        # folds of one run may train on several devices and hosts (--devices, --folds, --launcher)
+        "device": setup.compute.describe(),
+        "host": socket.gethostname(),
     }
     atomic_write_json(setup.folder.marker, summary)
     setup.folder.last.unlink(missing_ok=True)

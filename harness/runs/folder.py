@@ -52,6 +52,7 @@ class FoldFolder:
     per_image = property(lambda self: self.path / PER_IMAGE_FILE)
     per_image_last = property(lambda self: self.path / "per_image_last.csv")  # the latest validation's scores
     failure = property(lambda self: self.path / "failure.json")  # why training stopped (a NaN loss)
+    log = property(lambda self: self.path / "train.log")  # the output of the worker that trained it (--devices)
     marker = property(lambda self: self.path / "fold.json")  # written last: the fold is finished
 
     def done(self) -> bool:
@@ -99,6 +100,7 @@ class RunFolder:
     test_marker = property(lambda self: self.path / "test.json")
     summary_path = property(lambda self: self.path / SUMMARY_FILE)
     selection = property(lambda self: self.path / "selection.json")  # in a pseudo stage: the images it added
+    jobs = property(lambda self: self.path / "jobs")  # submitit's folder: the folds' jobs and their output
     oof_maps = property(lambda self: self.path / "oof_maps")
     test_maps = property(lambda self: self.path / "test_maps")
 
