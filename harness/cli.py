@@ -148,31 +148,96 @@ def run_command(
     name: Annotated[Optional[str], typer.Option(help="Run folder name (default: recipe name + recipe hash).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Finish an interrupted run; finished folds are kept.")] = False,
     estimate: Annotated[bool, typer.Option("--estimate", help="Measure a few steps, print the estimated duration, stop.")] = False,
+    folds: Annotated[Optional[str], typer.Option(
+        help="Train only these folds, e.g. 0,2, into the run folder; other processes may train the others at the "
+             "same time, and the one that finishes the last fold assembles the run.", show_default=False)] = None,
+    devices: Annotated[Optional[str], typer.Option(
+        help="One worker process per device, each taking the next unfinished fold: cuda:0,cuda:1 or cpu,cpu "
+             "(a CPU named n times gives each worker 1/n of its cores).", show_default=False)] = None,
+    launcher: Annotated[Optional[str], typer.Option(
+        help="Submit one job per fold with submitit: slurm, or local (the same jobs as processes on this "
+             "machine, to try it).", show_default=False)] = None,
+    slurm_partition: Annotated[Optional[str], typer.Option(help="--launcher slurm: the partition.")] = None,
+    slurm_time: Annotated[int, typer.Option(min=1, help="--launcher: minutes a fold's job may run.")] = 24 * 60,
+    slurm_gpus: Annotated[int, typer.Option(min=0, help="--launcher slurm: GPUs a fold's job gets.")] = 1,
+    slurm_cpus: Annotated[Optional[int], typer.Option(
+        min=1, help="--launcher: CPU cores (and threads) a fold's job gets (default: 8 on SLURM; locally, this "
+                    "machine's cores shared out among the jobs).", show_default=False)] = None,
+    slurm_setup: Annotated[Optional[list[str]], typer.Option(
+        help="--launcher slurm: a shell line run before each job, e.g. 'source .venv/bin/activate' "
+             "(repeatable).", show_default=False)] = None,
 ) -> None:
     """Train every fold of a recipe, predict out-of-fold and test images, into a run folder."""
     from harness.engine.run import RunRequest, run
     from harness.recipe.schema import load_recipe
-    from harness.runs.folder import RunFolder
 
+    spread = [flag for flag, value in (("--devices", devices), ("--launcher", launcher)) if value]
+    if len(spread) > 1 or (spread and (estimate or device and devices)):
+        clash = spread + (["--estimate"] if estimate else []) + (["--device"] if device and devices else [])
+        raise BenchError(f"{' and '.join(clash[:2])} cannot be used together")
     plugins = _plugins(ctx)
     resolved = load_recipe(recipe, plugins, profile or [], set_ or [])
-    request = RunRequest(resolved, results, name, resume, device, estimate)
-    folder = run(request, plugins, console)
+    request = RunRequest(resolved, results, name, resume, device, estimate, folds=_parse_folds(folds))
+    if spread:
+        from harness.distribute import folds as spread_folds
+        from harness.engine.run import run_folder
+
+        worker = spread_folds.Worker(_bench_args(ctx) + [
+            "run", str(recipe.absolute()), *[f"--profile={p}" for p in profile or []],
+            *[f"--set={s}" for s in set_ or []], "--results", str(results.absolute()),
+            "--name", run_folder(request).path.name], env={"NO_ALBUMENTATIONS_UPDATE": "1"})
+        if devices:
+            start = spread_folds.on_devices(worker, spread_folds.parse_devices(devices), console)
+        else:
+            from harness.distribute.cluster import Cluster, on_cluster
+
+            start = on_cluster(worker, Cluster(launcher, slurm_partition, slurm_time, slurm_gpus, slurm_cpus,
+                                               slurm_setup or [], device), console)
+        folder = spread_folds.train_folds(request, start, console)
+    else:
+        folder = run(request, plugins, console)
     if not estimate:
-        summary = RunFolder(folder).read_summary()
-        console.print(f"{resolved.name}: out-of-fold Dice {summary['oof_dice']:.4f} "
-                      f"(folds {summary['fold_dice_mean']:.4f} ± {summary['fold_dice_std']:.4f}) in {folder}",
-                      highlight=False)
+        _say_run_result(resolved.name, folder)
+
+
+def _parse_folds(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        folds = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise BenchError(f"--folds {text}: expected fold numbers separated by commas, e.g. 0,2") from None
+    return tuple(sorted(set(folds)))
+
+
+def _bench_args(ctx: typer.Context) -> list[str]:
+    """The global options of this command, for the ``bench`` processes it starts."""
+    options = [arg for folder in ctx.obj["plugins_dir"] for arg in ("--plugins-dir", str(Path(folder).absolute()))]
+    return options + (["--strict-plugins"] if ctx.obj["strict"] else [])
+
+
+def _say_run_result(recipe_name: str, folder: Path) -> None:
+    from harness.runs.folder import RunFolder
+
+    run = RunFolder(folder)
+    if not run.complete():  # --folds: other processes still train the rest (the run said which)
+        return
+    summary = run.read_summary()
+    console.print(f"{recipe_name}: out-of-fold Dice {summary['oof_dice']:.4f} "
+                  f"(folds {summary['fold_dice_mean']:.4f} ± {summary['fold_dice_std']:.4f}) in {folder}",
+                  highlight=False)
 
 
 @app.command("predict")
 def predict_command(
     ctx: typer.Context,
-    run: Annotated[str, typer.Argument(help="A run folder or an ensemble folder (bench ensemble --out), or a name "
-                                            "under --results.", show_default=False)],
-    images: Annotated[list[Path], typer.Argument(help="Folders (their .jpg/.jpeg/.png files), image files, or .txt "
-                                                      "files with one image path a line.", show_default=False)],
-    out: Annotated[Path, typer.Option(help="Where the masks or maps and predict.json go.")],
+    run: Annotated[Optional[str], typer.Argument(help="A run folder or an ensemble folder (bench ensemble --out), or a "
+                                                      "name under --results.", show_default=False)] = None,
+    images: Annotated[Optional[list[Path]], typer.Argument(
+        help="Folders (their .jpg/.jpeg/.png files), image files, or .txt files with one image path a line.",
+        show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Where the masks or maps and predict.json go.",
+                                                show_default=False)] = None,
     format_: Annotated[str, typer.Option("--format", help="rle (submission.csv.gz), png (masks/ID.png, 0/255) "
                                                           "or maps (a probability store).")] = "rle",
     device: DeviceOption = None,
@@ -180,17 +245,44 @@ def predict_command(
     workers: Annotated[Optional[int], typer.Option(min=0, help="Loader processes (default: one per core on a CPU, "
                                                                "each predicting; as the recipe trains on a GPU).")] = None,
     results: Annotated[Path, typer.Option(help="Where run names are looked up.")] = Path("results"),
+    shard: Annotated[Optional[str], typer.Option(
+        help="i/N: predict every N-th image from the i-th, into OUT/shards/; the last shard to finish merges all "
+             "into OUT as one unsharded run would write it.", show_default=False)] = None,
+    merge_shards: Annotated[Optional[Path], typer.Option(
+        help="Merge the finished shards in this --out folder (what the last shard does by itself).",
+        show_default=False)] = None,
 ) -> None:
     """Apply a run's fold models, or an ensemble's runs, merger and post-processing, to images; rerun to resume."""
-    from harness.engine.predict_run import PredictRequest, predict
+    from harness.distribute import shards
+    from harness.engine.predict_run import PredictRequest, listed_images, predict
     from harness.ensemble.apply import ensemble_folder, predict_ensemble
 
+    if merge_shards is not None:
+        if run or images or shard:
+            raise BenchError("--merge-shards DIR takes no RUN, IMAGES or --shard: it merges what the shards wrote")
+        merged = shards.merge(merge_shards)
+        console.print(f"merged {merged['shards']} shards into {merge_shards}: {merged['predicted']} images, "
+                      f"{len(merged['skipped'])} skipped", highlight=False)
+        return
+    if not run or not images or out is None:
+        raise BenchError("bench predict needs RUN, IMAGES and --out (or --merge-shards DIR)")
+    from harness.engine.outputs import FORMATS
+
+    if format_ not in FORMATS:  # before a shard writes its plan
+        raise BenchError(f"--format {format_}: expected one of {', '.join(FORMATS)}")
     request = PredictRequest(run, images, out, results, format_, device, batch_size, workers)
+    part = shards.Shard.parse(shard) if shard else None
+    if part is not None:
+        listing, shard_out = shards.shard_images(out, part, listed_images(images), format_)
+        request = PredictRequest(run, [listing], shard_out, results, format_, device, batch_size, workers)
+        console.print(f"shard {part.index} of {part.count} into {shard_out}", highlight=False)
     ensemble = ensemble_folder(run, results)
     if ensemble is None:
         outcome = predict(request, _plugins(ctx), console)
     else:
         outcome = predict_ensemble(request, ensemble, _plugins(ctx), console)
+    if part is not None and shards.merge_when_complete(out):
+        console.print(f"every shard is finished: merged {part.count} shards into {out}", highlight=False)
     if outcome.skipped:
         raise SystemExit(1)  # after everything else is written: the skipped images are in predict.json
 

@@ -72,7 +72,7 @@ def test_harness_is_in_wings():
     modules = sorted(p.name for p in (ROOT / "harness").glob("*.py"))
     wings = sorted(p.name for p in (ROOT / "harness").iterdir() if (p / "__init__.py").exists())
     assert modules == ["__init__.py", "api.py", "cli.py", "errors.py", "io.py", "memory.py", "tables.py"]
-    assert wings == ["data", "engine", "ensemble", "evaluate", "recipe", "runs", "speed", "tune"]
+    assert wings == ["data", "distribute", "engine", "ensemble", "evaluate", "recipe", "runs", "speed", "tune"]
 
 
 def test_every_component_kind_has_its_hook_and_every_hook_a_kind():
