@@ -63,6 +63,8 @@ CASES = [
          append=OFFLINE),
     Case(r"bench run recipes/alexander\.toml --set data\.root=/data/carvana --device cuda",
          cannot_run="needs a CUDA GPU: tools/gpu-check.sh runs the GPU path where one is lent"),
+    Case(r"bench run recipes/alexander\.toml --set data\.root=/data/carvana --devices cuda:0,cuda:1,cuda:2",
+         cannot_run="needs three GPUs: tests/test_distribute.py runs --devices cpu,cpu, tools/gpu-check.sh the GPUs lent"),
     Case(r"bench run recipes/alexander\.toml --profile quick --resume", r"alexander: out-of-fold Dice", append=TINY),
     Case(r"bench compare results/\*", r"OOF Dice"),
     Case(r"bench report results/\* --out report\.html", r"wrote report\.html \(\d+ runs\)", ("report.html",)),
