@@ -31,7 +31,7 @@ from harness.data.image_files import ImageFile
 from harness.data.loading import (CachedImage, EpochSampler, Images, PhasedAugment, PredictionSamples, TrainingSamples,
                                   shapes_of_test_images)
 from harness.data.splits import Splits, read_splits, splits_for, write_splits
-from harness.engine import compute_choice
+from harness.engine import compute_choice, distributed
 from harness.engine.assembly import CACHE_BYTES, Assembly, loader, recipe_normalise
 from harness.engine.device import Compute, check_precision, resolve_device
 from harness.engine.environment import describe_environment
@@ -87,6 +87,11 @@ class _Stage:
     splits: Splits
     folder: RunFolder
     console: Console
+    ranks: distributed.Ranks | None = None  # the processes that train each fold together (--ddp)
+
+    @property
+    def main(self) -> bool:
+        return self.ranks is None or self.ranks.main
 
 
 class _EstimateReached(Exception):
@@ -114,17 +119,26 @@ def run(request: RunRequest, plugins: Plugins, console: Console) -> Path:
 
     With ``request.folds``, only those folds train, and the run is assembled only when every fold of
     the stage is found finished: the folder may be left incomplete, for another process to finish.
+    Under torchrun, every process runs this with the others, each fold with DistributedDataParallel
+    (``harness.engine.distributed``).
     """
     recipe, folder = run_recipe(request), run_folder(request)
     check_folds(request.folds, recipe.folds.k)
+    ranks = distributed.ranks_from_environment()
+    device = resolve_device(request.device)
+    if ranks is not None:
+        device = ranks.device(device)
+        ranks.split_batch(recipe.train.batch_size)
+        distributed.start(ranks, device)
+        console = console if ranks.main else Console(quiet=True)
     if _complete(folder, recipe):
         console.print(f"{folder.path} is already complete; nothing to do", highlight=False)
         return folder.path
-    joins = request.resume or request.folds is not None  # a process of a multi-process run joins its folder
-    if folder.path.exists() and not joins and not request.estimate_only:
-        raise BenchError(f"{folder.path} holds an unfinished run; pass --resume to finish it, or remove the folder")
+    joins = _joins(request)
+    check_startable(request)
+    if ranks is not None:
+        ranks.barrier()  # every rank has looked at the folder before rank 0 creates it
     parts = Assembly(recipe, plugins)
-    device = resolve_device(request.device)
     check_precision(device, recipe.train.precision)
     dataset = parts.dataset()
     if recipe.pseudo_label is not None and not dataset.test:
@@ -136,9 +150,8 @@ def run(request: RunRequest, plugins: Plugins, console: Console) -> Path:
     folds = recipe.folds
     splits = splits_for(dataset, folds.method, folds.k, folds.seed, view=folds.view, file=folds.file)
     height, width = fit.input_shape(*next(iter(dataset.sizes.values())))
-    compute, decision = parts.choose_compute(device, parts.timing_workload(height, width, recipe.train.batch_size),
-                                             console)
-    console.print(f"budget: {describe_budget(recipe, splits, dataset, height, width)}", highlight=False)
+    compute, decision = _choose_compute(parts, device, height, width, ranks, console)
+    console.print(f"budget: {describe_budget(recipe, splits, dataset, height, width, ranks)}", highlight=False)
     if request.estimate_only:
         with tempfile.TemporaryDirectory() as scratch:
             stage = _Stage(recipe, parts, compute, dataset, fit, splits, RunFolder(Path(scratch)), console)
@@ -147,14 +160,41 @@ def run(request: RunRequest, plugins: Plugins, console: Console) -> Path:
             except _EstimateReached:
                 console.print("stopped after the estimate (--estimate)", highlight=False)
         return folder.path
-    stage = _Stage(recipe, parts, compute, dataset, fit, splits, folder, console)
-    _prepare(stage, decision, joins)
+    stage = _Stage(recipe, parts, compute, dataset, fit, splits, folder, console, ranks)
+    if stage.main:
+        _prepare(stage, decision, joins)
+    if ranks is not None:
+        ranks.barrier()
     console.print(f"run {folder.path} on {compute.describe()}", highlight=False)
     if not folder.complete() and not _train_and_assemble(stage, request.monitor, request.folds):
         return folder.path
     if recipe.pseudo_label is not None:
         _pseudo_stage(stage, request.folds)
     return folder.path
+
+
+def _choose_compute(parts: Assembly, device, height: int, width: int, ranks: distributed.Ranks | None,
+                    console: Console) -> tuple[Compute, compute_choice.Decision | None]:
+    """The compute of ``Assembly.choose_compute``; under torchrun, rank 0's choice on every rank."""
+    workload = parts.timing_workload(height, width, parts.recipe.train.batch_size // (ranks.world if ranks else 1))
+    if ranks is None:
+        return parts.choose_compute(device, workload, console)
+    compute, decision = parts.choose_compute(device, workload, console) if ranks.main else (None, None)
+    precision, channels_last = ranks.from_main((compute.precision, compute.channels_last) if ranks.main else None)
+    return Compute(device, precision, channels_last), decision
+
+
+def _joins(request: RunRequest) -> bool:
+    """The run may go on in a folder that exists: resumed, or a process of a multi-process run."""
+    return request.resume or request.folds is not None
+
+
+def check_startable(request: RunRequest) -> None:
+    """An unfinished run folder is resumed or joined, never started over by mistake."""
+    folder = run_folder(request)
+    if folder.path.exists() and not _joins(request) and not request.estimate_only:
+        if not _complete(folder, run_recipe(request)):
+            raise BenchError(f"{folder.path} holds an unfinished run; pass --resume to finish it, or remove the folder")
 
 
 def run_recipe(request: RunRequest) -> Recipe:
@@ -195,15 +235,18 @@ def _train_and_assemble(stage: _Stage, monitor: RunMonitor | None, only: tuple[i
     """Train the stage's folds (``only`` those, when given); assemble the stage when every fold is
     finished. Whether it was assembled: when not, another process is still training folds."""
     models = _train_folds(stage, monitor=monitor, extra=extra, only=only)
-    unfinished = [fold.index for fold in models if not fold.done()]
+    unfinished = [fold.index for fold in models if not fold.done()]  # the same on every rank: each fold ended
     if unfinished:
         left = f"fold{'s' if len(unfinished) > 1 else ''} {', '.join(map(str, unfinished))}"
         stage.console.print(f"{stage.folder.path}: {len(models) - len(unfinished)} of {len(models)} folds finished, "
                             f"{left} still to train (--folds). The process that finishes the last fold assembles "
                             "the run", highlight=False)
         return False
-    _predict_test(stage, models)
-    _summarise(stage, pseudo_images=pseudo_images)
+    if stage.main:
+        _predict_test(stage, models)
+        _summarise(stage, pseudo_images=pseudo_images)
+    if stage.ranks is not None:
+        stage.ranks.barrier()  # the others wait for rank 0 to assemble the stage
     return True
 
 
@@ -231,12 +274,13 @@ def _pseudo_stage(first: _Stage, only: tuple[int, ...] | None) -> None:
     recipe, folder = first.recipe, first.folder
     stage = replace(first, folder=folder.pseudo)
     selection_path = stage.folder.selection
-    if selection_path.exists():
-        selection = Selection.from_json(read_json(selection_path))
-    else:
+    if not selection_path.exists() and stage.main:
         chosen = select_confident(folder.open_maps("test"), recipe.pseudo_label, recipe.predict.threshold)
         stage.folder.path.mkdir(exist_ok=True)
-        selection = Selection.from_json(write_once_json(selection_path, chosen.to_json()))
+        write_once_json(selection_path, chosen.to_json())
+    if stage.ranks is not None:
+        stage.ranks.barrier()  # rank 0 has written it
+    selection = Selection.from_json(read_json(selection_path))
     if not selection.images:
         first.console.print(f"[yellow]warning:[/] pseudo labelling skipped: no test image has at most "
                             f"{recipe.pseudo_label.max_uncertain_share} of its pixels uncertain (recorded in "
@@ -269,7 +313,10 @@ def _prepare(stage: _Stage, decision: compute_choice.Decision | None, joins: boo
         return
     folder.path.mkdir(parents=True, exist_ok=True)
     write_splits(stage.splits, folder.splits)
-    atomic_write_json(folder.environment, describe_environment(stage.compute, decision))
+    environment = describe_environment(stage.compute, decision)
+    if stage.ranks is not None:
+        environment["ddp"] = {"processes": stage.ranks.world, "backend": torch.distributed.get_backend()}
+    atomic_write_json(folder.environment, environment)
     atomic_write_text(folder.recipe_toml, recipe.to_toml())
 
 
@@ -324,15 +371,28 @@ def _train_folds(stage: _Stage, monitor: RunMonitor | None = None, extra: Pseudo
         try:
             for fold in range(splits.k):
                 if fold in pending:
-                    summary = train_fold(_fold_setup(stage, training, fold), watched)
-                    stage.console.print(f"fold {fold + 1}/{splits.k}: val Dice {summary['val_dice']:.4f} with "
-                                        f"epoch {summary['best_epoch'] + 1}'s weights ({_KEPT[summary['checkpoint']]})",
-                                        highlight=False)
+                    setup = _fold_setup(stage, training, fold)
+                    if fold == pending[0]:
+                        _warn_unsynchronised_batch_norm(stage, setup.model)
+                    summary = train_fold(setup, watched)
+                    if stage.main:  # the other ranks of a --ddp run have no summary: rank 0 wrote it
+                        stage.console.print(f"fold {fold + 1}/{splits.k}: val Dice {summary['val_dice']:.4f} with "
+                                            f"epoch {summary['best_epoch'] + 1}'s weights "
+                                            f"({_KEPT[summary['checkpoint']]})", highlight=False)
                 if monitor is not None and only is None:
                     monitor.fold_done(fold, folds[fold])
         finally:
             reporter.close()
     return folds
+
+
+def _warn_unsynchronised_batch_norm(stage: _Stage, model: torch.nn.Module) -> None:
+    """Under --ddp on the CPU, where PyTorch has no SyncBatchNorm, say that batch norm sees slices."""
+    if stage.ranks is not None and stage.compute.device.type == "cpu" and distributed.has_batch_norm(model):
+        stage.console.print(f"[yellow]warning:[/] the model has batch norm, and on the CPU each of the "
+                            f"{stage.ranks.world} processes normalises with the statistics of its own "
+                            f"{stage.recipe.train.batch_size // stage.ranks.world} images (PyTorch has no "
+                            "SyncBatchNorm there); on CUDA the whole batch's are used", highlight=False)
 
 
 _KEPT = {"best_val_dice": "best val Dice", "best_val_loss": "lowest val loss", "last": "the last epoch"}
@@ -369,8 +429,10 @@ class _Watched:
         self.monitor.epoch_done(fold, record)
 
 
-def describe_budget(recipe: Recipe, splits: Splits, dataset: CarvanaSet, height: int, width: int) -> str:
-    """The training a run buys per fold, in optimizer steps, images and input size."""
+def describe_budget(recipe: Recipe, splits: Splits, dataset: CarvanaSet, height: int, width: int,
+                    ranks: distributed.Ranks | None = None) -> str:
+    """The training a run buys per fold, in optimizer steps, images and input size (and, under
+    torchrun, how the processes share each batch)."""
     train = recipe.train
     images = train.batch_size * train.accumulate
     step = f"{images} images a step at {width}x{height}"
@@ -385,6 +447,9 @@ def describe_budget(recipe: Recipe, splits: Splits, dataset: CarvanaSet, height:
     if train.validate_images is not None:
         budget += (f"; each epoch validates up to {train.validate_images} held-out images, "
                    "and the whole fold is predicted once with the best epoch's weights")
+    if ranks is not None:
+        budget += (f"; DistributedDataParallel over {ranks.world} processes of {train.batch_size // ranks.world} "
+                   "images each a batch")
     return budget
 
 
@@ -419,6 +484,10 @@ def _fold_setup(stage: _Stage, training: _Training, fold: int) -> FoldSetup:
     model = parts.model()
     folder = stage.folder.fold(fold)
     folder.path.mkdir(parents=True, exist_ok=True)
+    train_loader = loader(samples, compute, workers, batch, sampler)
+    if stage.ranks is not None:  # this rank's slice of every batch
+        train_loader = loader(samples, compute, workers, stage.ranks.split_batch(batch),
+                              distributed.RankSampler(sampler, batch, stage.ranks))
     return FoldSetup(
         fold=fold, seed=recipe.seed, epochs=recipe.train.epochs, accumulate=recipe.train.accumulate,
         grad_clip=recipe.train.grad_clip, threshold=recipe.predict.threshold, tta=recipe.predict.tta,
@@ -426,9 +495,9 @@ def _fold_setup(stage: _Stage, training: _Training, fold: int) -> FoldSetup:
         model=model, make_optimizer=parts.optimizers(), builds_optimizer=parts.builds_optimizer(),
         accumulation=recipe.train.accumulation or "mean", checkpoint=recipe.train.checkpoint or "best_val_dice",
         multiplier=parts.schedule(),
-        loss=parts.loss(), callbacks=parts.callbacks(), train_loader=loader(samples, compute, workers, batch, sampler),
+        loss=parts.loss(), callbacks=parts.callbacks(), train_loader=train_loader,
         validation=validation(val_ids), epoch_validation=None if sample is None else validation(sample),
-        oof=training.oof, folder=folder, compile=recipe.train.compile, tiling=recipe.predict.tiling,
+        oof=training.oof, folder=folder, compile=recipe.train.compile, tiling=recipe.predict.tiling, ranks=stage.ranks,
     )
 
 

@@ -31,6 +31,7 @@ import torch
 from harness.data.geometry import Fit
 from harness.data.loading import Normalise, sample_seed
 from harness.data.tiling import Tiling
+from harness.engine import distributed
 from harness.engine.device import Compute
 from harness.engine.metrics import dice
 from harness.engine.predict import predict_loader
@@ -99,6 +100,12 @@ class FoldSetup:
     accumulation: str = "mean"  # or "sum_from_first" (train.accumulation)
     checkpoint: str = "best_val_dice"  # or "best_val_loss", "last" (train.checkpoint)
     optimizer: torch.optim.Optimizer | None = None
+    ranks: distributed.Ranks | None = None  # the processes that train this fold together (--ddp)
+
+    @property
+    def main(self) -> bool:
+        """This process validates and writes: the only one, or rank 0 of several (``distributed``)."""
+        return self.ranks is None or self.ranks.main
 
 
 @dataclass
@@ -125,14 +132,19 @@ def train_fold(setup: FoldSetup, reporter: Reporter) -> dict[str, Any]:
     base_lrs = _build_optimizer(setup, max(state.epoch - 1, 0))
     if saved is not None:
         _restore(setup, scaler, saved)
-    trained = torch.compile(model) if setup.compile else model
-    reporter.fold_started(setup.fold, setup.epochs, len(setup.train_loader), state.epoch)
+    trained = model if setup.ranks is None else distributed.wrap(model, compute.device)
+    trained = torch.compile(trained) if setup.compile else trained
+    if setup.main:
+        reporter.fold_started(setup.fold, setup.epochs, len(setup.train_loader), state.epoch)
 
     for epoch in range(state.epoch, setup.epochs):
         started = time.perf_counter()
         if epoch > 0 and setup.builds_optimizer(epoch):
             base_lrs = _build_optimizer(setup, epoch)
         losses = train_epoch(setup, state, epoch, trained, scaler, base_lrs, reporter)
+        if not setup.main:  # rank 0 validates and writes; the others go on to the next epoch's first step
+            state.epoch = epoch + 1
+            continue
         model.eval()
         record = {"epoch": epoch, "lr": base_lrs[0] * setup.multiplier(epoch), "train_loss": float(np.mean(losses))}
         record.update(_validate(model, setup, setup.epoch_validation or setup.validation))
@@ -150,12 +162,18 @@ def train_fold(setup: FoldSetup, reporter: Reporter) -> dict[str, Any]:
         _checkpoint(setup, scaler, state)
         reporter.epoch_done(setup.fold, record)
 
+    if not setup.main:
+        setup.ranks.barrier()  # until rank 0 has written the fold's marker
+        return {}
     if state.oof_epoch != state.best_epoch:
         model.load_state_dict(setup.folder.read_checkpoint(setup.folder.best)["model"])
         model.eval()
         state.oof_dice = _validate(model, setup, setup.validation)["val_dice"]
         state.oof_epoch = state.best_epoch
-    return _finish(setup, state)
+    summary = _finish(setup, state)
+    if setup.ranks is not None:
+        setup.ranks.barrier()
+    return summary
 
 
 def checkpoint_score(rule: str, record: dict[str, float]) -> float:
@@ -198,8 +216,10 @@ def train_epoch(setup: FoldSetup, state: TrainState, epoch: int, trained: torch.
         images = setup.normalise(images.to(compute.device, non_blocking=True), compute.memory_format)
         masks = masks.to(compute.device, non_blocking=True).float()
         loss = _backward(trained, setup, scaler, images, masks, 1 if summed else setup.accumulate)
+        if setup.ranks is not None:  # the whole batch's loss, the same on every rank (and for the NaN check)
+            loss = setup.ranks.mean(loss)
         losses.append(loss)
-        state.train_images += len(images)
+        state.train_images += len(images) * (1 if setup.ranks is None else setup.ranks.world)
         if not math.isfinite(loss):
             _stop(setup, epoch, index, loss)
         if steps_after(index, setup.accumulate, steps_per_epoch, summed):
@@ -210,7 +230,8 @@ def train_epoch(setup: FoldSetup, state: TrainState, epoch: int, trained: torch.
                 if replay is not None:
                     _backward(trained, setup, scaler, *replay, accumulate=1)
                     _optimizer_step(model, setup, scaler)
-        reporter.step_done(loss)
+        if setup.main:
+            reporter.step_done(loss)
     state.train_seconds += time.perf_counter() - started
     return losses
 
@@ -336,7 +357,8 @@ def _restore(setup: FoldSetup, scaler, saved: dict) -> None:
 
 def _stop(setup: FoldSetup, epoch: int, index: int, loss: float) -> None:
     reason = f"the loss became {loss} at epoch {epoch}, step {index} of fold {setup.fold}"
-    atomic_write_json(setup.folder.failure, {"reason": reason, "epoch": epoch, "step": index, "loss": str(loss)})
+    if setup.main:
+        atomic_write_json(setup.folder.failure, {"reason": reason, "epoch": epoch, "step": index, "loss": str(loss)})
     raise TrainingStopped(f"{reason}; training stopped (recorded in {setup.folder.failure}). "
                           "Lower optimizer.lr, set train.grad_clip, or use train.precision = 'fp32'")
 
@@ -358,6 +380,7 @@ def _finish(setup: FoldSetup, state: TrainState) -> dict[str, Any]:
         # folds of one run may train on several devices and hosts (--devices, --folds, --launcher)
         "device": setup.compute.describe(),
         "host": socket.gethostname(),
+        "processes": 1 if setup.ranks is None else setup.ranks.world,  # --ddp: rank 0's device and host
     }
     atomic_write_json(setup.folder.marker, summary)
     setup.folder.last.unlink(missing_ok=True)
