@@ -157,6 +157,9 @@ def run_command(
     launcher: Annotated[Optional[str], typer.Option(
         help="Submit one job per fold with submitit: slurm, or local (the same jobs as processes on this "
              "machine, to try it).", show_default=False)] = None,
+    ddp: Annotated[Optional[int], typer.Option(
+        min=2, help="Train each fold with N processes on this host (DistributedDataParallel, started as torchrun "
+                    "does): one a GPU, or sharing the CPU's cores.", show_default=False)] = None,
     slurm_partition: Annotated[Optional[str], typer.Option(help="--launcher slurm: the partition.")] = None,
     slurm_time: Annotated[int, typer.Option(min=1, help="--launcher: minutes a fold's job may run.")] = 24 * 60,
     slurm_gpus: Annotated[int, typer.Option(min=0, help="--launcher slurm: GPUs a fold's job gets.")] = 1,
@@ -171,13 +174,27 @@ def run_command(
     from harness.engine.run import RunRequest, run
     from harness.recipe.schema import load_recipe
 
-    spread = [flag for flag, value in (("--devices", devices), ("--launcher", launcher)) if value]
+    spread = [flag for flag, value in (("--devices", devices), ("--launcher", launcher), ("--ddp", ddp)) if value]
     if len(spread) > 1 or (spread and (estimate or device and devices)):
         clash = spread + (["--estimate"] if estimate else []) + (["--device"] if device and devices else [])
         raise BenchError(f"{' and '.join(clash[:2])} cannot be used together")
     plugins = _plugins(ctx)
     resolved = load_recipe(recipe, plugins, profile or [], set_ or [])
     request = RunRequest(resolved, results, name, resume, device, estimate, folds=_parse_folds(folds))
+    if ddp:
+        from harness.distribute.ddp import launch
+        from harness.engine.run import check_folds, check_startable
+
+        check_folds(request.folds, resolved.folds.k)  # what every process would refuse, refused once here
+        check_startable(request)
+        if resolved.train.batch_size % ddp:
+            raise BenchError(f"train.batch_size {resolved.train.batch_size} cannot be shared by {ddp} processes "
+                             f"(--ddp): make it a multiple of {ddp}")
+        launch(ddp, _bench_args(ctx) + [
+            "run", str(recipe), *[f"--profile={p}" for p in profile or []], *[f"--set={s}" for s in set_ or []],
+            "--results", str(results), *(["--name", name] if name else []), *(["--resume"] if resume else []),
+            *(["--device", device] if device else []), *(["--folds", folds] if folds else [])], device)
+        return
     if spread:
         from harness.distribute import folds as spread_folds
         from harness.engine.run import run_folder
@@ -196,7 +213,10 @@ def run_command(
         folder = spread_folds.train_folds(request, start, console)
     else:
         folder = run(request, plugins, console)
-    if not estimate:
+    from harness.engine.distributed import ranks_from_environment
+
+    ranks = ranks_from_environment()
+    if not estimate and (ranks is None or ranks.main):  # under --ddp, rank 0 speaks for all
         _say_run_result(resolved.name, folder)
 
 

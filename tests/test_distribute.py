@@ -114,6 +114,8 @@ def test_submitit_local_executor_runs_the_folds_as_jobs(project, reference):
     (["--devices", "cpu", "--estimate"], "--devices and --estimate cannot be used together"),
     (["--launcher", "pbs"], "--launcher pbs: expected slurm or local"),
     (["--launcher", "slurm"], "--launcher slurm needs --slurm-partition"),
+    (["--ddp", "3"], "train.batch_size 8 cannot be shared by 3 processes (--ddp): make it a multiple of 3"),
+    (["--ddp", "2", "--devices", "cpu"], "--devices and --ddp cannot be used together"),
 ])
 def test_bad_spreads_are_one_line_and_write_nothing(bench, tiny_recipe, synthetic_set, tmp_path, args, says):
     recipe = tiny_recipe(tmp_path / "tiny.toml", synthetic_set)
