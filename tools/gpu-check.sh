@@ -85,6 +85,21 @@ assert one["complete"] and spread["complete"]
 print(f"out-of-fold Dice: one process {one['"'"'oof_dice'"'"']:.4f}, one worker a device {spread['"'"'oof_dice'"'"']:.4f}")
 assert abs(one["oof_dice"] - spread["oof_dice"]) < 0.02, "the folds spread over devices should train alike"' "$OUT"
 
+# 3b. each fold trained by several processes (--ddp): on the GPUs when there are two or more (one lent
+#     GPU cannot show it), on the CPU in the rehearsal
+processes=$(( $(tr -cd , <<< "$gpus" | wc -c) + 1 ))
+if [ "$processes" -ge 2 ]; then
+    step 300 bench run "$repo/recipes/alexander.toml" --profile quick --ddp "$processes" --device "$device" \
+        "${tiny[@]}" --results "$OUT/runs" --name quick-ddp
+    step 30 "$python" -c '
+import json, sys
+run = json.load(open(f"{sys.argv[1]}/runs/quick-ddp/summary.json"))
+assert run["complete"] and json.load(open(f"{sys.argv[1]}/runs/quick-ddp/environment.json"))["ddp"]["processes"] >= 2
+print(f"--ddp: out-of-fold Dice {run['"'"'oof_dice'"'"']:.4f}")' "$OUT"
+else
+    echo "== --ddp skipped: one GPU"
+fi
+
 # 4. throughput of the three recipes (on the GPU at full resolution, with their own batch sizes)
 for recipe in vladimir alexander artsiom; do
     if [ "$mode" = gpu ]; then
