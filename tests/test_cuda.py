@@ -7,6 +7,7 @@ a lent GPU machine.
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -28,6 +29,11 @@ def test_a_half_precision_run_learns_on_cuda(bench, synthetic_set, tmp_path, tin
     assert done.code == 0, done.err
     summary = json.loads((results / precision / "summary.json").read_text())
     assert summary["oof_dice"] > 0.6 and "cuda" in summary["device"]
+    scales = [fold.get("grad_scale") for fold in summary["folds"]]
+    if precision == "fp16":  # the GradScaler really scaled: a power of two above 1 (it starts at 65536)
+        assert all(scale is not None and scale > 1 and math.log2(scale).is_integer() for scale in scales), scales
+    else:
+        assert scales == [None, None], "bf16 needs no loss scaling"
 
 
 def test_cuda_prediction_agrees_with_the_cpu(bench, synthetic_set, tmp_path, tiny_recipe):

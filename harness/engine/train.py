@@ -170,7 +170,7 @@ def train_fold(setup: FoldSetup, reporter: Reporter) -> dict[str, Any]:
         model.eval()
         state.oof_dice = _validate(model, setup, setup.validation)["val_dice"]
         state.oof_epoch = state.best_epoch
-    summary = _finish(setup, state)
+    summary = _finish(setup, state, scaler)
     if setup.ranks is not None:
         setup.ranks.barrier()
     return summary
@@ -363,7 +363,7 @@ def _stop(setup: FoldSetup, epoch: int, index: int, loss: float) -> None:
                           "Lower optimizer.lr, set train.grad_clip, or use train.precision = 'fp32'")
 
 
-def _finish(setup: FoldSetup, state: TrainState) -> dict[str, Any]:
+def _finish(setup: FoldSetup, state: TrainState, scaler) -> dict[str, Any]:
     per_image = setup.folder.per_image_last.read_text()
     atomic_write(setup.folder.per_image, lambda handle: handle.write(per_image.encode()))
     summary = {
@@ -382,6 +382,8 @@ def _finish(setup: FoldSetup, state: TrainState) -> dict[str, Any]:
         "host": socket.gethostname(),
         "processes": 1 if setup.ranks is None else setup.ranks.world,  # --ddp: rank 0's device and host
     }
+    if scaler.is_enabled():  # fp16: the loss scale the fold ended with (65536 at the start, halved on overflow)
+        summary["grad_scale"] = scaler.get_scale()
     atomic_write_json(setup.folder.marker, summary)
     setup.folder.last.unlink(missing_ok=True)
     return summary
