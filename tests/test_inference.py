@@ -186,6 +186,18 @@ def test_bad_inputs_are_one_line(bench, trained, synthetic_set, tmp_path):
                    "written before bench predict could apply ensembles")
 
 
+def test_a_run_trained_in_fp16_predicts_on_a_cpu_in_fp32(bench, trained, synthetic_set, tmp_path):
+    """fp16 is a CUDA precision: a run trained with it (on a GPU) still predicts on a CPU, in fp32,
+    which its own weights are; here the tiny run's recipe is relabelled as a GPU run's would read."""
+    run = Path(shutil.copytree(trained, tmp_path / "run"))
+    (run / "recipe.toml").write_text((run / "recipe.toml").read_text().replace('precision = "fp32"',
+                                                                             'precision = "fp16"'))
+    result = bench("predict", run, synthetic_set / "test", "--out", tmp_path / "out", "--format", "png",
+                   "--device", "cpu", "--workers", "0")
+    assert result.code == 0 and "fp32" in result.out, result.out + result.err
+    assert expected_masks(trained).keys() == {p.stem for p in (tmp_path / "out" / "masks").glob("*.png")}
+
+
 def test_a_list_file_names_images_relative_to_itself(bench, trained, synthetic_set, tmp_path):
     images = sorted((synthetic_set / "test").glob("*.jpg"))[:3]
     shutil.copytree(synthetic_set / "test", tmp_path / "images")

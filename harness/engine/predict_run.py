@@ -121,12 +121,15 @@ def _fold_checkpoints(folder: RunFolder, recipe: Recipe) -> list[FoldFolder]:
 
 def _compute(recipe: Recipe, folder: RunFolder, device: torch.device) -> Compute:
     """The recipe's precision and memory format; for ``auto``, what the run chose when it trained on
-    this kind of device (``environment.json``), else fp32 in the default layout."""
+    this kind of device (``environment.json``), else fp32 in the default layout. A run trained in fp16,
+    a CUDA precision, predicts on a CPU in fp32: its weights are fp32 all the same."""
     precision, channels_last = recipe.train.precision, recipe.train.channels_last
     trained = _read_environment(folder)
     same_kind = str(trained.get("device", "")).startswith(device.type)
     if precision == "auto":
         precision = trained.get("precision", "fp32") if same_kind else "fp32"
+    if precision == "fp16" and device.type == "cpu":
+        precision = "fp32"
     if channels_last == "auto":
         channels_last = bool(trained.get("channels_last", False)) if same_kind else False
     check_precision(device, precision)
