@@ -137,6 +137,17 @@ def describe_epochs(rows: list[dict]) -> list[str]:
     return lines
 
 
+SlurmPartition = Annotated[Optional[str], typer.Option(help="--launcher slurm: the partition.")]
+SlurmTime = Annotated[int, typer.Option(min=1, help="--launcher: minutes a job may run.")]
+SlurmGpus = Annotated[int, typer.Option(min=0, help="--launcher slurm: GPUs a job gets.")]
+SlurmCpus = Annotated[Optional[int], typer.Option(
+    min=1, help="--launcher: CPU cores (and threads) a job gets (default: 8 on SLURM; locally, this machine's "
+                "cores shared out among the jobs).", show_default=False)]
+SlurmSetup = Annotated[Optional[list[str]], typer.Option(
+    help="--launcher slurm: a shell line run before each job, e.g. 'source .venv/bin/activate' (repeatable).",
+    show_default=False)]
+
+
 @app.command("run")
 def run_command(
     ctx: typer.Context,
@@ -160,15 +171,11 @@ def run_command(
     ddp: Annotated[Optional[int], typer.Option(
         min=2, help="Train each fold with N processes on this host (DistributedDataParallel, started as torchrun "
                     "does): one a GPU, or sharing the CPU's cores.", show_default=False)] = None,
-    slurm_partition: Annotated[Optional[str], typer.Option(help="--launcher slurm: the partition.")] = None,
-    slurm_time: Annotated[int, typer.Option(min=1, help="--launcher: minutes a fold's job may run.")] = 24 * 60,
-    slurm_gpus: Annotated[int, typer.Option(min=0, help="--launcher slurm: GPUs a fold's job gets.")] = 1,
-    slurm_cpus: Annotated[Optional[int], typer.Option(
-        min=1, help="--launcher: CPU cores (and threads) a fold's job gets (default: 8 on SLURM; locally, this "
-                    "machine's cores shared out among the jobs).", show_default=False)] = None,
-    slurm_setup: Annotated[Optional[list[str]], typer.Option(
-        help="--launcher slurm: a shell line run before each job, e.g. 'source .venv/bin/activate' "
-             "(repeatable).", show_default=False)] = None,
+    slurm_partition: SlurmPartition = None,
+    slurm_time: SlurmTime = 24 * 60,
+    slurm_gpus: SlurmGpus = 1,
+    slurm_cpus: SlurmCpus = None,
+    slurm_setup: SlurmSetup = None,
 ) -> None:
     """Train every fold of a recipe, predict out-of-fold and test images, into a run folder."""
     from harness.engine.run import RunRequest, run
@@ -271,16 +278,26 @@ def predict_command(
     merge_shards: Annotated[Optional[Path], typer.Option(
         help="Merge the finished shards in this --out folder (what the last shard does by itself).",
         show_default=False)] = None,
+    shards: Annotated[Optional[int], typer.Option(
+        min=1, help="With --launcher: submit one job per shard (each --shard i/N) and wait for them.",
+        show_default=False)] = None,
+    launcher: Annotated[Optional[str], typer.Option(
+        help="With --shards: slurm, or local (the same jobs as processes here).", show_default=False)] = None,
+    slurm_partition: SlurmPartition = None,
+    slurm_time: SlurmTime = 24 * 60,
+    slurm_gpus: SlurmGpus = 1,
+    slurm_cpus: SlurmCpus = None,
+    slurm_setup: SlurmSetup = None,
 ) -> None:
     """Apply a run's fold models, or an ensemble's runs, merger and post-processing, to images; rerun to resume."""
-    from harness.distribute import shards
+    from harness.distribute import shards as sharding
     from harness.engine.predict_run import PredictRequest, listed_images, predict
     from harness.ensemble.apply import ensemble_folder, predict_ensemble
 
     if merge_shards is not None:
         if run or images or shard:
             raise BenchError("--merge-shards DIR takes no RUN, IMAGES or --shard: it merges what the shards wrote")
-        merged = shards.merge(merge_shards)
+        merged = sharding.merge(merge_shards)
         console.print(f"merged {merged['shards']} shards into {merge_shards}: {merged['predicted']} images, "
                       f"{len(merged['skipped'])} skipped", highlight=False)
         return
@@ -290,10 +307,28 @@ def predict_command(
 
     if format_ not in FORMATS:  # before a shard writes its plan
         raise BenchError(f"--format {format_}: expected one of {', '.join(FORMATS)}")
+    if (shards is None) != (launcher is None) or (shards and shard):
+        raise BenchError("--shards N and --launcher go together (one job per shard), and without --shard i/N, "
+                         "which each job is given")
+    if launcher:
+        from harness.distribute.cluster import Cluster, predict_shards
+
+        cluster = Cluster(launcher, slurm_partition, slurm_time, slurm_gpus, slurm_cpus, slurm_setup or [], device)
+        listed = listed_images(images)  # one line now for no images, rather than one per job
+        if shards > len(listed):
+            raise BenchError(f"--shards {shards}: {len(listed)} images cannot make {shards} shards; use at most "
+                             f"{len(listed)}")
+        predict_shards(cluster, shards, _bench_args(ctx) + [
+            "predict", run, *map(str, (Path(i).absolute() for i in images)), "--out", str(out.absolute()),
+            "--format", format_, "--results", str(results.absolute()), *(["--device", device] if device else []),
+            *(["--batch-size", str(batch_size)] if batch_size else []),
+            *(["--workers", str(workers)] if workers is not None else [])], out, console)
+        console.print(f"{shards} shards predicted and merged into {out}", highlight=False)
+        return
     request = PredictRequest(run, images, out, results, format_, device, batch_size, workers)
-    part = shards.Shard.parse(shard) if shard else None
+    part = sharding.Shard.parse(shard) if shard else None
     if part is not None:
-        listing, shard_out = shards.shard_images(out, part, listed_images(images), format_)
+        listing, shard_out = sharding.shard_images(out, part, listed_images(images), format_)
         request = PredictRequest(run, [listing], shard_out, results, format_, device, batch_size, workers)
         console.print(f"shard {part.index} of {part.count} into {shard_out}", highlight=False)
     ensemble = ensemble_folder(run, results)
@@ -301,7 +336,7 @@ def predict_command(
         outcome = predict(request, _plugins(ctx), console)
     else:
         outcome = predict_ensemble(request, ensemble, _plugins(ctx), console)
-    if part is not None and shards.merge_when_complete(out):
+    if part is not None and sharding.merge_when_complete(out):
         console.print(f"every shard is finished: merged {part.count} shards into {out}", highlight=False)
     if outcome.skipped:
         raise SystemExit(1)  # after everything else is written: the skipped images are in predict.json

@@ -162,11 +162,16 @@ def test_three_shards_write_what_one_prediction_writes(bench, tiny_runs, synthet
     assert again.code == 0 and "merged 3 shards" in again.out
     if format_ == "rle":
         assert sharded.read_bytes() == one.read_bytes()
+        # the shards as jobs of submitit's local executor: the same submission again
+        jobs = bench("predict", run, images, "--out", tmp_path / "jobs", "--launcher", "local", "--shards", "2", *common)
+        assert jobs.code == 0 and jobs.out.count("-> local job") == 2, jobs.out + jobs.err
+        assert (tmp_path / "jobs" / "submission.csv.gz").read_bytes() == one.read_bytes()
 
 
 def test_bad_shards_are_one_line(bench, tiny_runs, synthetic_set, tmp_path):
     run, images = tiny_runs["unet"], synthetic_set / "test"
     for args, says in [(["--shard", "3/2"], "--shard 3/2: expected i/N with 1 <= i <= N"),
+                       (["--shards", "2"], "--shards N and --launcher go together"),
                        (["--shard", "0/2"], "--shard 0/2: expected i/N"),
                        (["--shard", "1/99"], "16 images cannot make 99 shards")]:
         result = bench("predict", run, images, "--out", tmp_path / "out", *args)

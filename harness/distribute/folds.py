@@ -44,7 +44,7 @@ class Worker:
 
 @dataclass(frozen=True)
 class Ended:
-    """How one fold's worker ended."""
+    """How one fold's worker, or one job, ended."""
 
     fold: int
     where: str  # the device, or the job
