@@ -178,6 +178,7 @@ def run_command(
     slurm_setup: SlurmSetup = None,
 ) -> None:
     """Train every fold of a recipe, predict out-of-fold and test images, into a run folder."""
+    from harness.engine.distributed import ranks_from_environment
     from harness.engine.run import RunRequest, run
     from harness.recipe.schema import load_recipe
 
@@ -188,43 +189,55 @@ def run_command(
     plugins = _plugins(ctx)
     resolved = load_recipe(recipe, plugins, profile or [], set_ or [])
     request = RunRequest(resolved, results, name, resume, device, estimate, folds=_parse_folds(folds))
+    # what every process it starts is given: the same command, less what spreads it
+    same = [*[f"--profile={p}" for p in profile or []], *[f"--set={s}" for s in set_ or []]]
     if ddp:
-        from harness.distribute.ddp import launch
-        from harness.engine.run import check_folds, check_startable
-
-        check_folds(request.folds, resolved.folds.k)  # what every process would refuse, refused once here
-        check_startable(request)
-        if resolved.train.batch_size % ddp:
-            raise BenchError(f"train.batch_size {resolved.train.batch_size} cannot be shared by {ddp} processes "
-                             f"(--ddp): make it a multiple of {ddp}")
-        launch(ddp, _bench_args(ctx) + [
-            "run", str(recipe), *[f"--profile={p}" for p in profile or []], *[f"--set={s}" for s in set_ or []],
-            "--results", str(results), *(["--name", name] if name else []), *(["--resume"] if resume else []),
-            *(["--device", device] if device else []), *(["--folds", folds] if folds else [])], device)
+        _run_with_ddp(ctx, request, ddp, ["run", str(recipe), *same, "--results", str(results),
+                                          *(["--name", name] if name else []), *(["--resume"] if resume else []),
+                                          *(["--device", device] if device else []),
+                                          *(["--folds", folds] if folds else [])])
         return
     if spread:
-        from harness.distribute import folds as spread_folds
-        from harness.engine.run import run_folder
+        from harness.distribute.cluster import Cluster
 
-        worker = spread_folds.Worker(_bench_args(ctx) + [
-            "run", str(recipe.absolute()), *[f"--profile={p}" for p in profile or []],
-            *[f"--set={s}" for s in set_ or []], "--results", str(results.absolute()),
-            "--name", run_folder(request).path.name], env={"NO_ALBUMENTATIONS_UPDATE": "1"})
-        if devices:
-            start = spread_folds.on_devices(worker, spread_folds.parse_devices(devices), console)
-        else:
-            from harness.distribute.cluster import Cluster, on_cluster
-
-            start = on_cluster(worker, Cluster(launcher, slurm_partition, slurm_time, slurm_gpus, slurm_cpus,
-                                               slurm_setup or [], device), console)
-        folder = spread_folds.train_folds(request, start, console)
+        cluster = Cluster(launcher, slurm_partition, slurm_time, slurm_gpus, slurm_cpus, slurm_setup or [], device)
+        folder = _run_spread(ctx, request, devices, cluster, [str(recipe.absolute()), *same])
     else:
         folder = run(request, plugins, console)
-    from harness.engine.distributed import ranks_from_environment
-
     ranks = ranks_from_environment()
     if not estimate and (ranks is None or ranks.main):  # under --ddp, rank 0 speaks for all
         _say_run_result(resolved.name, folder)
+
+
+def _run_with_ddp(ctx: typer.Context, request, processes: int, bench_args: list[str]) -> None:
+    """``--ddp N``: the command's input checked here once, then the command in N processes."""
+    from harness.distribute.ddp import launch
+    from harness.engine.run import check_folds, check_startable
+
+    recipe = request.recipe
+    check_folds(request.folds, recipe.folds.k)
+    check_startable(request)
+    if recipe.train.batch_size % processes:
+        raise BenchError(f"train.batch_size {recipe.train.batch_size} cannot be shared by {processes} processes "
+                         f"(--ddp): make it a multiple of {processes}")
+    launch(processes, _bench_args(ctx) + bench_args, request.device)
+
+
+def _run_spread(ctx: typer.Context, request, devices: str | None, cluster, recipe_args: list[str]) -> Path:
+    """``--devices`` or ``--launcher``: the folds trained by workers, each ``bench run ... --folds K``."""
+    from harness.distribute import folds as spread_folds
+    from harness.engine.run import run_folder
+
+    worker = spread_folds.Worker(_bench_args(ctx) + [
+        "run", *recipe_args, "--results", str(request.results.absolute()),
+        "--name", run_folder(request).path.name], env={"NO_ALBUMENTATIONS_UPDATE": "1"})
+    if devices:
+        start = spread_folds.on_devices(worker, spread_folds.parse_devices(devices), console)
+    else:
+        from harness.distribute.cluster import on_cluster
+
+        start = on_cluster(worker, cluster, console)
+    return spread_folds.train_folds(request, start, console)
 
 
 def _parse_folds(text: str | None) -> tuple[int, ...] | None:
@@ -241,6 +254,22 @@ def _bench_args(ctx: typer.Context) -> list[str]:
     """The global options of this command, for the ``bench`` processes it starts."""
     options = [arg for folder in ctx.obj["plugins_dir"] for arg in ("--plugins-dir", str(Path(folder).absolute()))]
     return options + (["--strict-plugins"] if ctx.obj["strict"] else [])
+
+
+def _predict_as_jobs(ctx: typer.Context, cluster, shards: int, run: str, images: list[Path], out: Path,
+                     options: list[str]) -> None:
+    """``--launcher L --shards N``: one job per shard, each ``bench predict ... --shard i/N``."""
+    from harness.distribute.cluster import predict_shards
+    from harness.engine.predict_run import listed_images
+
+    listed = listed_images(images)  # one line now for no images, rather than one per job
+    if shards > len(listed):
+        raise BenchError(f"--shards {shards}: {len(listed)} images cannot make {shards} shards; use at most "
+                         f"{len(listed)}")
+    predict_shards(cluster, shards, _bench_args(ctx) + [
+        "predict", run, *(str(Path(i).absolute()) for i in images), "--out", str(out.absolute()), *options],
+        out, console)
+    console.print(f"{shards} shards predicted and merged into {out}", highlight=False)
 
 
 def _say_run_result(recipe_name: str, folder: Path) -> None:
@@ -307,23 +336,18 @@ def predict_command(
 
     if format_ not in FORMATS:  # before a shard writes its plan
         raise BenchError(f"--format {format_}: expected one of {', '.join(FORMATS)}")
-    if (shards is None) != (launcher is None) or (shards and shard):
-        raise BenchError("--shards N and --launcher go together (one job per shard), and without --shard i/N, "
-                         "which each job is given")
+    if (shards is None) != (launcher is None):
+        raise BenchError("--shards N and --launcher go together: one job per shard")
+    if shards and shard:
+        raise BenchError("--shard i/N is what each job of --shards N is given: pass one or the other")
     if launcher:
-        from harness.distribute.cluster import Cluster, predict_shards
+        from harness.distribute.cluster import Cluster
 
         cluster = Cluster(launcher, slurm_partition, slurm_time, slurm_gpus, slurm_cpus, slurm_setup or [], device)
-        listed = listed_images(images)  # one line now for no images, rather than one per job
-        if shards > len(listed):
-            raise BenchError(f"--shards {shards}: {len(listed)} images cannot make {shards} shards; use at most "
-                             f"{len(listed)}")
-        predict_shards(cluster, shards, _bench_args(ctx) + [
-            "predict", run, *map(str, (Path(i).absolute() for i in images)), "--out", str(out.absolute()),
+        _predict_as_jobs(ctx, cluster, shards, run, images, out, [
             "--format", format_, "--results", str(results.absolute()), *(["--device", device] if device else []),
             *(["--batch-size", str(batch_size)] if batch_size else []),
-            *(["--workers", str(workers)] if workers is not None else [])], out, console)
-        console.print(f"{shards} shards predicted and merged into {out}", highlight=False)
+            *(["--workers", str(workers)] if workers is not None else [])])
         return
     request = PredictRequest(run, images, out, results, format_, device, batch_size, workers)
     part = sharding.Shard.parse(shard) if shard else None

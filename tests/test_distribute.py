@@ -171,7 +171,7 @@ def test_three_shards_write_what_one_prediction_writes(bench, tiny_runs, synthet
 def test_bad_shards_are_one_line(bench, tiny_runs, synthetic_set, tmp_path):
     run, images = tiny_runs["unet"], synthetic_set / "test"
     for args, says in [(["--shard", "3/2"], "--shard 3/2: expected i/N with 1 <= i <= N"),
-                       (["--shards", "2"], "--shards N and --launcher go together"),
+                       (["--shards", "2"], "--shards N and --launcher go together: one job per shard"),
                        (["--shard", "0/2"], "--shard 0/2: expected i/N"),
                        (["--shard", "1/99"], "16 images cannot make 99 shards")]:
         result = bench("predict", run, images, "--out", tmp_path / "out", *args)
