@@ -97,6 +97,19 @@ def test_a_process_killed_mid_fold_is_resumed_by_devices_cpu_cpu_and_the_run_is_
     assert_same_results(run, reference)
 
 
+def test_devices_go_on_to_the_pseudo_label_stage_and_train_each_of_its_folds_once(project, synthetic_set,
+                                                                                  tiny_recipe):
+    tiny_recipe(project / "pseudo.toml", synthetic_set, name="pseudo", epochs=1, batch_size=4, extra=(
+        "steps_per_epoch = 2\n[pseudo_label]\nuncertain = [0.05, 0.95]\nmax_uncertain_share = 1.0\nmax_images = 5"))
+    out = bench(project, "run", "pseudo.toml", "--results", "results", "--name", "pseudo", "--devices", "cpu,cpu")
+    run = project / "results" / "pseudo"
+    assert "the run: 2 folds to train" in out and "the pseudo-label stage: 2 folds to train" in out, out
+    assert (run / "summary.json").is_file() and (run / "pseudo" / "summary.json").is_file()
+    for fold in range(2):  # a first-stage worker stops at its stage: the pseudo folds are the second round's
+        assert "pseudo labelling:" not in (run / f"fold-{fold}" / "train.log").read_text()
+        assert (run / "pseudo" / f"fold-{fold}" / "train.log").read_text().count(f"fold {fold + 1}/2: val Dice") == 1
+
+
 def test_submitit_local_executor_runs_the_folds_as_jobs(project, reference):
     out = bench(project, *run_args("jobs", "--launcher", "local", "--slurm-cpus", "1"))  # one thread, as the others
     run = project / "results" / "jobs"

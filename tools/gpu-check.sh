@@ -22,7 +22,9 @@ OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/gpu-check.log") 2>&1
 started=$(date +%s)
-python=${PYTHON:-python3}
+python=$(command -v "${PYTHON:-python3}")
+case $python in /*) ;; *) python="$PWD/$python" ;; esac  # the steps run from another folder (not resolved:
+                                                          # a venv's python is a link that must stay one)
 
 step() {  # step SECONDS COMMAND...: run with a time limit; stop the script when it fails
     local limit=$1 t0 code=0

@@ -166,8 +166,10 @@ def run(request: RunRequest, plugins: Plugins, console: Console) -> Path:
     if ranks is not None:
         ranks.barrier()
     console.print(f"run {folder.path} on {compute.describe()}", highlight=False)
-    if not folder.complete() and not _train_and_assemble(stage, request.monitor, request.folds):
-        return folder.path
+    if not folder.complete():
+        assembled = _train_and_assemble(stage, request.monitor, request.folds)
+        if not assembled or request.folds is not None:  # with --folds, one stage a call: the next is
+            return folder.path                           # started again by whoever runs the folds
     if recipe.pseudo_label is not None:
         _pseudo_stage(stage, request.folds)
     return folder.path
