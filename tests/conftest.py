@@ -7,6 +7,8 @@ import os
 # Before anything imports albumentations (network ping) or rich (terminal width for tables).
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ["COLUMNS"] = "200"
+if os.environ.get("PYTEST_XDIST_WORKER"):  # make test runs a worker per core: one thread each, and their
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # subprocesses too, rather than every worker on every core
 
 import shutil
 import sys
