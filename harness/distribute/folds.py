@@ -145,11 +145,11 @@ def on_devices(worker: Worker, devices: list[str], console: Console) -> Start:
                 with open(log, "ab") as output:
                     code = subprocess.call(worker.command(fold, device), stdout=output, stderr=subprocess.STDOUT,
                                            env=env)
-                error = None if code == 0 else f"exit {code}, {last_line(log)}"
+                error = None if code == 0 else f"exit {code}, {_last_line(log)}"
                 done = Ended(fold, device, log, time.perf_counter() - began, error)
                 with lock:
                     ended.append(done)
-                    console.print(describe_end(done, stage.fold(fold)), highlight=False)
+                    console.print(_describe_end(done, stage.fold(fold)), highlight=False)
 
         threads = [threading.Thread(target=work, args=(device,), daemon=True) for device in devices]
         for thread in threads:
@@ -161,7 +161,7 @@ def on_devices(worker: Worker, devices: list[str], console: Console) -> Start:
     return start
 
 
-def describe_end(ended: Ended, fold: FoldFolder) -> str:
+def _describe_end(ended: Ended, fold: FoldFolder) -> str:
     if ended.failed or not fold.done():
         return f"fold {ended.fold} on {ended.where}: failed after {ended.seconds:.0f} s ({ended.error})"
     record = fold.read()
@@ -169,7 +169,7 @@ def describe_end(ended: Ended, fold: FoldFolder) -> str:
             f"{ended.seconds:.0f} s")
 
 
-def last_line(log: Path) -> str:
+def _last_line(log: Path) -> str:
     """The worker's own one-line error, which is the last line it wrote."""
     try:
         lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
