@@ -68,6 +68,28 @@ def test_only_the_run_folder_owner_spells_run_folder_files():
     assert any("summary.json" in text for _, text in _strings(owner))  # the check looks where they are
 
 
+def test_plugins_may_import_harness_api_and_nothing_else_of_harness():
+    """The contract's list of forbidden modules is every module and wing of harness but harness.api: one
+    added to harness (harness.distribute, harness.memory once) is forbidden to plugins from the start."""
+    import tomllib
+
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    forbidden = set(next(c for c in contracts if c["type"] == "forbidden")["forbidden_modules"])
+    modules = {f"harness.{p.stem}" for p in (ROOT / "harness").glob("*.py") if p.stem != "__init__"}
+    wings = {f"harness.{p.name}" for p in (ROOT / "harness").iterdir() if (p / "__init__.py").exists()}
+    assert forbidden == (modules | wings) - {"harness.api"}
+
+
+def test_the_public_api_is_what_plugin_authors_are_told():
+    """harness.api.__all__, pinned: a name removed breaks plugins, a name added is a promise to keep."""
+    import harness.api
+
+    assert sorted(harness.api.__all__) == [
+        "BenchError", "HubFile", "Loss", "Merge", "PostProcess", "Schedule", "UrlFile", "cached_synthetic_carvana",
+        "hookimpl", "load_encoder_weights", "smp_imagenet"]
+    assert all(hasattr(harness.api, name) for name in harness.api.__all__)
+
+
 def test_harness_is_in_wings():
     modules = sorted(p.name for p in (ROOT / "harness").glob("*.py"))
     wings = sorted(p.name for p in (ROOT / "harness").iterdir() if (p / "__init__.py").exists())

@@ -2,7 +2,7 @@
 
 A plugin is a Python module (one file in a plugins folder, or a package registered under the
 ``bench`` entry-point group) that implements some of the hooks below, marked with
-``@harness.hookimpl``. Every hook returns a mapping from a component *name* to a *factory*; a recipe
+``@hookimpl`` (``from harness.api import hookimpl``). Every hook returns a mapping from a component *name* to a *factory*; a recipe
 refers to components by name and its TOML table supplies the factory's keyword arguments::
 
     [loss]
@@ -65,8 +65,8 @@ def bench_models() -> Mapping[str, Callable[..., torch.nn.Module]]:
     unless it says ``bgr``), to logits ``(N, 1, H, W)`` at the same size.
     The harness pads or resizes inputs so that ``H`` and ``W`` are multiples of 32.
 
-    A factory that accepts ``encoder_weights: str`` should resolve it with
-    ``harness.recipe.weights`` so that ``"none"``, a local file and ``"imagenet"`` behave the same in every
+    A factory that accepts ``encoder_weights: str`` should resolve it with ``harness.api``'s
+    ``load_encoder_weights`` (or ``smp_imagenet``) so that ``"none"``, a local file and ``"imagenet"`` behave the same in every
     model (and ``"imagenet"`` fails fast offline).
 
     Example: plugins/components/nets/smp_models.py (``smp``), registered by plugins/core.py.

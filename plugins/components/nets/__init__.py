@@ -7,6 +7,6 @@
   any smp architecture and encoder.
 
 Every factory takes keyword parameters only and resolves ``encoder_weights`` with
-``harness.recipe.weights``. Submodules are imported by whoever needs them, not here, so that importing one
-network does not pay for the others (smp pulls in timm and huggingface_hub).
+``harness.api.load_encoder_weights``. Submodules are imported by whoever needs them, not here, so that
+importing one network does not pay for the others (smp pulls in timm and huggingface_hub).
 """
