@@ -1,9 +1,10 @@
 """Networks from segmentation_models_pytorch: alexander's LinkNet and any smp architecture by name.
 
 smp is asked for a randomly initialised model (``encoder_weights=None``) and the weights come from
-``harness.api`` (``smp_imagenet``, ``load_encoder_weights``), so "imagenet" fails fast offline and a local file works in every model, where
-smp itself would retry a download for half a minute. smp is imported inside the factories because
-importing it pulls in timm and huggingface_hub, and plugins are imported by every ``bench`` command.
+``harness.api`` (``smp_imagenet``, ``load_encoder_weights``), so "imagenet" fails fast offline and a
+local file works in every model, where smp itself would retry a download for half a minute. smp is
+imported inside the factories because importing it pulls in timm and huggingface_hub, and plugins are
+imported by every ``bench`` command.
 """
 
 from __future__ import annotations
