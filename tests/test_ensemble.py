@@ -17,7 +17,7 @@ from harness.data import rle
 from harness.data.carvana import data_hash, open_carvana, read_image, read_mask
 from harness.ensemble import oof_search
 from harness.data.submission import HEADER, check_submission, read_submission, write_submission
-from harness.runs.probabilities import ProbabilityMaps, binarise, quantise
+from harness.runs.probabilities import LEVEL_COUNT, ProbabilityMaps, binarise, quantise
 
 
 def fake_run(folder: Path, data_root: Path, noise: float, seed: int, splits_hash: str = "same") -> Path:
@@ -245,7 +245,7 @@ def test_blended_mixtures_move_a_share_of_the_weight_to_one_run() -> None:
 
 
 def test_greedy_step_stops_when_nothing_improves() -> None:
-    curves = np.zeros((4, 2, oof_search.LEVEL_COUNT))
+    curves = np.zeros((4, 2, LEVEL_COUNT))
     curves[:, 0, 128], curves[:, 1, 100] = 0.9, 0.8
     step = oof_search.greedy_step(curves, None, None)
     assert (step.added, step.cutoff) == (0, 128) and step.dice == pytest.approx(0.9)

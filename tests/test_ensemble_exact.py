@@ -13,7 +13,7 @@ from rich.console import Console
 from harness.ensemble import test_pass
 from harness.ensemble.test_pass import SubmissionMasks, unpoolable
 from harness.ensemble.ensemble import Ensemble, Post, write_test_submission
-from harness.ensemble.exact import LEVELS
+from harness.ensemble.exact import ALL_LEVELS
 from harness.ensemble.members import Group, open_runs
 from harness.runs.folder import Run, RunFolder, Summary
 from harness.runs.probabilities import ProbabilityMaps, quantise
@@ -71,7 +71,7 @@ def test_exact_merge_is_the_float_path_bit_for_bit(crafted, grouped, weights, cu
     ensemble = Ensemble(_members(crafted, grouped), weights, merging.mean(), cutoff, [])
     masks = SubmissionMasks(ensemble)
     assert masks.exact is not None and masks.exact.threshold == cutoff  # convex: the table is the identity
-    assert np.array_equal(quantise(masks.exact.table), LEVELS)
+    assert np.array_equal(quantise(masks.exact.table), ALL_LEVELS)
     widths = set()
     for image_id in crafted[0].test.ids:
         split = masks.exact.disagreement([run.test.quantised(image_id) for run in masks.runs])

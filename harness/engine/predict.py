@@ -18,6 +18,7 @@ import torch
 from harness.data.geometry import Fit
 from harness.data.tiling import Tiling, predict_tiled
 from harness.engine.device import Compute
+from harness.runs.probabilities import TOP_LEVEL
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -88,7 +89,6 @@ def variant_logits(
 
 
 FOLD_AVERAGES = ("uint8_floor", "uint8_round")
-LEVELS = 255  # uint8 levels 0..255, as the originals wrote their PNGs (and as harness.runs stores maps)
 
 
 def merge_folds(maps: torch.Tensor, fold_average: str | None = None) -> torch.Tensor:
@@ -107,7 +107,7 @@ def merge_folds(maps: torch.Tensor, fold_average: str | None = None) -> torch.Te
     """
     if fold_average is None:
         return maps.mean(0)
-    scaled = maps.float() * LEVELS
+    scaled = maps.float() * TOP_LEVEL
     if fold_average == "uint8_floor":
         total = torch.floor(scaled).sum(0)  # integers <= 255 * M: exact in float32
         merged = torch.div(total, maps.shape[0], rounding_mode="floor")
@@ -115,14 +115,14 @@ def merge_folds(maps: torch.Tensor, fold_average: str | None = None) -> torch.Te
         merged = torch.round(torch.round(scaled).sum(0) / maps.shape[0])
     else:
         raise ValueError(f"fold_average {fold_average!r}: expected one of {FOLD_AVERAGES} or None")
-    return merged / LEVELS
+    return merged / TOP_LEVEL
 
 
 def quantised(probability: torch.Tensor) -> torch.Tensor:
     """``harness.runs.probabilities.quantise`` on the device: uint8 ``round(p * 255)``, the same levels bit
     for bit (float32 clamp and product, halves rounded to even in both), and a quarter of the bytes to
     copy back to the host."""
-    return probability.clamp(0.0, 1.0).mul_(LEVELS).round_().to(torch.uint8)
+    return probability.clamp(0.0, 1.0).mul_(TOP_LEVEL).round_().to(torch.uint8)
 
 
 def combine(

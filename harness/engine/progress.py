@@ -23,7 +23,7 @@ MEASURED_STEPS = 3
 
 
 @dataclass
-class Workload:
+class WorkLeft:
     """How much work the run has left, to turn seconds per step into a duration."""
 
     folds: int  # left to train
@@ -47,7 +47,7 @@ def format_duration(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
-def estimate_seconds(step_seconds: float, work: Workload) -> float:
+def estimate_seconds(step_seconds: float, work: WorkLeft) -> float:
     """Training steps, plus forward passes for validation every epoch (and of the whole fold once more
     when epochs validate a sample of it) and for the test set.
 
@@ -73,7 +73,7 @@ class SpeedColumn(ProgressColumn):
 class ConsoleReporter:
     """A rich progress bar on a terminal, one line per epoch otherwise (logs, CI)."""
 
-    def __init__(self, console: Console, work: Workload, on_estimate: Callable[[float], None] | None = None):
+    def __init__(self, console: Console, work: WorkLeft, on_estimate: Callable[[float], None] | None = None):
         self.console, self.work, self.on_estimate = console, work, on_estimate
         self.live = console.is_terminal
         self.progress: Progress | None = None

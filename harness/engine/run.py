@@ -38,7 +38,7 @@ from harness.engine.environment import describe_environment
 from harness.engine.inference import Predictor, predict_images
 from harness.engine.outputs import MapStore
 from harness.engine.predict import TTA
-from harness.engine.progress import ConsoleReporter, Workload
+from harness.engine.progress import ConsoleReporter, WorkLeft
 from harness.engine.pseudo import Joined, PseudoLabelled, Selection, select_confident
 from harness.engine.train import FoldSetup, Validation, train_fold
 from harness.errors import BenchError
@@ -358,7 +358,7 @@ def _train_folds(stage: _Stage, monitor: RunMonitor | None = None, extra: Pseudo
         batch = recipe.train.batch_size
         largest_fold = max(len(splits.training_images(dataset, f)) for f in pending) + len(extra_idx)
         val_images = len(dataset.train) // splits.k
-        work = Workload(
+        work = WorkLeft(
             folds=len(pending), epochs=recipe.train.epochs,
             steps_per_epoch=-(-_samples_per_epoch(recipe, largest_fold) // batch),
             batch_size=batch, val_images_per_fold=val_images,

@@ -54,7 +54,7 @@ from harness.recipe.components import build, validate_params
 from harness.recipe.hookspecs import Merge, PostProcess
 from harness.recipe.plugins import Plugins, UnknownComponent
 from harness.runs.folder import PER_IMAGE_FILE, Run, RunFolder, resolve_runs, resolve_targets, skipped_line
-from harness.runs.probabilities import binarise, quantise
+from harness.runs.probabilities import LEVEL_COUNT, binarise, quantise
 
 T = TypeVar("T")
 MAX_POSTPROCESSORS = 4  # every ordered subset is scored in one pass: 2^4 masks per image at most
@@ -305,7 +305,7 @@ def _curves(runs: list[Run], dataset: CarvanaSet, merge: Merge, mixtures: list[d
     ``pooled``: only the mean over images, mixtures x 256 (float64), whatever the number of images.
     """
     ids = runs[0].oof.ids
-    shape = (len(mixtures), oof_search.LEVEL_COUNT) if pooled else (len(ids), len(mixtures), oof_search.LEVEL_COUNT)
+    shape = (len(mixtures), LEVEL_COUNT) if pooled else (len(ids), len(mixtures), LEVEL_COUNT)
     curves = np.zeros(shape, dtype=np.float64 if pooled else np.float32)
     needed = sorted({run for mixture in mixtures for run, weight in mixture.items() if weight > 0})
     for i, image_id in enumerate(_track(ids, f"out-of-fold, {label}", console)):
@@ -592,8 +592,8 @@ def build_component(plugins: Plugins, kind: str, name: str, params: dict, where:
 
 def _cutoff(threshold: float, where: str = "--threshold") -> int:
     """The uint8 cutoff ``binarise`` uses for ``threshold`` (asked of it, so the two cannot drift apart)."""
-    cutoff = int(np.count_nonzero(~binarise(np.arange(oof_search.LEVEL_COUNT, dtype=np.uint8), threshold)))
-    if cutoff in (0, oof_search.LEVEL_COUNT):
+    cutoff = int(np.count_nonzero(~binarise(np.arange(LEVEL_COUNT, dtype=np.uint8), threshold)))
+    if cutoff in (0, LEVEL_COUNT):
         raise BenchError(f"{where} {threshold}: marks every pixel or none on the uint8 scale")
     return cutoff
 

@@ -36,9 +36,9 @@ import numpy as np
 
 from harness.ensemble.members import plain_mean
 from harness.recipe.hookspecs import Merge
-from harness.runs.probabilities import TOP_LEVEL, levels_to_float, quantise
+from harness.runs.probabilities import LEVEL_COUNT, levels_to_float, quantise
 
-LEVELS = np.arange(TOP_LEVEL + 1, dtype=np.uint8)
+ALL_LEVELS = np.arange(LEVEL_COUNT, dtype=np.uint8)  # every stored level, 0..255
 
 
 @dataclass(frozen=True)
@@ -73,10 +73,10 @@ class ExactMerge:
         """The exact merge, or ``None`` when the merger does not declare itself pixelwise (take the float path)."""
         if not getattr(merge, "pixelwise", False):
             return None
-        table = _float_path([LEVELS] * sum(sizes), tuple(sizes), list(weights), merge)
+        table = _float_path([ALL_LEVELS] * sum(sizes), tuple(sizes), list(weights), merge)
         passes = quantise(table) >= cutoff
         start = int(np.count_nonzero(~passes))
-        threshold = start if np.array_equal(passes, LEVELS >= start) else None
+        threshold = start if np.array_equal(passes, ALL_LEVELS >= start) else None
         return cls(tuple(sizes), tuple(weights), merge, cutoff, table, passes, threshold)
 
     def disagreement(self, levels: Sequence[np.ndarray]) -> Disagreement:

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-LEVEL_COUNT = 256  # the uint8 levels of a stored probability (0..255), one bin each
+from harness.runs.probabilities import LEVEL_COUNT
+
 SEED_CUTOFF = 128  # p >= 0.5 on the uint8 scale (harness.runs.probabilities.binarise)
 _WORSE = 1e-9  # a per-image Dice drop below this is float noise, not an image made worse
 

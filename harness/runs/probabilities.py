@@ -48,6 +48,7 @@ from harness.errors import BenchError
 from harness.io import atomic_write_json, cannot_write, remove_stale_temporaries
 
 TOP_LEVEL = 255  # probabilities are stored as round(p * TOP_LEVEL), uint8 levels 0..255
+LEVEL_COUNT = TOP_LEVEL + 1  # how many levels there are: a histogram over levels has this many bins
 ZSTD_LEVEL = 3
 INDEX = "index.json"
 SUFFIX = ".zst"
