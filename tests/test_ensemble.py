@@ -386,6 +386,10 @@ def test_a_glob_over_a_results_folder_skips_what_holds_no_run(bench, noisy_runs,
     twice = bench("ensemble", results / "a", results / "benchmarks", "--out", tmp_path / "ens4")
     assert f"{results / 'benchmarks' / 'a'} (a run of the same name is listed: {results / 'a'})" \
         in twice.out.replace("\n", " ")
+    # results/* lists results/benchmarks first: the run results/* names itself still wins over the one inside
+    glob_first = bench("ensemble", results / "benchmarks", results / "a", "--out", tmp_path / "ens5")
+    assert f"{results / 'benchmarks' / 'a'} (a run of the same name is listed: {results / 'a'})" \
+        in glob_first.out.replace("\n", " ")
     only_notes = bench("ensemble", results / "notes.txt", "--out", tmp_path / "ens3")
     assert only_notes.code == 2 and "notes.txt (not a folder): no run folder" in only_notes.err
 

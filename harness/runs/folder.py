@@ -305,6 +305,7 @@ def resolve_targets(targets: list[str], results: Path) -> Targets:
     always an error: that one is a typo.
     """
     found: dict[str, Path] = {}
+    named: set[str] = set()  # runs a target names itself, not found inside a folder of runs
     skipped: list[str] = []
     for target in targets or [str(results)]:
         if glob.has_magic(target):
@@ -319,26 +320,28 @@ def resolve_targets(targets: list[str], results: Path) -> Targets:
                 skipped.append(f"{match} ({'no run in it' if os.path.isdir(match) else 'not a folder'})")
             for run in runs:
                 found.setdefault(str(run.resolve()), run)
-    kept, same_names = _one_per_name(list(found.values()))
+                if run == Path(match):
+                    named.add(str(run.resolve()))
+    kept, same_names = _one_per_name(list(found.values()), named)
     if targets and not found:
         raise BenchError(f"{', '.join(skipped)}: no run folder (a run folder holds recipe.toml from its start; "
                          "an unfinished one is finished by bench run --resume)")
     return Targets(kept, skipped + same_names if targets else same_names)
 
 
-def _one_per_name(runs: list[Path]) -> tuple[list[Path], list[str]]:
-    """The first run of each name, and the others as "PATH (why)": a run is named by its folder in
-    every table and key, so a second folder of the same name (``results/ablate/x`` beside
-    ``results/x``) could not be told apart from the first."""
-    kept: dict[str, Path] = {}
-    skipped = []
-    for run in runs:
-        name = RunFolder(run).name
-        if name in kept:
-            skipped.append(f"{run} (a run of the same name is listed: {kept[name]})")
-        else:
-            kept[name] = run
-    return list(kept.values()), skipped
+def _one_per_name(runs: list[Path], named: set[str]) -> tuple[list[Path], list[str]]:
+    """One run of each name, and the others as "PATH (why)": a run is named by its folder in every
+    table and key, so a second folder of the same name (``results/ablate/x`` beside ``results/x``)
+    could not be told apart from the first. A run a target names itself (``results/x``, which
+    ``results/*`` names) wins over one found inside a folder of runs (``results/ablate``), then the
+    first given; the runs kept stay in the order given."""
+    first: dict[str, Path] = {}
+    for run in sorted(runs, key=lambda r: str(r.resolve()) not in named):  # stable: named ones first
+        first.setdefault(RunFolder(run).name, run)
+    kept = [run for run in runs if first[RunFolder(run).name] is run]
+    skipped = [f"{run} (a run of the same name is listed: {first[RunFolder(run).name]})"
+               for run in runs if first[RunFolder(run).name] is not run]
+    return kept, skipped
 
 
 def is_run_folder(path: Path) -> bool:
