@@ -182,7 +182,8 @@ def run_command(
     from harness.engine.run import RunRequest, run
     from harness.recipe.schema import load_recipe
 
-    spread = [flag for flag, value in (("--devices", devices), ("--launcher", launcher), ("--ddp", ddp)) if value]
+    spread = [flag for flag, value in (("--devices", devices), ("--launcher", launcher), ("--ddp", ddp))
+              if value is not None]  # --devices "" is a bad value, not no value
     if len(spread) > 1 or (spread and (estimate or device and devices)):
         clash = spread + (["--estimate"] if estimate else []) + (["--device"] if device and devices else [])
         raise BenchError(f"{' and '.join(clash[:2])} cannot be used together")
@@ -191,7 +192,7 @@ def run_command(
     request = RunRequest(resolved, results, name, resume, device, estimate, folds=_parse_folds(folds))
     # what every process it starts is given: the same command, less what spreads it
     same = [*[f"--profile={p}" for p in profile or []], *[f"--set={s}" for s in set_ or []]]
-    if ddp:
+    if ddp is not None:
         _run_with_ddp(ctx, request, ddp, ["run", str(recipe), *same, "--results", str(results),
                                           *(["--name", name] if name else []), *(["--resume"] if resume else []),
                                           *(["--device", device] if device else []),
@@ -231,7 +232,7 @@ def _run_spread(ctx: typer.Context, request, devices: str | None, cluster, recip
     worker = spread_folds.Worker(_bench_args(ctx) + [
         "run", *recipe_args, "--results", str(request.results.absolute()),
         "--name", run_folder(request).path.name], env={"NO_ALBUMENTATIONS_UPDATE": "1"})
-    if devices:
+    if devices is not None:
         start = spread_folds.on_devices(worker, spread_folds.parse_devices(devices), console)
     else:
         from harness.distribute.cluster import on_cluster
@@ -259,13 +260,12 @@ def _bench_args(ctx: typer.Context) -> list[str]:
 def _predict_as_jobs(ctx: typer.Context, cluster, shards: int, run: str, images: list[Path], out: Path,
                      options: list[str]) -> None:
     """``--launcher L --shards N``: one job per shard, each ``bench predict ... --shard i/N``."""
+    from harness.distribute import shards as sharding
     from harness.distribute.cluster import predict_shards
     from harness.engine.predict_run import listed_images
 
-    listed = listed_images(images)  # one line now for no images, rather than one per job
-    if shards > len(listed):
-        raise BenchError(f"--shards {shards}: {len(listed)} images cannot make {shards} shards; use at most "
-                         f"{len(listed)}")
+    # one line now for no images or too many shards, rather than one per job
+    sharding.check_count(f"--shards {shards}", shards, len(listed_images(images)))
     predict_shards(cluster, shards, _bench_args(ctx) + [
         "predict", run, *(str(Path(i).absolute()) for i in images), "--out", str(out.absolute()), *options],
         out, console)
@@ -338,9 +338,9 @@ def predict_command(
         raise BenchError(f"--format {format_}: expected one of {', '.join(FORMATS)}")
     if (shards is None) != (launcher is None):
         raise BenchError("--shards N and --launcher go together: one job per shard")
-    if shards and shard:
+    if shards is not None and shard is not None:
         raise BenchError("--shard i/N is what each job of --shards N is given: pass one or the other")
-    if launcher:
+    if launcher is not None:
         from harness.distribute.cluster import Cluster
 
         cluster = Cluster(launcher, slurm_partition, slurm_time, slurm_gpus, slurm_cpus, slurm_setup or [], device)
@@ -350,7 +350,7 @@ def predict_command(
             *(["--workers", str(workers)] if workers is not None else [])])
         return
     request = PredictRequest(run, images, out, results, format_, device, batch_size, workers)
-    part = sharding.Shard.parse(shard) if shard else None
+    part = sharding.Shard.parse(shard) if shard is not None else None
     if part is not None:
         listing, shard_out = sharding.shard_images(out, part, listed_images(images), format_)
         request = PredictRequest(run, [listing], shard_out, results, format_, device, batch_size, workers)

@@ -124,6 +124,7 @@ def test_submitit_local_executor_runs_the_folds_as_jobs(project, reference):
     (["--devices", "cuda:0"], "--devices cuda:0: CUDA is not available on this machine"),
     (["--devices", "cuda,cuda:0"], "--devices names cuda:0 twice: one fold per GPU"),
     (["--devices", "cpu,gpu"], "--devices gpu: expected cpu, cuda or cuda:N"),
+    (["--devices", ""], "--devices '': expected devices separated by commas"),
     (["--devices", "cpu", "--estimate"], "--devices and --estimate cannot be used together"),
     (["--launcher", "pbs"], "--launcher pbs: expected slurm or local"),
     (["--launcher", "slurm"], "--launcher slurm needs --slurm-partition"),
@@ -194,3 +195,6 @@ def test_bad_shards_are_one_line(bench, tiny_runs, synthetic_set, tmp_path):
     assert result.code == 2 and "shard 2 of 2 not finished" in result.err, result.err
     result = bench("predict", run, images, "--out", tmp_path / "out", "--shard", "1/3", "--workers", "0")
     assert result.code == 2 and "holds the shards of another prediction" in result.err, result.err
+    (tmp_path / "out" / "shards" / "plan.json").write_text('{"shards": 2}')  # edited by hand
+    result = bench("predict", "--merge-shards", tmp_path / "out")
+    assert result.code == 2 and "not a plan of shards" in result.err, result.err

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from harness.data.image_files import ImageFile
 from harness.data.submission import read_submission, write_submission
+from harness.engine.outputs import FORMATS
 from harness.errors import BenchError
 from harness.io import atomic_write_json, atomic_write_text, write_once_json
 from harness.runs.folder import read_json
@@ -54,9 +55,7 @@ def shard_images(out: Path, shard: Shard, images: list[ImageFile], format_: str)
     One line when ``out`` holds the shards of another prediction (other images, shard count or format).
     """
     folder = out / SHARDS
-    if shard.count > len(images):
-        raise BenchError(f"--shard {shard.index}/{shard.count}: {len(images)} images cannot make {shard.count} shards; "
-                         f"use at most {len(images)}")
+    check_count(f"--shard {shard.index}/{shard.count}", shard.count, len(images))
     plan = {"shards": shard.count, "format": format_, "images": [image.image_id for image in images]}
     folder.mkdir(parents=True, exist_ok=True)
     if write_once_json(folder / "plan.json", plan) != plan:
@@ -65,6 +64,12 @@ def shard_images(out: Path, shard: Shard, images: list[ImageFile], format_: str)
     listing = folder / f"{shard.name}.txt"
     atomic_write_text(listing, "".join(f"{image.path.absolute()}\n" for image in shard.of(images)))
     return listing, folder / shard.name
+
+
+def check_count(flag: str, shards: int, images: int) -> None:
+    """Every shard has an image to predict."""
+    if shards > images:
+        raise BenchError(f"{flag}: {images} images cannot make {shards} shards; use at most {images}")
 
 
 def merge_when_complete(out: Path) -> bool:
@@ -108,7 +113,12 @@ def _plan(out: Path) -> dict:
     path = out / SHARDS / "plan.json"
     if not path.is_file():
         raise BenchError(f"{out}: holds no shards (no {SHARDS}/plan.json); bench predict --shard i/N writes them")
-    return read_json(path)
+    plan = read_json(path)
+    if not (isinstance(plan.get("shards"), int) and plan["shards"] >= 1 and plan.get("format") in FORMATS
+            and isinstance(plan.get("images"), list)):
+        raise BenchError(f"{path}: not a plan of shards (expected shards, format and images); run the shards "
+                         "again into a new --out")
+    return plan
 
 
 def _missing(out: Path, plan: dict) -> list[str]:
