@@ -111,7 +111,7 @@ def test_resolved_recipe_round_trips(plugins, tmp_path):
         ("epochs = 2", "epochs = 2\nsteps_per_epoch = 0", "key 'train.steps_per_epoch': Input should be greater than or equal to 1"),
         ("[train]", "[input]\nfit = 'resize'\nsize = 16\n[train]",
          "key 'input.size' fits none of its forms: Input should be a valid tuple; Input should be greater than or "
-         "equal to 32; Input should be 'original' (got 16)"),
+         "equal to 32; Input should be 'original' or 'objects' (got 16)"),
         ("[train]", "[tune.space]\n'optimizer.lr' = { type = 'float', low = 'x', high = 1.0 }\n[train]",
          "key 'tune.space.optimizer.lr.float.low': Input should be a valid number"),
         ("[train]", "[folds]\nmethod = 'file'\n[train]", "key 'folds.file': method 'file' needs folds.file"),
@@ -224,7 +224,7 @@ def test_bench_show_prints_resolved_toml(bench):
     result = bench("show", REPO / "recipes/alexander.toml", "--profile", "quick", "--set", "train.epochs=2")
     assert result.code == 0, result.err
     resolved = tomllib.loads(result.out)
-    assert resolved["train"]["epochs"] == 2 and resolved["model"]["encoder_weights"] == "none"
+    assert resolved["train"]["epochs"] == 2 and resolved["model"]["encoder_weights"] == "auto"
     assert "profiles" not in resolved
 
 

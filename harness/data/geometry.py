@@ -2,8 +2,8 @@
 
 The networks need sides that are multiples of 32; Carvana's 1918 is not. Two ways, as the seed
 teams did: pad (reflect or zero) to a multiple of 32 and crop back, or resize to a fixed input and
-upsample the logits bilinearly back (artsiom). A third resizes each image by its short side, so a
-quick profile costs the same whatever the data's resolution. Training and prediction use these
+upsample the logits bilinearly back (artsiom). A third resizes each image by its short side, or by
+a factor chosen from the size of the objects in the masks (``harness.engine.choices``). Training and prediction use these
 same functions, so a model never sees a different geometry at test time than it trained on.
 
 Padding is centred by default (``input.pad_side = "centre"``: vladimir's 1 px left and 1 px right,
@@ -45,6 +45,7 @@ class Fit:
     size: tuple[int, int] | None  # (width, height) of the network input; None: the image's own
     pad_mode: Literal["reflect", "constant"] = "constant"
     short_side: int | None = None  # resize: the image scaled so its short side is about this
+    scale: float | None = None  # resize: the image scaled by this factor (input.size = "objects")
     pad_side: Literal["centre", "right"] = "centre"  # pad: split evenly, or all on the right and bottom
     mask_interpolation: Literal["nearest", "linear"] = "nearest"  # resize: how a mask is resampled
     align_corners: bool = False  # resize: of the bilinear upsampling of logits in ``restore``
@@ -53,8 +54,8 @@ class Fit:
         """(height, width) the network sees for an image of this size."""
         if self.size is not None:
             return self.size[1], self.size[0]
-        if self.short_side is not None:
-            scale = self.short_side / min(height, width)
+        if self.short_side is not None or self.scale is not None:
+            scale = self.scale if self.scale is not None else self.short_side / min(height, width)
             return _round_nearest(height * scale), _round_nearest(width * scale)
         return _round_up(height), _round_up(width)
 
@@ -105,3 +106,11 @@ def _pads(height: int, width: int, target_h: int, target_w: int, side: str = "ce
         return 0, target_h - height, 0, target_w - width
     top, left = (target_h - height) // 2, (target_w - width) // 2
     return top, target_h - height - top, left, target_w - width - left
+
+
+def crop_shape(crop: tuple[int, int] | None, height: int, width: int) -> tuple[int, int]:
+    """(height, width) of a training crop ``crop`` = (width, height) of an input of this shape: the
+    crop, cut down to the input where the input is smaller; the input itself without a crop."""
+    if crop is None:
+        return height, width
+    return min(crop[1], height), min(crop[0], width)

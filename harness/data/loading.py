@@ -26,10 +26,11 @@ import torch
 from PIL import Image
 
 from harness.data.carvana import CarvanaSet, read_image, read_mask
-from harness.data.geometry import Fit
+from harness.data.geometry import Fit, crop_shape
 from harness.data.image_files import to_chw
 from harness.errors import BenchError
 
+CROP_STREAM = 1  # seeds a sample's crop apart from its augmentation
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # input.normalize -> (mean, std) per RGB channel, on the 0..1 scale; "none" has always meant x / 255
@@ -107,10 +108,11 @@ class TrainingSamples(torch.utils.data.Dataset):
     """
 
     def __init__(self, images: Images, indices: Sequence[int], augment: PhasedAugment | A.Compose | None, fit: Fit,
-                 seed: int, augment_on_input: bool = False):
+                 seed: int, augment_on_input: bool = False, crop: tuple[int, int] | None = None):
         self.images, self.indices, self.fit, self.seed = images, list(indices), fit, seed
         self.augment = augment if isinstance(augment, PhasedAugment) else PhasedAugment([(0, augment)])
         self.augment_on_input = augment_on_input  # input.augment_on: after the fit instead of before it
+        self.crop = crop  # input.crop: (width, height) of a random window of the fitted sample, or None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -130,7 +132,20 @@ class TrainingSamples(torch.utils.data.Dataset):
             image, mask = out["image"], out["mask"]
         if not self.augment_on_input:
             image, mask = self.fit.array(image), self.fit.array(mask, is_mask=True)
+        if self.crop is not None:
+            image, mask = self._cropped(image, mask, sample_seed(self.seed, draw, index, CROP_STREAM))
         return to_chw(image), torch.from_numpy(np.ascontiguousarray(mask))[None]
+
+    def _cropped(self, image: np.ndarray, mask: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """A window of ``crop`` at a uniformly drawn position, the same in image and mask. Uniform, not
+        biased to the objects as nnU-Net's foreground oversampling: the sets this serves have objects
+        in most windows (nuclei everywhere, a car in most of the frame)."""
+        height, width = crop_shape(self.crop, *image.shape[:2])
+        rng = np.random.default_rng(seed)
+        top = int(rng.integers(0, image.shape[0] - height + 1))
+        left = int(rng.integers(0, image.shape[1] - width + 1))
+        window = (slice(top, top + height), slice(left, left + width))
+        return image[window], mask[window]
 
 
 class EpochSampler(torch.utils.data.Sampler):

@@ -22,6 +22,7 @@ from harness.data.carvana import CarvanaSet, open_carvana
 from harness.data.geometry import CV2_INTERPOLATIONS, Fit
 from harness.data.loading import Normalise
 from harness.engine import compute_choice
+from harness.engine.choices import Choices
 from harness.engine.device import Compute, set_tf32
 from harness.errors import BenchError
 from harness.recipe import components
@@ -38,6 +39,7 @@ class Assembly:
 
     recipe: Recipe
     plugins: Plugins
+    choices: Choices = Choices()  # what the run decided from its data and machine (harness.engine.choices)
 
     def build(self, kind: str, key: str, spec: ComponentSpec, *runtime_args: Any,
               params: dict[str, Any] | None = None) -> Any:
@@ -48,10 +50,12 @@ class Assembly:
 
     def model(self, pretrained: bool = True) -> torch.nn.Module:
         """The network; without pretrained weights when only its shape and speed matter."""
-        return self.build("model", "model", self.recipe.model, params=self._model_params(pretrained))
+        return self.build("model", "model", self.recipe.model, params=self.model_params(pretrained))
 
-    def _model_params(self, pretrained: bool) -> dict[str, Any]:
+    def model_params(self, pretrained: bool) -> dict[str, Any]:
         params = dict(self.recipe.model.params)
+        if params.get("encoder_weights") == "auto" and self.choices.encoder_weights is not None:
+            params["encoder_weights"] = self.choices.encoder_weights
         if not pretrained and "encoder_weights" in params:
             params["encoder_weights"] = "none"
         return params
@@ -119,7 +123,7 @@ class Assembly:
 
     def fit_for(self, dataset: CarvanaSet) -> Fit:
         """The recipe's fit, checked against every image size of the data."""
-        fit = recipe_fit(self.recipe)
+        fit = recipe_fit(self.recipe, self.choices)
         for height, width in set(dataset.sizes.values()):
             problem = fit.check(height, width)
             if problem:
@@ -136,7 +140,7 @@ class Assembly:
         """The recipe's training step as ``harness.engine.compute_choice`` times it: its model without
         pretrained weights (speed does not depend on their values), loss and optimizer, at its input
         size and batch."""
-        recipe, model_params = self.recipe, self._model_params(pretrained=False)
+        recipe, model_params = self.recipe, self.model_params(pretrained=False)
         return compute_choice.Workload(
             build_model=lambda: self.model(pretrained=False),
             make_optimizer=self.optimizer,
@@ -166,12 +170,20 @@ class Assembly:
         return Compute(device, decision.chosen.precision, decision.chosen.channels_last), decision
 
 
-def recipe_fit(recipe: Recipe) -> Fit:
-    """``input.size``: a fixed [width, height], a short side (one number), or ``original``; with the
-    recipe's padding side, mask resampling and logits upsampling (unset: centre, nearest, false)."""
+def recipe_fit(recipe: Recipe, choices: Choices = Choices()) -> Fit:
+    """``input.size``: a fixed [width, height], a short side (one number), ``original``, or ``objects``
+    (the scale the run chose: padded at the image's own size where it chose none); with the recipe's
+    padding side, mask resampling and logits upsampling (unset: centre, nearest, false)."""
     size, spec = recipe.input.size, recipe.input
     options = dict(pad_side=spec.pad_side or "centre", mask_interpolation=spec.mask_interpolation or "nearest",
                    align_corners=bool(spec.align_corners))
+    if size == "objects":
+        if choices.input_scale is None:
+            raise BenchError(f'{recipe.name}: input.size = "objects" is chosen by a run from its data; this run '
+                             "folder has no choices.json")
+        if choices.input_scale < 1:
+            return Fit("resize", None, spec.pad_mode, scale=choices.input_scale, **options)
+        return Fit("pad", None, spec.pad_mode, **options)
     if isinstance(size, int):
         return Fit(spec.fit, None, spec.pad_mode, short_side=size, **options)
     return Fit(spec.fit, None if size == "original" else tuple(size), spec.pad_mode, **options)
@@ -187,3 +199,9 @@ def loader(samples, compute: Compute, workers: int, batch_size: int, sampler=Non
         samples, batch_size=batch_size, sampler=sampler, num_workers=workers,
         pin_memory=compute.device.type == "cuda", persistent_workers=workers > 0,
     )
+
+
+def recipe_crop(recipe: Recipe) -> tuple[int, int] | None:
+    """``input.crop`` as (width, height), or None: training sees whole inputs."""
+    crop = recipe.input.crop
+    return (crop, crop) if isinstance(crop, int) else crop

@@ -90,7 +90,7 @@ class Predictor:
             model.load_state_dict(fold.read_checkpoint(fold.best)["model"])
             models.append(model.to(compute.device, memory_format=compute.memory_format).eval())
         recipe = parts.recipe
-        return cls(models, recipe_fit(recipe), recipe_normalise(recipe).to(compute.device),
+        return cls(models, recipe_fit(recipe, parts.choices), recipe_normalise(recipe).to(compute.device),
                    parts.transforms("preprocess"), recipe.predict, compute, parts.loader_workers(compute))
 
     def batch_size(self, wanted: int, first: ImageFile) -> int:

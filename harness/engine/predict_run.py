@@ -18,6 +18,7 @@ from rich.console import Console
 
 from harness.data.image_files import DECODER, ImageFile, image_shape, list_images
 from harness.engine.assembly import Assembly
+from harness.engine.choices import Choices, read_choices
 from harness.engine.device import Compute, check_precision, resolve_device
 from harness.engine.inference import Outcome, Output, Predictor, predict_images
 from harness.engine.outputs import FORMATS, MapStore, MaskFiles, RleJournal
@@ -75,7 +76,7 @@ class RunPrediction:
     @classmethod
     def of(cls, folder: RunFolder, plugins: Plugins, request: PredictRequest) -> RunPrediction:
         recipe = load_recipe(_recipe_file(folder), plugins)
-        parts = Assembly(recipe, plugins)
+        parts = Assembly(recipe, plugins, read_choices(folder.choices) or Choices())  # the input scale it trained at
         folds = _fold_checkpoints(folder, recipe)
         compute = _compute(recipe, folder, resolve_device(request.device))
         return cls(recipe, Predictor.from_folds(parts, folds, compute), request.batch_size or recipe.train.batch_size,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -26,13 +26,14 @@ import torch
 from rich.console import Console
 
 from harness.data.carvana import CarvanaSet, car_id, data_hash
-from harness.data.geometry import Fit
+from harness.data.geometry import Fit, crop_shape
 from harness.data.image_files import ImageFile
 from harness.data.loading import (CachedImage, EpochSampler, Images, PhasedAugment, PredictionSamples, TrainingSamples,
                                   shapes_of_test_images)
 from harness.data.splits import Splits, read_splits, splits_for, write_splits
 from harness.engine import compute_choice, distributed
-from harness.engine.assembly import CACHE_BYTES, Assembly, loader, recipe_normalise
+from harness.engine.assembly import CACHE_BYTES, Assembly, loader, recipe_crop, recipe_normalise
+from harness.engine.choices import Choices, keep_choices, read_choices, scale_for, steps_for
 from harness.engine.device import Compute, check_precision, resolve_device
 from harness.engine.environment import describe_environment
 from harness.engine.inference import Predictor, predict_images
@@ -145,14 +146,20 @@ def run(request: RunRequest, plugins: Plugins, console: Console) -> Path:
         test_dir = dataset.image_dir("test")
         raise BenchError(f"[pseudo_label] needs unlabelled test images, and {test_dir} has none; "
                          f"remove the [pseudo_label] table or use data with a {test_dir.name}/ folder")
-    fit = parts.fit_for(dataset)
     # before _prepare creates the run folder: a bad folds file or view leaves nothing behind
     folds = recipe.folds
     splits = splits_for(dataset, folds.method, folds.k, folds.seed, view=folds.view, file=folds.file)
-    height, width = fit.input_shape(*next(iter(dataset.sizes.values())))
+    kept = read_choices(folder.choices) if joins else None
+    choices = kept or _decide_from_data(parts, dataset, ranks, console)
+    parts = replace(parts, choices=choices)
+    fit = parts.fit_for(dataset)
+    height, width = crop_shape(recipe_crop(recipe), *fit.input_shape(*next(iter(dataset.sizes.values()))))
     compute, decision = _choose_compute(parts, device, height, width, ranks, console)
-    console.print(f"budget: {describe_budget(recipe, splits, dataset, height, width, ranks)}", highlight=False)
+    if kept is None:
+        choices = _decide_steps(parts, compute, decision, height, width, splits.k, ranks)
     if request.estimate_only:
+        parts = replace(parts, choices=choices)
+        console.print(f"budget: {describe_budget(parts, splits, dataset, height, width, ranks)}", highlight=False)
         with tempfile.TemporaryDirectory() as scratch:
             stage = _Stage(recipe, parts, compute, dataset, fit, splits, RunFolder(Path(scratch)), console)
             try:
@@ -163,8 +170,12 @@ def run(request: RunRequest, plugins: Plugins, console: Console) -> Path:
     stage = _Stage(recipe, parts, compute, dataset, fit, splits, folder, console, ranks)
     if stage.main:
         _prepare(stage, decision, joins)
+        choices = keep_choices(folder.choices, choices)  # a process that started first decided for all
     if ranks is not None:
         ranks.barrier()
+        choices = Choices.from_dict(ranks.from_main(asdict(choices)))
+    stage = replace(stage, parts=replace(parts, choices=choices))
+    console.print(f"budget: {describe_budget(stage.parts, splits, dataset, height, width, ranks)}", highlight=False)
     console.print(f"run {folder.path} on {compute.describe()}", highlight=False)
     if not folder.complete():
         assembled = _train_and_assemble(stage, request.monitor, request.folds)
@@ -184,6 +195,52 @@ def _choose_compute(parts: Assembly, device, height: int, width: int, ranks: dis
     compute, decision = parts.choose_compute(device, workload, console) if ranks.main else (None, None)
     precision, channels_last = ranks.from_main((compute.precision, compute.channels_last) if ranks.main else None)
     return Compute(device, precision, channels_last), decision
+
+
+def _decide_from_data(parts: Assembly, dataset: CarvanaSet, ranks: distributed.Ranks | None,
+                      console: Console) -> Choices:
+    """The decisions that follow from the data and the network (``harness.engine.choices``): the input
+    scale of ``input.size = "objects"``, the weights of ``model.encoder_weights = "auto"``. Under
+    torchrun, rank 0's."""
+    if ranks is not None and not ranks.main:
+        return Choices.from_dict(ranks.from_main(None))
+    recipe, choices = parts.recipe, scale_for(parts.recipe, dataset)
+    if recipe.model.params.get("encoder_weights") == "auto":
+        weights, note = imagenet_or_none(parts)
+        choices = choices.merged(encoder_weights=weights, encoder_note=note)
+        if note:
+            console.print(f"[yellow]warning:[/] {note}", highlight=False)
+    return choices if ranks is None else Choices.from_dict(ranks.from_main(asdict(choices)))
+
+
+def imagenet_or_none(parts: Assembly) -> tuple[str, str | None]:
+    """``model.encoder_weights = "auto"``: "imagenet" when the model builds with them (from the cache or
+    downloaded), else "none" and the line that says why the run trains from scratch."""
+    params = {**parts.recipe.model.params, "encoder_weights": "imagenet"}
+    try:
+        parts.build("model", "model", parts.recipe.model, params=params)
+    except BenchError as error:
+        return "none", (f'model.encoder_weights = "auto": training from scratch, no ImageNet weights could be '
+                        f"loaded ({error})")
+    return "imagenet", None
+
+
+def _decide_steps(parts: Assembly, compute: Compute, decision: compute_choice.Decision | None, height: int,
+                  width: int, k: int, ranks: distributed.Ranks | None) -> Choices:
+    """The choices with the steps per epoch that ``train.budget_seconds`` buys at the seconds per step
+    of the chosen compute (timed for the choice, or now for a fixed one; cached per machine)."""
+    train, choices = parts.recipe.train, parts.choices
+    if train.budget_seconds is None or train.steps_per_epoch is not None:
+        return choices
+    if ranks is not None and not ranks.main:
+        return Choices.from_dict(ranks.from_main(None))
+    if decision is None:
+        workload = parts.timing_workload(height, width, train.batch_size // (ranks.world if ranks else 1))
+        decision = compute_choice.choose(compute.device, compute.precision, compute.channels_last, workload)
+    seconds = decision.step_seconds[decision.chosen.name] * train.accumulate
+    choices = choices.merged(seconds_per_step=round(seconds, 4),
+                             steps_per_epoch=steps_for(train.budget_seconds, seconds, k, train.epochs))
+    return choices if ranks is None else Choices.from_dict(ranks.from_main(asdict(choices)))
 
 
 def _joins(request: RunRequest) -> bool:
@@ -316,6 +373,7 @@ def _prepare(stage: _Stage, decision: compute_choice.Decision | None, joins: boo
     folder.path.mkdir(parents=True, exist_ok=True)
     write_splits(stage.splits, folder.splits)
     environment = describe_environment(stage.compute, decision)
+    environment["encoder_weights"] = encoder_start(stage.parts)  # "auto" decided: choices.json says why
     if stage.ranks is not None:
         environment["ddp"] = {"processes": stage.ranks.world, "backend": torch.distributed.get_backend()}
     atomic_write_json(folder.environment, environment)
@@ -360,7 +418,7 @@ def _train_folds(stage: _Stage, monitor: RunMonitor | None = None, extra: Pseudo
         val_images = len(dataset.train) // splits.k
         work = WorkLeft(
             folds=len(pending), epochs=recipe.train.epochs,
-            steps_per_epoch=-(-_samples_per_epoch(recipe, largest_fold) // batch),
+            steps_per_epoch=-(-_samples_per_epoch(stage.parts, largest_fold) // batch),
             batch_size=batch, val_images_per_fold=val_images,
             val_images_per_epoch=min(val_images, recipe.train.validate_images or val_images),
             test_images=len(dataset.test) if recipe.predict.test is not False else 0,
@@ -431,21 +489,39 @@ class _Watched:
         self.monitor.epoch_done(fold, record)
 
 
-def describe_budget(recipe: Recipe, splits: Splits, dataset: CarvanaSet, height: int, width: int,
+def describe_budget(parts: Assembly, splits: Splits, dataset: CarvanaSet, height: int, width: int,
                     ranks: distributed.Ranks | None = None) -> str:
-    """The training a run buys per fold, in optimizer steps, images and input size (and, under
-    torchrun, how the processes share each batch)."""
+    """The training a run buys per fold, in optimizer steps, images and input size, with what the run
+    chose and why (a time budget's steps, the input scale, the encoder's start; and, under torchrun,
+    how the processes share each batch)."""
+    recipe, choices = parts.recipe, parts.choices
     train = recipe.train
     images = train.batch_size * train.accumulate
-    step = f"{images} images a step at {width}x{height}"
-    if train.steps_per_epoch is None:
+    what = "crops" if recipe.input.crop is not None else "images"
+    step = f"{images} {what} a step at {width}x{height}"
+    steps_per_epoch = _steps_per_epoch(parts)
+    if steps_per_epoch is None:
         largest = max(len(splits.training_images(dataset, f)) for f in range(splits.k))
         steps = -(-largest // images)
         budget = f"{splits.k} folds x {train.epochs} epochs of one pass (up to {steps} optimizer steps), {step}"
     else:
-        total = train.epochs * train.steps_per_epoch
-        budget = (f"{splits.k} folds x {train.epochs} epochs of {train.steps_per_epoch} optimizer steps, "
-                  f"{total} in all ({total * images} images), {step}")
+        total = train.epochs * steps_per_epoch
+        budget = (f"{splits.k} folds x {train.epochs} epochs of {steps_per_epoch} optimizer steps, "
+                  f"{total} in all ({total * images} {what}), {step}")
+    if choices.steps_per_epoch is not None:
+        budget += (f" (train.budget_seconds = {train.budget_seconds:g}: {choices.seconds_per_step:.3f} s a step "
+                   f"as timed here, so every recipe gets the same seconds)")
+    elif train.budget_seconds is not None:
+        budget += f" (train.steps_per_epoch is set, so train.budget_seconds = {train.budget_seconds:g} is not used)"
+    if choices.input_scale is not None:
+        height0, width0 = next(iter(dataset.sizes.values()))
+        scaled = (f"images scaled by {choices.input_scale:g}" if choices.input_scale < 1 else
+                  "images at their own resolution (objects already that small; never enlarged)")
+        budget += (f"; input.size = \"objects\": {scaled}, from the median object of {choices.objects_measured} "
+                   f"in the masks, {choices.object_diameter:g} px across in the {width0}x{height0} images")
+    if choices.encoder_weights is not None:
+        budget += "; encoder from ImageNet weights" if choices.encoder_weights == "imagenet" else \
+            "; encoder from scratch (no ImageNet weights here)"
     if train.validate_images is not None:
         budget += (f"; each epoch validates up to {train.validate_images} held-out images, "
                    "and the whole fold is predicted once with the best epoch's weights")
@@ -455,12 +531,17 @@ def describe_budget(recipe: Recipe, splits: Splits, dataset: CarvanaSet, height:
     return budget
 
 
-def _samples_per_epoch(recipe: Recipe, training_images: int) -> int:
-    """One pass over the fold's training images, or ``steps_per_epoch`` optimizer steps of batches."""
-    train = recipe.train
-    if train.steps_per_epoch is None:
+def _steps_per_epoch(parts: Assembly) -> int | None:
+    """``train.steps_per_epoch``, or the steps the run's time budget bought; None: one pass."""
+    return parts.recipe.train.steps_per_epoch or parts.choices.steps_per_epoch
+
+
+def _samples_per_epoch(parts: Assembly, training_images: int) -> int:
+    """One pass over the fold's training images, or the epoch's optimizer steps of batches."""
+    train, steps = parts.recipe.train, _steps_per_epoch(parts)
+    if steps is None:
         return training_images
-    return train.steps_per_epoch * train.accumulate * train.batch_size
+    return steps * train.accumulate * train.batch_size
 
 
 def _fold_setup(stage: _Stage, training: _Training, fold: int) -> FoldSetup:
@@ -471,9 +552,9 @@ def _fold_setup(stage: _Stage, training: _Training, fold: int) -> FoldSetup:
     train_idx = [position[i] for i in train_ids] + training.extra_idx
     workers, batch = parts.loader_workers(compute), recipe.train.batch_size
     samples = TrainingSamples(images, train_idx, training.augment, fit, seed=recipe.seed,
-                              augment_on_input=recipe.input.augment_on == "input")
+                              augment_on_input=recipe.input.augment_on == "input", crop=recipe_crop(recipe))
     sampler = EpochSampler(len(samples), seed=recipe.seed + fold, shuffle=True,
-                           samples_per_epoch=_samples_per_epoch(recipe, len(samples)))
+                           samples_per_epoch=_samples_per_epoch(parts, len(samples)))
 
     def validation(ids: list[str]) -> Validation:
         idx = [position[i] for i in ids]
@@ -579,6 +660,7 @@ def _summarise(stage: _Stage, pseudo_images: int | None = None) -> None:
                                     / max(train_seconds, 1e-9), 2),
         "inference_images_per_s": test.get("images_per_s", folds[-1].get("val_images_per_s")),
         "parameters": sum(p.numel() for p in model.parameters()),
+        "encoder_weights": encoder_start(stage.parts),
         "device": _devices_of(folds, stage.compute),
         "reproduce": f"bench run {RunFolder(run_folder).recipe_toml} --name {run_folder.name}-again",
     }
@@ -586,6 +668,12 @@ def _summarise(stage: _Stage, pseudo_images: int | None = None) -> None:
         summary.update(stage=folder.path.name, pseudo_images=pseudo_images)
     _record_fold_devices(folder, folds)
     atomic_write_json(folder.summary_path, summary)
+
+
+def encoder_start(parts: Assembly) -> str:
+    """Where the run's encoder started: "imagenet", "none" (random init, and every model without an
+    encoder parameter) or the weights file's path; what ``bench compare`` marks when runs differ in it."""
+    return str(parts.model_params(pretrained=True).get("encoder_weights", "none"))
 
 
 def _record_fold_devices(folder: RunFolder, folds: list[dict]) -> None:

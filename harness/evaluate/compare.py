@@ -206,7 +206,7 @@ def render(found: list[Board], unfinished: list[UnfinishedRun], fmt: Format, con
                   for b in found]
         text = pd.concat(frames, ignore_index=True).to_csv(index=False) if frames else ""
         console.out(text, end="", highlight=False)
-        for note in [note for b in found if (note := splits_note(b.runs))]:
+        for note in [note for b in found for note in (splits_note(b.runs), starts_note(b.runs)) if note]:
             Console(stderr=True).print(note, highlight=False)
         if unfinished:
             Console(stderr=True).print(_unfinished_line(unfinished), highlight=False)
@@ -223,7 +223,7 @@ def render(found: list[Board], unfinished: list[UnfinishedRun], fmt: Format, con
             console.out(f"### {title}\n\n{_markdown(frame, mixed)}\n", highlight=False)
         else:
             _print_table(frame, title, mixed, options.view, console, wide)
-        for note in [*shared, *board_notes(board.frame), splits_note(board.runs)]:
+        for note in [*shared, *board_notes(board.frame), splits_note(board.runs), starts_note(board.runs)]:
             if note:
                 console.print(note, highlight=False)
     if unfinished:
@@ -270,6 +270,25 @@ def splits_note(runs: list[Run]) -> str | None:
             "mean ± std (and Dice @T, a mean over folds) is each run's own and does not compare across runs; "
             "OOF Dice, its interval, Δ and p do: every image has exactly one out-of-fold prediction in every run, "
             "by a model that never saw its car, so they pair image by image")
+
+
+STARTS = {"imagenet": "ImageNet weights", "none": "random init"}
+
+
+def starts_note(runs: list[Run]) -> str | None:
+    """The line under a board whose runs' encoders started differently (ImageNet weights, random init, a
+    file): a head start that the ranking would otherwise credit to the recipe (None when they agree, or
+    when runs from before the field cannot say)."""
+    by_start: dict[str, list[str]] = {}
+    for run in runs:
+        start = run.summary.get("encoder_weights")
+        if start is not None:
+            by_start.setdefault(STARTS.get(start, f"weights from {start}"), []).append(run.name)
+    if len(by_start) < 2:
+        return None
+    listing = "; ".join(f"{', '.join(names)} from {start}" for start, names in by_start.items())
+    return (f"encoders start differently: {listing}. Pretrained weights are a head start on any budget, so these "
+            "ranks measure the start as well as the recipe")
 
 
 RISING_NOTE = (f"↑ still rising: validation Dice gained more than {results.STILL_RISING} at the run's last epoch; "

@@ -126,10 +126,21 @@ class InputSpec(_Strict):
     # ``Recipe.to_toml`` leaves None out, so an existing recipe keeps its TOML, its run folder's hash
     # (``--resume`` finds it) and its tuning fingerprint. Stating the default explicitly
     # (``channels = "rgb"``) behaves the same but is another recipe text, hence another hash.
-    size: Size | Annotated[int, Field(ge=32)] | Literal["original"] = Field(
+    size: Size | Annotated[int, Field(ge=32)] | Literal["original", "objects"] = Field(
         "original", description="[width, height] fed to the model; one number: each image resized so its short "
                                 "side is about that (torchvision's Resize(int)), both sides rounded to a multiple "
-                                "of 32, whatever the data's resolution; or the image's own size."
+                                "of 32, whatever the data's resolution; 'original': the image's own size; "
+                                "'objects': each image scaled so the median object of the training masks is about "
+                                "object_size pixels across, never enlarged (small objects keep the image's own "
+                                "resolution); the run chooses the scale and keeps it (choices.json)."
+    )
+    object_size: Annotated[int, Field(ge=8)] | None = Field(
+        None, description="size = 'objects': the median object's size in pixels of the network input. Unset: 64."
+    )
+    crop: Size | Annotated[int, Field(ge=32)] | None = Field(
+        None, description="Training on random crops of the fitted image: [width, height], or one number for a "
+                          "square, multiples of 32, cut down to the image where it is smaller; validation and "
+                          "prediction see whole images. Unset: whole images."
     )
     fit: Literal["pad", "resize"] = "pad"
     pad_mode: Literal["reflect", "constant"] = "constant"
@@ -168,6 +179,13 @@ class InputSpec(_Strict):
     def _check_short_side(self) -> InputSpec:
         if isinstance(self.size, int) and self.fit != "resize":
             raise ValueError(f"input.size = {self.size} (a short side) needs fit = 'resize'")
+        if self.size == "objects" and self.fit != "pad":
+            raise ValueError("input.size = 'objects' needs fit = 'pad' (images it does not shrink are padded)")
+        if self.object_size is not None and self.size != "objects":
+            raise ValueError("input.object_size is read only with size = 'objects'")
+        crop = (self.crop, self.crop) if isinstance(self.crop, int) else self.crop
+        if crop is not None and any(side % 32 for side in crop):
+            raise ValueError(f"input.crop {crop[0]}x{crop[1]} is not a multiple of 32 on both sides")
         return self
 
 
@@ -177,6 +195,12 @@ class TrainSpec(_Strict):
         None, description="Optimizer steps per epoch, drawn from reshuffled passes over the training images; "
                           "unset: one pass. With it, a run's cost is epochs x steps_per_epoch x batch_size "
                           "images per fold, whatever the size of the data."
+    )
+    budget_seconds: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="A budget in time: seconds of optimizer steps for the whole run (all folds), the steps "
+                          "per epoch following from the seconds per step timed before training, so every recipe "
+                          "gets the same seconds (loading, validation and prediction come on top). The run keeps "
+                          "the steps it chose (choices.json). A steps_per_epoch that is set wins over it."
     )
     batch_size: Annotated[int, Field(ge=1)]
     validate_images: Annotated[int, Field(ge=1)] | None = Field(

@@ -1,6 +1,6 @@
 """Encoder weights for every model factory: ``"none"``, a local file, or ``"imagenet"``.
 
-A recipe's ``model.encoder_weights`` is one string with three accepted forms, resolved here so that
+A recipe's ``model.encoder_weights`` is one string with four accepted forms, resolved here so that
 every model treats them alike:
 
 * ``"none"``: keep the random initialisation.
@@ -11,6 +11,8 @@ every model treats them alike:
   user need not convert anything. Matching is strict: every encoder tensor must be present with the
   right shape, and nothing else under that prefix may be left over except a classifier head
   (``fc.*``, ``classifier.*``...), which an ImageNet checkpoint always carries.
+* ``"auto"``: ImageNet weights where they can be had, else none. A run decides it once, before
+  training, and says which (``harness.engine.choices``); the factories never see ``"auto"`` then.
 * ``"imagenet"``: the published ImageNet weights, from the local cache when they are there (the
   Hugging Face cache for smp encoders, ``torch.hub.get_dir()/checkpoints`` for torchvision ones).
   Otherwise the host is probed for a few seconds *before* any download: huggingface_hub and
@@ -75,6 +77,13 @@ def load_encoder_weights(
     """
     word = spec.strip()
     if word.lower() == "none":
+        return
+    if word.lower() == "auto":  # a run decides it once and says so (harness.engine.choices); here, quietly
+        if imagenet is not None:
+            try:
+                _load_matching(encoder, read_state_dict(fetch_imagenet(imagenet, what)), source="imagenet", what=what)
+            except BenchError:
+                pass
         return
     if word.lower() == "imagenet":
         if imagenet is None:
@@ -150,7 +159,7 @@ def _local_file(spec: str, what: str) -> Path:
     if looks_like_path:
         raise BenchError(f'{RECIPE_KEY} = "{spec}": no such file (the {what} encoder weights)')
     raise BenchError(
-        f'{RECIPE_KEY} = "{spec}" is not understood: use "none", "imagenet" or a path to a local '
+        f'{RECIPE_KEY} = "{spec}" is not understood: use "none", "imagenet", "auto" or a path to a local '
         f'state dict file ({", ".join(FILE_SUFFIXES)})'
     )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from rich.console import Console
 from harness.data.loading import EpochSampler, Images, TrainingSamples
 from harness.engine import compute_choice
 from harness.engine.assembly import CACHE_BYTES, Assembly, recipe_fit
+from harness.engine.choices import Choices, scale_for
 from harness.engine.device import Compute, check_precision, resolve_device
 from harness.engine.environment import describe_environment
 from harness.engine.timing import (CARVANA_PIXELS, carvana_cost, gflops_per_image, matmul_gflops, measure_variant,
@@ -70,6 +71,7 @@ def benchmark_recipe(recipe: Recipe, plugins: Plugins, console, *, device: str |
         parse_variant(name, where)
     parts = Assembly(recipe, plugins)
     dataset = parts.dataset()
+    parts = replace(parts, choices=scale_for(recipe, dataset))  # input.size = "objects": as a run would choose
     fit = parts.fit_for(dataset)
     image_height, image_width = next(iter(dataset.sizes.values()))
     height, width = (size[1], size[0]) if size else fit.input_shape(image_height, image_width)
@@ -116,7 +118,7 @@ def benchmark_recipe(recipe: Recipe, plugins: Plugins, console, *, device: str |
         overhead_ratio(model, workload.make_optimizer, loss, base, batch, height, width, steps=10, repeats=5),
         "carvana_cost": asdict(carvana_cost(reference.train_images_per_s, reference.infer_tta_images_per_s,
                                             height * width, recipe.folds.k, recipe.train.epochs,
-                                            carvana_input_pixels(recipe))),
+                                            carvana_input_pixels(recipe, parts.choices))),
         "carvana_cost_variant": reference.variant,
         "carvana_cost_schedule": {"folds": recipe.folds.k, "epochs": recipe.train.epochs, "tta": recipe.predict.tta},
     }
@@ -135,11 +137,12 @@ def peak_gflops(device: torch.device, precision: str) -> float:
     return gflops
 
 
-def carvana_input_pixels(recipe: Recipe) -> int:
-    """Pixels the network sees per Carvana image (1918x1280): its fixed input, its short-side resize, or padded."""
+def carvana_input_pixels(recipe: Recipe, choices: Choices = Choices()) -> int:
+    """Pixels the network sees per Carvana image (1918x1280): its fixed input, its short-side resize, or
+    padded; for ``input.size = "objects"``, at the scale ``choices`` holds (the benchmark's data's)."""
     if recipe.input.size == "original":
         return CARVANA_PIXELS
-    height, width = recipe_fit(recipe).input_shape(1280, 1918)
+    height, width = recipe_fit(recipe, choices).input_shape(1280, 1918)
     return width * height
 
 

@@ -1,0 +1,116 @@
+"""What a run decides from its data and its machine before it trains, kept in ``choices.json``.
+
+Three recipe values leave a decision to the run, because the right answer depends on the data or the
+machine and not on the recipe:
+
+* ``input.size = "objects"``: the input scale, from the size of the objects in the training masks.
+  Each image is scaled so that the median object is about ``input.object_size`` pixels across, and
+  never enlarged: where the objects are already that small (nuclei of 10 pixels), the images keep
+  their own resolution. A fixed short side (the quick profile's 64 before) shrank 10-pixel nuclei to
+  3 and lost most of the Dice on real microscopy; a fixed scale cannot serve both Carvana's 1,000-pixel
+  cars and such nuclei.
+* ``train.budget_seconds``: the optimizer steps a budget of seconds buys, from the seconds per step
+  timed before training (``harness.engine.compute_choice``). Every recipe gets the same seconds; the
+  steps follow from its speed, so a slow model gets fewer steps, as it would on the user's clock.
+* ``model.encoder_weights = "auto"``: ImageNet weights where they can be had (cached, or downloaded),
+  else training from scratch, said in one line and recorded.
+
+The decisions are written once (``write_once_json``): a resumed run, the other processes of a
+multi-process run and ``bench predict`` read them back instead of deciding again, so a run never
+changes its input scale or its step count half way (a timing differs from one start to the next).
+The recipe's own text, and so the run's folder name, does not depend on them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from harness.data.carvana import CarvanaSet, read_mask
+from harness.errors import BenchError
+from harness.io import write_once_json
+from harness.recipe.schema import Recipe
+
+OBJECT_SIZE = 64  # input.object_size unset: the median object's size in input pixels
+MASKS_MEASURED = 64  # masks read to find the objects' size: evenly spaced over the sorted training ids
+
+
+@dataclass(frozen=True)
+class Choices:
+    """The decisions of one run; a field is None when its recipe value left nothing to decide."""
+
+    input_scale: float | None = None  # input.size = "objects": the factor applied to every image (1: none)
+    object_diameter: float | None = None  # the median object's equivalent diameter, in pixels of the image
+    objects_measured: int | None = None  # connected components found in the masks measured
+    seconds_per_step: float | None = None  # train.budget_seconds: the timing the steps follow from
+    steps_per_epoch: int | None = None
+    encoder_weights: str | None = None  # model.encoder_weights = "auto": "imagenet" or "none"
+    encoder_note: str | None = None  # why "none", when auto could not load ImageNet weights
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Choices:
+        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
+
+    def merged(self, **decided: Any) -> Choices:
+        return Choices(**{**asdict(self), **{k: v for k, v in decided.items() if v is not None}})
+
+
+def read_choices(path: Path) -> Choices | None:
+    """The choices a run folder holds, or None when it holds none yet."""
+    if not path.exists():
+        return None
+    try:
+        return Choices.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError) as error:
+        raise BenchError(f"{path}: cannot read the run's choices ({error}); remove the run folder and run again") from None
+
+
+def keep_choices(path: Path, choices: Choices) -> Choices:
+    """Write ``choices`` unless the run already holds some; return the ones the run holds."""
+    return Choices.from_dict(write_once_json(path, asdict(choices)))
+
+
+@dataclass(frozen=True)
+class ObjectSize:
+    diameter: float  # median equivalent diameter (sqrt(4 area / pi)) of the objects, in pixels
+    objects: int
+    masks: int
+
+
+def object_size(dataset: CarvanaSet, limit: int = MASKS_MEASURED) -> ObjectSize:
+    """The median size of the objects (8-connected components) in up to ``limit`` training masks."""
+    ids = sorted(dataset.train)
+    chosen = [ids[round(i)] for i in np.linspace(0, len(ids) - 1, min(limit, len(ids)))] if ids else []
+    areas: list[np.ndarray] = []
+    for image_id in chosen:
+        count, _, stats, _ = cv2.connectedComponentsWithStats(read_mask(dataset, image_id), connectivity=8)
+        areas.append(stats[1:count, cv2.CC_STAT_AREA])
+    found = np.concatenate(areas) if areas else np.zeros(0)
+    if not found.size:
+        raise BenchError(f'input.size = "objects": the {len(chosen)} masks measured in {dataset.root} hold no '
+                         "object; give input.size a number or [width, height]")
+    return ObjectSize(float(np.median(np.sqrt(4 * found / np.pi))), int(found.size), len(chosen))
+
+
+def input_scale(measured: ObjectSize, wanted: int) -> float:
+    """The factor that brings the median object to about ``wanted`` pixels, never above 1."""
+    return round(min(1.0, wanted / measured.diameter), 4)
+
+
+def scale_for(recipe: Recipe, dataset: CarvanaSet) -> Choices:
+    """``input.size = "objects"``: the input scale of this data, with the measurement it follows from."""
+    if recipe.input.size != "objects":
+        return Choices()
+    measured = object_size(dataset)
+    return Choices(input_scale=input_scale(measured, recipe.input.object_size or OBJECT_SIZE),
+                   object_diameter=round(measured.diameter, 1), objects_measured=measured.objects)
+
+
+def steps_for(budget_seconds: float, seconds_per_step: float, folds: int, epochs: int) -> int:
+    """Optimizer steps per epoch that ``budget_seconds`` buys for the whole run (at least one)."""
+    return max(1, int(budget_seconds / (seconds_per_step * folds * epochs)))
