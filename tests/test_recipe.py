@@ -63,6 +63,19 @@ def test_every_quick_profile_reads_the_images_every_carvana_layout_folder_has(pl
     assert {load_recipe(path, plugins, ["quick"]).data.images for path in RECIPES} == {"standard"}
 
 
+def test_every_quick_profile_buys_the_same_seconds_on_the_same_folds_inputs_and_start(plugins):
+    """The quick profiles rank recipes on equal terms: the same seconds of steps (each recipe's steps follow
+    from its own speed), epochs, batch, folds, input scale and crops, and ImageNet weights wherever the model
+    has an encoder to take them."""
+    quick = [load_recipe(path, plugins, ["quick"]) for path in RECIPES]
+    terms = {(r.train.budget_seconds, r.train.steps_per_epoch, r.train.epochs, r.train.batch_size, r.train.accumulate,
+              r.train.validate_images, r.folds.k, r.folds.method, r.input.size, r.input.object_size, r.input.crop,
+              r.data.source.model_dump_json()) for r in quick}
+    assert len(terms) == 1, terms
+    assert next(iter(terms))[:2] == (240, None), "a budget in time, not in steps"
+    assert {r.model.params.get("encoder_weights", "no encoder") for r in quick} == {"auto", "no encoder"}
+
+
 def test_faithful_values_survive_validation(plugins):
     alexander = load_recipe(REPO / "recipes/alexander.toml", plugins)
     assert alexander.train.grad_clip == 1.0 and alexander.predict.tta == "hflip"
