@@ -145,3 +145,21 @@ def test_auto_weights_start_from_imagenet_when_cached_and_say_so_when_not(synthe
     assert result.code == 0, result.err
     assert "encoders start differently: " in result.out
     assert "scratch from random init" in result.out and "pretrained from ImageNet weights" in result.out
+
+
+def test_bench_predict_applies_a_run_at_the_input_scale_the_run_chose(synthetic_set, plugins, tiny_recipe, tmp_path,
+                                                                     bench):
+    from harness.engine.predict_run import PredictRequest, RunPrediction
+    from harness.runs.folder import RunFolder
+
+    path = tiny_recipe(tmp_path / "r.toml", synthetic_set, model=SMALL_SCRATCH_UNET, epochs=1,
+                       extra="steps_per_epoch = 1\n[input]\nsize = \"objects\"\nobject_size = 12")
+    folder = run(RunRequest(load_recipe(path, plugins), tmp_path / "results"), plugins, Console(quiet=True))
+    scale = json.loads((folder / "choices.json").read_text())["input_scale"]
+    assert 0 < scale < 1, "12-pixel objects: the synthetic cars are shrunk"
+    request = PredictRequest(str(folder), [synthetic_set / "test"], tmp_path / "preds", format="png")
+    assert RunPrediction.of(RunFolder(folder), plugins, request).predictor.fit.scale == scale
+    result = bench("predict", folder, synthetic_set / "test", "--out", tmp_path / "preds", "--format", "png")
+    assert result.code == 0, result.err
+    masks = sorted((tmp_path / "preds").rglob("*.png"))
+    assert masks and Image.open(masks[0]).size == (64, 40)  # each mask at its image's own size
