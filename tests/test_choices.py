@@ -16,8 +16,8 @@ from rich.console import Console
 from harness.data.carvana import open_carvana
 from harness.data.loading import Images, TrainingSamples
 from harness.engine.assembly import Assembly, recipe_fit
-from harness.engine.choices import Choices, input_scale, object_size, steps_for
-from harness.engine.run import RunRequest, imagenet_or_none, run
+from harness.engine.choices import Choices, imagenet_or_none, input_scale, object_size, steps_for
+from harness.engine.run import RunRequest, run
 from harness.recipe.schema import load_recipe
 from tests.conftest import SMALL_SCRATCH_UNET
 

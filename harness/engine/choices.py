@@ -7,8 +7,8 @@ machine and not on the recipe:
   Each image is scaled so that the median object is about ``input.object_size`` pixels across, and
   never enlarged: where the objects are already that small (nuclei of 10 pixels), the images keep
   their own resolution. A fixed short side (the quick profile's 64 before) shrank 10-pixel nuclei to
-  3 and lost most of the Dice on real microscopy; a fixed scale cannot serve both Carvana's 1,000-pixel
-  cars and such nuclei.
+  3 and lost most of the Dice on real microscopy (0.34 against 0.93); no fixed scale serves both
+  Carvana's 1,000-pixel cars and such nuclei.
 * ``train.budget_seconds``: the optimizer steps a budget of seconds buys, from the seconds per step
   timed before training (``harness.engine.compute_choice``). Every recipe gets the same seconds; the
   steps follow from its speed, so a slow model gets fewer steps, as it would on the user's clock.
@@ -26,15 +26,22 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
+from rich.console import Console
 
 from harness.data.carvana import CarvanaSet, read_mask
+from harness.engine import compute_choice
+from harness.engine.device import Compute
 from harness.errors import BenchError
 from harness.io import write_once_json
 from harness.recipe.schema import Recipe
+
+if TYPE_CHECKING:  # assembly.py holds a run's Choices: a runtime import would be circular
+    from harness.engine.assembly import Assembly
+    from harness.engine.distributed import Ranks
 
 OBJECT_SIZE = 64  # input.object_size unset: the median object's size in input pixels
 MASKS_MEASURED = 64  # masks read to find the objects' size: evenly spaced over the sorted training ids
@@ -114,3 +121,48 @@ def scale_for(recipe: Recipe, dataset: CarvanaSet) -> Choices:
 def steps_for(budget_seconds: float, seconds_per_step: float, folds: int, epochs: int) -> int:
     """Optimizer steps per epoch that ``budget_seconds`` buys for the whole run (at least one)."""
     return max(1, int(budget_seconds / (seconds_per_step * folds * epochs)))
+
+
+def decide_from_data(parts: Assembly, dataset: CarvanaSet, ranks: Ranks | None, console: Console) -> Choices:
+    """The decisions that follow from the data and the network (see the module docstring): the input
+    scale of ``input.size = "objects"``, the weights of ``model.encoder_weights = "auto"``. Under
+    torchrun, rank 0's."""
+    if ranks is not None and not ranks.main:
+        return Choices.from_dict(ranks.from_main(None))
+    recipe, choices = parts.recipe, scale_for(parts.recipe, dataset)
+    if recipe.model.params.get("encoder_weights") == "auto":
+        weights, note = imagenet_or_none(parts)
+        choices = choices.merged(encoder_weights=weights, encoder_note=note)
+        if note:
+            console.print(f"[yellow]warning:[/] {note}", highlight=False)
+    return choices if ranks is None else Choices.from_dict(ranks.from_main(asdict(choices)))
+
+
+def imagenet_or_none(parts: Assembly) -> tuple[str, str | None]:
+    """``model.encoder_weights = "auto"``: "imagenet" when the model builds with them (from the cache or
+    downloaded), else "none" and the line that says why the run trains from scratch."""
+    params = {**parts.recipe.model.params, "encoder_weights": "imagenet"}
+    try:
+        parts.build("model", "model", parts.recipe.model, params=params)
+    except BenchError as error:
+        return "none", (f'model.encoder_weights = "auto": training from scratch, no ImageNet weights could be '
+                        f"loaded ({error})")
+    return "imagenet", None
+
+
+def decide_steps(parts: Assembly, compute: Compute, decision: compute_choice.Decision | None, height: int,
+                 width: int, k: int, ranks: Ranks | None) -> Choices:
+    """The choices with the steps per epoch that ``train.budget_seconds`` buys at the seconds per step
+    of the chosen compute (timed for the choice, or now for a fixed one; cached per machine)."""
+    train, choices = parts.recipe.train, parts.choices
+    if train.budget_seconds is None or train.steps_per_epoch is not None:
+        return choices
+    if ranks is not None and not ranks.main:
+        return Choices.from_dict(ranks.from_main(None))
+    if decision is None:
+        workload = parts.timing_workload(height, width, train.batch_size // (ranks.world if ranks else 1))
+        decision = compute_choice.choose(compute.device, compute.precision, compute.channels_last, workload)
+    seconds = decision.step_seconds[decision.chosen.name] * train.accumulate
+    choices = choices.merged(seconds_per_step=round(seconds, 4),
+                             steps_per_epoch=steps_for(train.budget_seconds, seconds, k, train.epochs))
+    return choices if ranks is None else Choices.from_dict(ranks.from_main(asdict(choices)))

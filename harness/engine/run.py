@@ -33,7 +33,7 @@ from harness.data.loading import (CachedImage, EpochSampler, Images, PhasedAugme
 from harness.data.splits import Splits, read_splits, splits_for, write_splits
 from harness.engine import compute_choice, distributed
 from harness.engine.assembly import CACHE_BYTES, Assembly, loader, recipe_crop, recipe_normalise
-from harness.engine.choices import Choices, keep_choices, read_choices, scale_for, steps_for
+from harness.engine.choices import Choices, decide_from_data, decide_steps, keep_choices, read_choices
 from harness.engine.device import Compute, check_precision, resolve_device
 from harness.engine.environment import describe_environment
 from harness.engine.inference import Predictor, predict_images
@@ -150,13 +150,13 @@ def run(request: RunRequest, plugins: Plugins, console: Console) -> Path:
     folds = recipe.folds
     splits = splits_for(dataset, folds.method, folds.k, folds.seed, view=folds.view, file=folds.file)
     kept = read_choices(folder.choices) if joins else None
-    choices = kept or _decide_from_data(parts, dataset, ranks, console)
+    choices = kept or decide_from_data(parts, dataset, ranks, console)
     parts = replace(parts, choices=choices)
     fit = parts.fit_for(dataset)
     height, width = crop_shape(recipe_crop(recipe), *fit.input_shape(*next(iter(dataset.sizes.values()))))
     compute, decision = _choose_compute(parts, device, height, width, ranks, console)
     if kept is None:
-        choices = _decide_steps(parts, compute, decision, height, width, splits.k, ranks)
+        choices = decide_steps(parts, compute, decision, height, width, splits.k, ranks)
     if request.estimate_only:
         parts = replace(parts, choices=choices)
         console.print(f"budget: {describe_budget(parts, splits, dataset, height, width, ranks)}", highlight=False)
@@ -195,52 +195,6 @@ def _choose_compute(parts: Assembly, device, height: int, width: int, ranks: dis
     compute, decision = parts.choose_compute(device, workload, console) if ranks.main else (None, None)
     precision, channels_last = ranks.from_main((compute.precision, compute.channels_last) if ranks.main else None)
     return Compute(device, precision, channels_last), decision
-
-
-def _decide_from_data(parts: Assembly, dataset: CarvanaSet, ranks: distributed.Ranks | None,
-                      console: Console) -> Choices:
-    """The decisions that follow from the data and the network (``harness.engine.choices``): the input
-    scale of ``input.size = "objects"``, the weights of ``model.encoder_weights = "auto"``. Under
-    torchrun, rank 0's."""
-    if ranks is not None and not ranks.main:
-        return Choices.from_dict(ranks.from_main(None))
-    recipe, choices = parts.recipe, scale_for(parts.recipe, dataset)
-    if recipe.model.params.get("encoder_weights") == "auto":
-        weights, note = imagenet_or_none(parts)
-        choices = choices.merged(encoder_weights=weights, encoder_note=note)
-        if note:
-            console.print(f"[yellow]warning:[/] {note}", highlight=False)
-    return choices if ranks is None else Choices.from_dict(ranks.from_main(asdict(choices)))
-
-
-def imagenet_or_none(parts: Assembly) -> tuple[str, str | None]:
-    """``model.encoder_weights = "auto"``: "imagenet" when the model builds with them (from the cache or
-    downloaded), else "none" and the line that says why the run trains from scratch."""
-    params = {**parts.recipe.model.params, "encoder_weights": "imagenet"}
-    try:
-        parts.build("model", "model", parts.recipe.model, params=params)
-    except BenchError as error:
-        return "none", (f'model.encoder_weights = "auto": training from scratch, no ImageNet weights could be '
-                        f"loaded ({error})")
-    return "imagenet", None
-
-
-def _decide_steps(parts: Assembly, compute: Compute, decision: compute_choice.Decision | None, height: int,
-                  width: int, k: int, ranks: distributed.Ranks | None) -> Choices:
-    """The choices with the steps per epoch that ``train.budget_seconds`` buys at the seconds per step
-    of the chosen compute (timed for the choice, or now for a fixed one; cached per machine)."""
-    train, choices = parts.recipe.train, parts.choices
-    if train.budget_seconds is None or train.steps_per_epoch is not None:
-        return choices
-    if ranks is not None and not ranks.main:
-        return Choices.from_dict(ranks.from_main(None))
-    if decision is None:
-        workload = parts.timing_workload(height, width, train.batch_size // (ranks.world if ranks else 1))
-        decision = compute_choice.choose(compute.device, compute.precision, compute.channels_last, workload)
-    seconds = decision.step_seconds[decision.chosen.name] * train.accumulate
-    choices = choices.merged(seconds_per_step=round(seconds, 4),
-                             steps_per_epoch=steps_for(train.budget_seconds, seconds, k, train.epochs))
-    return choices if ranks is None else Choices.from_dict(ranks.from_main(asdict(choices)))
 
 
 def _joins(request: RunRequest) -> bool:
