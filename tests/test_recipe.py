@@ -122,6 +122,11 @@ def test_resolved_recipe_round_trips(plugins, tmp_path):
         ("[train]", "[[augment]]\nname = 'hflipp'\n[train]", "unknown augmentation 'hflipp' at key 'augment.0.name' (did you mean 'hflip'"),
         ("[train]", "[input]\nsize = 64\n[train]", "key 'input': input.size = 64 (a short side) needs fit = 'resize'"),
         ("epochs = 2", "epochs = 2\nsteps_per_epoch = 0", "key 'train.steps_per_epoch': Input should be greater than or equal to 1"),
+        ("epochs = 2", "epochs = 2\nbudget_seconds = 0", "key 'train.budget_seconds': Input should be greater than 0"),
+        ("[train]", "[input]\nsize = 'objects'\nfit = 'resize'\n[train]",
+         "key 'input': input.size = 'objects' needs fit = 'pad'"),
+        ("[train]", "[input]\nobject_size = 32\n[train]", "key 'input': input.object_size is read only with size = 'objects'"),
+        ("[train]", "[input]\ncrop = 100\n[train]", "key 'input': input.crop 100x100 is not a multiple of 32 on both sides"),
         ("[train]", "[input]\nfit = 'resize'\nsize = 16\n[train]",
          "key 'input.size' fits none of its forms: Input should be a valid tuple; Input should be greater than or "
          "equal to 32; Input should be 'original' or 'objects' (got 16)"),

@@ -3,8 +3,9 @@
 The networks need sides that are multiples of 32; Carvana's 1918 is not. Two ways, as the seed
 teams did: pad (reflect or zero) to a multiple of 32 and crop back, or resize to a fixed input and
 upsample the logits bilinearly back (artsiom). A third resizes each image by its short side, or by
-a factor chosen from the size of the objects in the masks (``harness.engine.choices``). Training and prediction use these
-same functions, so a model never sees a different geometry at test time than it trained on.
+a factor chosen from the size of the objects in the masks (``harness.engine.choices``). Training and
+prediction use these same functions, so a model never sees a different geometry at test time than
+it trained on (a training crop, ``crop_shape``, is a window of the same fitted input).
 
 Padding is centred by default (``input.pad_side = "centre"``: vladimir's 1 px left and 1 px right,
 1918 -> 1920) or all on the right and bottom (``"right"``: alexander pasted the image into the
