@@ -1,4 +1,4 @@
-"""Encoder weights for every model factory: ``"none"``, a local file, or ``"imagenet"``.
+"""Encoder weights for every model factory: ``"none"``, a local file, ``"imagenet"`` or ``"auto"``.
 
 A recipe's ``model.encoder_weights`` is one string with four accepted forms, resolved here so that
 every model treats them alike:
