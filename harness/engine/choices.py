@@ -23,8 +23,7 @@ The recipe's own text, and so the run's folder name, does not depend on them.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +37,7 @@ from harness.engine.device import Compute
 from harness.errors import BenchError
 from harness.io import write_once_json
 from harness.recipe.schema import Recipe
+from harness.runs.folder import read_json
 
 if TYPE_CHECKING:  # assembly.py holds a run's Choices: a runtime import would be circular
     from harness.engine.assembly import Assembly
@@ -63,18 +63,10 @@ class Choices:
     def from_dict(cls, data: dict[str, Any]) -> Choices:
         return cls(**{f.name: data.get(f.name) for f in fields(cls)})
 
-    def merged(self, **decided: Any) -> Choices:
-        return Choices(**{**asdict(self), **{k: v for k, v in decided.items() if v is not None}})
-
 
 def read_choices(path: Path) -> Choices | None:
-    """The choices a run folder holds, or None when it holds none yet."""
-    if not path.exists():
-        return None
-    try:
-        return Choices.from_dict(json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError) as error:
-        raise BenchError(f"{path}: cannot read the run's choices ({error}); remove the run folder and run again") from None
+    """The choices a run folder holds (a damaged file is one line naming it), or None when it holds none yet."""
+    return Choices.from_dict(read_json(path)) if path.exists() else None
 
 
 def keep_choices(path: Path, choices: Choices) -> Choices:
@@ -132,7 +124,7 @@ def decide_from_data(parts: Assembly, dataset: CarvanaSet, ranks: Ranks | None, 
     recipe, choices = parts.recipe, scale_for(parts.recipe, dataset)
     if recipe.model.params.get("encoder_weights") == "auto":
         weights, note = imagenet_or_none(parts)
-        choices = choices.merged(encoder_weights=weights, encoder_note=note)
+        choices = replace(choices, encoder_weights=weights, encoder_note=note)
         if note:
             console.print(f"[yellow]warning:[/] {note}", highlight=False)
     return choices if ranks is None else Choices.from_dict(ranks.from_main(asdict(choices)))
@@ -163,6 +155,6 @@ def decide_steps(parts: Assembly, compute: Compute, decision: compute_choice.Dec
         workload = parts.timing_workload(height, width, train.batch_size // (ranks.world if ranks else 1))
         decision = compute_choice.choose(compute.device, compute.precision, compute.channels_last, workload)
     seconds = decision.step_seconds[decision.chosen.name] * train.accumulate
-    choices = choices.merged(seconds_per_step=round(seconds, 4),
+    choices = replace(choices, seconds_per_step=round(seconds, 4),
                              steps_per_epoch=steps_for(train.budget_seconds, seconds, k, train.epochs))
     return choices if ranks is None else Choices.from_dict(ranks.from_main(asdict(choices)))
