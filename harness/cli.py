@@ -637,36 +637,63 @@ def data_synth(
     test_cars: Annotated[int, typer.Option(min=0, help="Unlabelled test cars (16 views each).")] = 8,
     size: Annotated[str, typer.Option(help="Image size WIDTHxHEIGHT.")] = "240x160",
     seed: Annotated[int, typer.Option(help="Same seed, same files, byte for byte.")] = 0,
+    layout: Annotated[str, typer.Option(help="carvana (train/, train_masks/) or folders (images/, masks/ of "
+                                             "PNG 0/255, groups.csv, test/).")] = "carvana",
 ) -> None:
-    """Write the built-in synthetic Carvana-like set into OUT, in the Carvana layout."""
+    """Write the built-in synthetic Carvana-like set into OUT, in the Carvana layout or the folders layout."""
+    import tempfile
     import time
 
+    from harness.data.carvana import open_carvana
+    from harness.data.folders import copy_as_folders
     from harness.data.synthetic import write_synthetic_carvana
 
+    if layout not in ("carvana", "folders"):
+        raise BenchError(f"--layout {layout}: expected carvana or folders")
     width, height = _parse_size(size)
     start = time.perf_counter()
-    write_synthetic_carvana(out, cars=cars, test_cars=test_cars, size=(width, height), seed=seed)
+    if layout == "carvana":
+        write_synthetic_carvana(out, cars=cars, test_cars=test_cars, size=(width, height), seed=seed)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as rendered:
+            carvana = write_synthetic_carvana(Path(rendered) / "carvana", cars=cars, test_cars=test_cars,
+                                              size=(width, height), seed=seed)
+            copy_as_folders(open_carvana(carvana), out)
     seconds = time.perf_counter() - start
     images = 16 * (cars + test_cars)
-    console.print(f"wrote {images} images ({cars} + {test_cars} cars, {width}x{height}) to {out} "
+    console.print(f"wrote {images} images ({cars} + {test_cars} cars, {width}x{height}, {layout} layout) to {out} "
                   f"in {seconds:.1f} s ({images / seconds:.0f} images/s)")
 
 
-@data_app.command("check")
-def data_check(root: Annotated[Path, typer.Argument(help="A folder in the Carvana layout.")]) -> None:
-    """Read a Carvana-layout folder and report what is in it (every image header is checked)."""
-    from harness.data.carvana import car_ids, open_carvana
+MaskSuffixOption = Annotated[Optional[str], typer.Option(
+    help="Folders layout: what a mask's name adds to its image's (default: the ending the mask names share).")]
+GroupsOption = Annotated[Optional[str], typer.Option(
+    help="Folders layout: CSV image,group, relative to ROOT (default: ROOT/groups.csv if present).")]
+GroupPatternOption = Annotated[Optional[str], typer.Option(
+    help="Folders layout: a regular expression on an image's id whose group 'group' (or first) is its group.")]
 
-    dataset = open_carvana(root)
-    console.print(
-        f"{root}: {len(dataset.train)} training images of {len(car_ids(dataset))} cars "
-        f"(masks from {dataset.mask_source}), {len(dataset.test)} test images"
-    )
+
+@data_app.command("check")
+def data_check(
+    root: Annotated[Path, typer.Argument(help="A data folder: the folders layout (images/, masks/) or Carvana's.")],
+    mask_suffix: MaskSuffixOption = None,
+    groups: GroupsOption = None,
+    group_pattern: GroupPatternOption = None,
+) -> None:
+    """Read a data folder and report what is in it: its layout, images, masks, groups, test images and
+    image sizes (every header is read; a folders set's masks are decoded to check their values)."""
+    from harness.data.inspect import describe_folder
+    from harness.data.layouts import open_data
+
+    dataset = open_data(root, mask_suffix=mask_suffix, groups=groups, group_pattern=group_pattern)
+    for line in describe_folder(dataset):
+        console.print(line, highlight=False)
 
 
 @data_app.command("split")
 def data_split(
-    root: Annotated[Path, typer.Argument(help="A folder in the Carvana layout.")],
+    root: Annotated[Path, typer.Argument(help="A data folder: the folders layout (images/, masks/) or Carvana's.")],
     out: Annotated[Path, typer.Option(help="Where to write: splits.json, or a folds CSV (id,fold) "
                                            "when the name ends in .csv.")] = Path("splits.json"),
     folds: Annotated[int, typer.Option(help="Number of folds.")] = 5,
@@ -676,12 +703,15 @@ def data_split(
     view: Annotated[Optional[str], typer.Option(help="rank_mod_k: rank by this view's mask area, e.g. 05 "
                                                      "(default: the total over all views).")] = None,
     file: Annotated[Optional[Path], typer.Option(help="file: the folds CSV to read (id,fold).")] = None,
+    mask_suffix: MaskSuffixOption = None,
+    groups: GroupsOption = None,
+    group_pattern: GroupPatternOption = None,
 ) -> None:
-    """Split the training cars into folds by car id and write splits.json with its content hash,
+    """Split the training groups (Carvana's cars) into folds and write splits.json with its content hash,
     or a folds CSV that a recipe reads with folds.method = "file"."""
     from typing import get_args
 
-    from harness.data.carvana import open_carvana
+    from harness.data.layouts import open_data
     from harness.data.splits import SplitMethod, splits_for, write_folds_csv, write_splits
 
     if method not in get_args(SplitMethod):
@@ -690,12 +720,13 @@ def data_split(
         raise BenchError(f"--view {view}: only --method rank_mod_k ranks by one view, not {method}")
     if (file is not None) != (method == "file"):
         raise BenchError("--method file reads --file, and --file goes with --method file only")
-    splits = splits_for(open_carvana(root), method, folds, seed, view=view, file=file)
+    dataset = open_data(root, mask_suffix=mask_suffix, groups=groups, group_pattern=group_pattern)
+    splits = splits_for(dataset, method, folds, seed, view=view, file=file)
     how = ", ".join(filter(None, [method, view and f"view {view}", file and str(file),
                                   splits.seed is not None and f"seed {seed}"]))
     if out.suffix.lower() == ".csv":
         write_folds_csv(splits, out)
-        console.print(f"wrote {out}: {folds} folds ({how}), one id,fold row per car", highlight=False)
+        console.print(f"wrote {out}: {folds} folds ({how}), one id,fold row per group", highlight=False)
     else:
         write_splits(splits, out)
         console.print(f"wrote {out}: {folds} folds ({how}), hash {splits.hash[:16]}", highlight=False)

@@ -9,14 +9,13 @@ import pytest
 from PIL import Image
 
 from harness.data import rle
-from harness.data.carvana import (
-    CarvanaSet,
-    car_id,
-    car_ids,
-    car_mask_areas,
+from harness.data.carvana import car_id, open_carvana
+from harness.data.dataset import (
+    DataFolder,
     data_hash,
+    group_ids,
+    group_mask_areas,
     mask_area,
-    open_carvana,
     read_image,
     read_mask,
 )
@@ -69,15 +68,15 @@ def build_carvana(root: Path, masks: str = "gif", ids: tuple[str, ...] = IDS) ->
 
 
 @pytest.fixture(params=["gif", "csv"])
-def dataset(request: pytest.FixtureRequest, tmp_path: Path) -> CarvanaSet:
+def dataset(request: pytest.FixtureRequest, tmp_path: Path) -> DataFolder:
     return open_carvana(build_carvana(tmp_path / "data", masks=request.param))
 
 
-def test_reads_ids_sorted(dataset: CarvanaSet) -> None:
+def test_reads_ids_sorted(dataset: DataFolder) -> None:
     assert dataset.train == IDS
     assert dataset.test == ("ccc333_01", "ccc333_02")
     assert dataset.metadata == dataset.root / "metadata.csv"
-    assert car_ids(dataset) == ["aaa111", "bbb222"]
+    assert group_ids(dataset) == ["aaa111", "bbb222"]
     assert "5 images" in repr(dataset)
 
 
@@ -88,7 +87,7 @@ def test_car_id_is_everything_before_the_last_underscore() -> None:
         car_id("nounderscore")
 
 
-def test_masks_and_images_read_back_at_odd_sizes(dataset: CarvanaSet) -> None:
+def test_masks_and_images_read_back_at_odd_sizes(dataset: DataFolder) -> None:
     for index, image_id in enumerate(IDS):
         mask = read_mask(dataset, image_id)
         assert mask.dtype == np.uint8 and mask.shape == (HEIGHT, WIDTH)
@@ -101,9 +100,9 @@ def test_masks_and_images_read_back_at_odd_sizes(dataset: CarvanaSet) -> None:
     assert read_image(dataset, "ccc333_01", split="test").shape == (HEIGHT, WIDTH, 3)
 
 
-def test_car_mask_areas_sum_the_views(dataset: CarvanaSet) -> None:
+def test_car_mask_areas_sum_the_views(dataset: DataFolder) -> None:
     areas = [int(_mask_for(i).sum()) for i in range(len(IDS))]
-    assert car_mask_areas(dataset) == {"aaa111": sum(areas[:2]), "bbb222": sum(areas[2:])}
+    assert group_mask_areas(dataset) == {"aaa111": sum(areas[:2]), "bbb222": sum(areas[2:])}
 
 
 def test_csv_masks_equal_gif_masks(tmp_path: Path) -> None:
@@ -112,7 +111,7 @@ def test_csv_masks_equal_gif_masks(tmp_path: Path) -> None:
     assert (from_gif.mask_source, from_csv.mask_source) == ("gif", "csv")
     for image_id in IDS:
         np.testing.assert_array_equal(read_mask(from_gif, image_id), read_mask(from_csv, image_id))
-    assert car_mask_areas(from_gif) == car_mask_areas(from_csv)
+    assert group_mask_areas(from_gif) == group_mask_areas(from_csv)
 
 
 @pytest.mark.parametrize("masks", ["gif", "csv"])
@@ -177,7 +176,7 @@ def test_hq_reads_train_hq_and_test_hq_and_the_same_masks(tmp_path: Path) -> Non
     root = _with_hq(build_carvana(tmp_path / "data"))
     standard, hq = open_carvana(root), open_carvana(root, "hq")
     assert (hq.train, hq.test, hq.sizes) == (standard.train, standard.test, standard.sizes)
-    assert hq.image_dir("train") == root / "train_hq" and hq.image_dir("test") == root / "test_hq"
+    assert hq.image_path(hq.train[0]).parent == root / "train_hq" and hq.test_dir == root / "test_hq"
     for image_id in hq.train:
         plain = read_image(standard, image_id).astype(int)
         assert np.abs(read_image(hq, image_id).astype(int) - (255 - plain)).max() <= 3

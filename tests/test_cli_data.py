@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.data.carvana import car_mask_areas, open_carvana
+from harness.data.carvana import open_carvana
+from harness.data.dataset import group_mask_areas
 from harness.data.splits import read_splits, stratified_kfold
 
 
@@ -122,4 +123,4 @@ def test_split_makes_artsioms_stratified_kfold(bench, synthetic_set, tmp_path):
     assert "(stratified_kfold, seed 1993)" in result.out
     splits = read_splits(out)
     assert (splits.method, splits.k, splits.seed) == ("stratified_kfold", 2, 1993)
-    assert splits == stratified_kfold(car_mask_areas(open_carvana(synthetic_set)), 2, 1993)
+    assert splits == stratified_kfold(group_mask_areas(open_carvana(synthetic_set)), 2, 1993)

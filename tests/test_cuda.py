@@ -58,7 +58,7 @@ def test_half_precision_prediction_agrees_with_the_cpus_fp32(bench, synthetic_se
 
 def _masks_differ(bench, run, synthetic_set, tmp_path) -> tuple[int, int]:
     """How many mask pixels of the run's prediction of the test images differ between CPU and CUDA."""
-    test_dir = open_carvana(synthetic_set).image_dir("test")
+    test_dir = open_carvana(synthetic_set).test_dir
     for device in ("cpu", "cuda"):
         done = bench("predict", run, test_dir, "--out", tmp_path / device, "--format", "maps", "--device", device)
         assert done.code == 0, done.err

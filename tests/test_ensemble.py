@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from harness.data import rle
-from harness.data.carvana import data_hash, open_carvana, read_image, read_mask
+from harness.data.carvana import open_carvana
+from harness.data.dataset import data_hash, read_image, read_mask
 from harness.ensemble import oof_search
 from harness.data.submission import HEADER, check_submission, read_submission, write_submission
 from harness.runs.probabilities import LEVEL_COUNT, ProbabilityMaps, binarise, quantise
@@ -45,6 +46,8 @@ def crafted_run(folder: Path, data_root: Path, oof_map: Callable[[np.ndarray], n
     summary = {"splits_hash": splits_hash, "data": str(data_root), "data_hash": data_hash(dataset), "oof_dice": 0.5,
                "run": folder.name}
     (folder / "summary.json").write_text(json.dumps(summary))
+    (folder / "per_image.csv").write_text("image,car,fold,dice\n" + "".join(  # the groups the ensemble scores by
+        f"{image_id},{dataset.group_of(image_id)},0,0.5\n" for image_id in dataset.train))
     return folder
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.data.carvana import open_carvana, read_mask
+from harness.data.carvana import open_carvana
+from harness.data.dataset import read_mask
 from harness.engine.metrics import dice
 from harness.runs.probabilities import ProbabilityMaps, quantise
 from test_ensemble import fake_run

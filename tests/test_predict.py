@@ -240,7 +240,7 @@ def test_a_run_with_uint8_floor_stores_the_floored_mean_of_its_folds(bench, synt
                                                                      plugins):
     """Each fold's best.pt predicts the test images again, alone, as ``_predict_test`` does; the stored
     test map is vladimir's merge of those maps, bit for bit."""
-    from harness.data.carvana import read_image
+    from harness.data.dataset import read_image
     from harness.engine.assembly import Assembly, recipe_normalise
     from harness.runs.folder import RunFolder
     from harness.runs.probabilities import ProbabilityMaps

@@ -41,7 +41,7 @@ force = true
 """)
     built = bench("ensemble", spec, "--out", tmp_path / "ensemble")
     assert built.code == 0, built.err
-    test_dir = open_carvana(synthetic_set).image_dir("test")
+    test_dir = open_carvana(synthetic_set).test_dir
     for format_ in ("rle", "png"):
         done = bench("predict", tmp_path / "ensemble", test_dir, "--out", tmp_path / format_, "--format", format_)
         assert done.code == 0, done.err

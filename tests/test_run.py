@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.data.carvana import data_hash, open_carvana
+from harness.data.carvana import open_carvana
+from harness.data.dataset import data_hash
 from harness.data.splits import read_splits
 from harness.runs.probabilities import ProbabilityMaps
 

@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from harness.data.carvana import CarvanaSet, car_ids, open_carvana
+from harness.data.carvana import car_id, open_carvana
+from harness.data.dataset import DataFolder, group_ids
 from harness.data.splits import (Splits, area_bins, kfold, make_splits, rank_mod_k, read_folds_csv, read_splits,
                                  splits_for, stratified_kfold, write_folds_csv, write_splits)
 from harness.errors import BenchError
@@ -113,9 +114,10 @@ def test_unknown_method_raises() -> None:
         make_splits(_areas(cars=20), 2, "random_kfold", seed=0)  # type: ignore[arg-type]
 
 
-def _dataset(tmp_path: Path, cars: list[str]) -> CarvanaSet:
+def _dataset(tmp_path: Path, cars: list[str]) -> DataFolder:
     train = tuple(sorted(f"{car}_{view:02d}" for car in cars for view in (1, 2, 3)))
-    return CarvanaSet(root=tmp_path, train=train, test=(), mask_source="gif")
+    return DataFolder(root=tmp_path, layout="carvana", train=train, test=(), image_files={}, test_files={},
+                      test_dir=tmp_path / "test", mask_source="gif", groups={i: car_id(i) for i in train})
 
 
 def test_validation_and_training_images_keep_cars_whole(tmp_path: Path) -> None:
@@ -288,7 +290,7 @@ def test_rank_mod_k_by_total_area_is_the_originals_fma(ranked_set: Path) -> None
 
 def test_rank_mod_k_reads_masks_from_the_rle_csv_alike(ranked_set: Path, tmp_path: Path) -> None:
     from harness.data.rle import encode
-    from harness.data.carvana import read_mask
+    from harness.data.dataset import read_mask
 
     gif_set = open_carvana(ranked_set)
     copy = Path(shutil.copytree(ranked_set, tmp_path / "carvana"))
@@ -348,10 +350,10 @@ def test_kfold_against_installed_sklearn() -> None:
 def test_kfold_is_seeded_over_the_sorted_cars_of_a_data_set(tmp_path: Path) -> None:
     dataset = _dataset(tmp_path, [f"car{i}" for i in range(9)])
     splits = splits_for(dataset, "kfold", 3, seed=4)
-    assert splits == kfold(car_ids(dataset), 3, 4) and (splits.method, splits.seed) == ("kfold", 4)
-    assert splits.hash != kfold(car_ids(dataset), 3, 5).hash
+    assert splits == kfold(group_ids(dataset), 3, 4) and (splits.method, splits.seed) == ("kfold", 4)
+    assert splits.hash != kfold(group_ids(dataset), 3, 5).hash
     with pytest.raises(BenchError, match="seed -1"):
-        kfold(car_ids(dataset), 3, -1)
+        kfold(group_ids(dataset), 3, -1)
 
 
 def test_folds_file_round_trips(tmp_path: Path) -> None:
@@ -377,7 +379,7 @@ def test_folds_file_round_trips(tmp_path: Path) -> None:
 def test_folds_file_in_the_originals_format_is_read(ranked_set: Path, tmp_path: Path) -> None:
     """The table generate_folds.py writes (to_csv, index=False) is the file a recipe names."""
     fma, f04a = _original_generate_folds(ranked_set)
-    cars = car_ids(open_carvana(ranked_set))
+    cars = group_ids(open_carvana(ranked_set))
     for table in (fma, f04a):
         table.to_csv(tmp_path / "folds.csv", index=False)
         assert (tmp_path / "folds.csv").read_text().startswith("id,square,fold\n")
@@ -597,7 +599,7 @@ def test_stratified_kfold_is_not_stratified_by_area() -> None:
 def test_stratified_kfold_of_a_data_set_uses_his_area_sum(ranked_set: Path) -> None:
     """splits_for reads the masks as calc_car_area.py did: the total of the 16 views' car pixels."""
     dataset = open_carvana(ranked_set)
-    cars = np.unique(car_ids(dataset))
+    cars = np.unique(group_ids(dataset))
     areas_df = _original_areas_df(ranked_set, cars)
     areas = dict(zip(cars, areas_df['sum']))
     splits = splits_for(dataset, "stratified_kfold", 3, 1993)
@@ -694,7 +696,7 @@ def _no_run_folder(results: Path) -> bool:
 ])
 def test_bench_run_with_a_bad_folds_file_writes_nothing(bench, synthetic_set, tiny_run_recipe, tmp_path,
                                                         folds_file, needle):
-    cars = car_ids(open_carvana(synthetic_set))
+    cars = group_ids(open_carvana(synthetic_set))
     rows = {"missing": [f"{car},{i % 2}" for i, car in enumerate(cars[1:])],
             "unknown": [f"{car},{i % 2}" for i, car in enumerate(cars)] + ["stranger,0"],
             "bad_fold": [f"{car},{'two' if i else 0}" for i, car in enumerate(cars)]}

@@ -2,7 +2,7 @@
 
 ``bench predict`` takes folders, image files and lists of paths; ``bench run`` its data's test images.
 Both decode here, with the training path's own decoder (``decode_image``, which
-``harness.data.carvana.read_image`` uses too), so a model sees at test time the very pixels it
+``harness.data.dataset.read_image`` uses too), so a model sees at test time the very pixels it
 would have seen in training: another JPEG decoder may round its IDCT differently, and a network
 tuned to the third decimal notices.
 

@@ -1,4 +1,4 @@
-"""From a Carvana folder to batches: decoding, the decoded-image cache, augmentation, fitting.
+"""From a data folder to batches: decoding, the decoded-image cache, augmentation, fitting.
 
 Three decisions shape this module:
 
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from harness.data.carvana import CarvanaSet, read_image, read_mask
+from harness.data.dataset import DataFolder, read_image, read_mask
 from harness.data.geometry import Fit, crop_shape
 from harness.data.image_files import to_chw
 from harness.errors import BenchError
@@ -51,7 +51,7 @@ class Images:
     """Decoded, preprocessed training images and masks of a set of ids, cached when they fit."""
 
     def __init__(
-        self, dataset: CarvanaSet, ids: Sequence[str], preprocess: A.Compose | None, cache_bytes: int
+        self, dataset: DataFolder, ids: Sequence[str], preprocess: A.Compose | None, cache_bytes: int
     ):
         self.dataset, self.ids, self.preprocess = dataset, list(ids), preprocess
         self._images: list[np.ndarray] | None = None
@@ -182,6 +182,51 @@ class EpochSampler(torch.utils.data.Sampler):
         return torch.randperm(self.size, generator=generator).tolist()
 
 
+def padded_batch(samples: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training batch of (image, mask) samples; samples of other shapes (a set of mixed image sizes, a
+    crop larger than some inputs) are padded with zeros on the right and bottom to the batch's largest,
+    the padding labelled background.
+
+    Why padding rather than bucketing batches by shape or resizing every image to one size: bucketing
+    changes which images share a batch (with many sizes, batches of one or two), resizing changes the
+    scale the model learns at, which prediction would then have to repeat; padding keeps both, at the
+    cost of the padded pixels' compute and of a little background that is not in the data (zeros, which
+    ``input.pad_mode = "constant"`` shows at test time too). Samples of one shape are stacked as the
+    default collate does, so data of one size batches exactly as before.
+    """
+    images, masks = zip(*samples)
+    height, width = max(image.shape[-2] for image in images), max(image.shape[-1] for image in images)
+    if all(image.shape[-2:] == (height, width) for image in images):
+        return torch.stack(images), torch.stack(masks)
+    return _padded(images, height, width), _padded(masks, height, width)
+
+
+def _padded(tensors: Sequence[torch.Tensor], height: int, width: int) -> torch.Tensor:
+    batch = tensors[0].new_zeros((len(tensors), tensors[0].shape[0], height, width))
+    for slot, tensor in zip(batch, tensors):
+        slot[:, : tensor.shape[-2], : tensor.shape[-1]] = tensor
+    return batch
+
+
+class ShapeBatches(torch.utils.data.Sampler):
+    """Batches of prediction samples that share one input shape, so that each stacks into one tensor; in
+    the samples' order within a shape, so that data of one size batches exactly as a plain loader does.
+    Each map is restored to its own image's size from its own input, so no padding can leak into it."""
+
+    def __init__(self, shapes: Sequence[tuple[int, int]], batch_size: int):
+        by_shape: dict[tuple[int, int], list[int]] = {}
+        for index, shape in enumerate(shapes):
+            by_shape.setdefault(shape, []).append(index)
+        self.batches = [indices[start : start + batch_size] for indices in by_shape.values()
+                        for start in range(0, len(indices), batch_size)]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+
 class CachedImage:
     """``read(i)`` for prediction over part of an ``Images`` (picklable, for DataLoader workers)."""
 
@@ -205,11 +250,10 @@ class PredictionSamples(torch.utils.data.Dataset):
         return to_chw(self.fit.array(self.read(position))), position
 
 
-def shapes_of_test_images(dataset: CarvanaSet) -> dict[str, tuple[int, int]]:
+def shapes_of_test_images(dataset: DataFolder) -> dict[str, tuple[int, int]]:
     """(height, width) of every test image, from the file headers (cheap: no decoding)."""
     shapes = {}
-    for image_id in dataset.test:
-        path = dataset.image_dir("test") / f"{image_id}.jpg"
+    for image_id, path in dataset.test_files.items():
         try:
             with Image.open(path) as image:
                 shapes[image_id] = (image.height, image.width)

@@ -20,6 +20,11 @@ def encode(mask: np.ndarray) -> str:
     return " ".join(map(str, edges.tolist()))
 
 
+def values(rle: str) -> np.ndarray:
+    """The numbers of an RLE string, unchecked (int64; empty for an empty mask)."""
+    return np.array(rle.split(), dtype=np.int64) if rle.strip() else np.empty(0, dtype=np.int64)
+
+
 def decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
     """Decode a Carvana RLE string into a uint8 mask of ``shape`` (height, width), values 0/1.
 
@@ -28,8 +33,7 @@ def decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
     """
     height, width = shape
     size = height * width
-    text = rle.strip() if isinstance(rle, str) else ""
-    numbers = np.array(text.split(), dtype=np.int64) if text else np.empty(0, dtype=np.int64)
+    numbers = values(rle if isinstance(rle, str) else "")
     if numbers.size % 2:
         raise ValueError("odd number of values (expected start/length pairs)")
     starts, lengths = numbers[0::2] - 1, numbers[1::2]
@@ -44,6 +48,6 @@ def decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
     pieces[0:-1:2] = starts - np.concatenate(([0], ends[:-1]))
     pieces[1::2] = lengths
     pieces[-1] = size - (ends[-1] if ends.size else 0)
-    values = np.zeros(pieces.size, dtype=np.uint8)
-    values[1::2] = 1
-    return np.repeat(values, pieces).reshape(height, width)
+    labels = np.zeros(pieces.size, dtype=np.uint8)
+    labels[1::2] = 1
+    return np.repeat(labels, pieces).reshape(height, width)

@@ -1,7 +1,9 @@
-"""Cross-validation folds over car ids, saved once and reused by every recipe.
+"""Cross-validation folds over groups of images, saved once and reused by every recipe.
 
 The 16 views of one car are near-duplicates, so a fold is a set of cars, never of images: a car
-split across folds would leak into its own validation. Every run records the splits hash;
+split across folds would leak into its own validation. A car is the Carvana layout's group; another
+set's groups (slides, scenes, patients: ``harness.data.dataset``) are dealt the same way, and the
+methods below, written for cars, take any groups. Every run records the splits hash;
 ``bench compare`` and ``bench ensemble`` take runs on other folds of the same data too (every image
 is predicted out of fold once in each run), and mark where the folds differ.
 
@@ -32,14 +34,15 @@ import json
 import random
 import re
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import numpy as np
 
-from harness.data.carvana import CarvanaSet, car_id, car_ids, car_mask_areas, view_mask_areas
+from harness.data.carvana import car_id, view_mask_areas
+from harness.data.dataset import DataFolder, group_ids, group_mask_areas
 from harness.errors import BenchError
 from harness.io import atomic_write_json, atomic_write_text
 
@@ -78,6 +81,7 @@ class Splits:
     folds: tuple[tuple[str, ...], ...]
     view: str | None = None
     source: FoldsFile | None = field(default=None, compare=False)
+    members: str | None = None  # sha256 of the image,group pairs, where groups are not Carvana's car ids
 
     @cached_property
     def hash(self) -> str:
@@ -95,19 +99,19 @@ class Splits:
             return self._fold_index[car]
         except KeyError:
             raise BenchError(
-                f"car {car!r} is in no fold of splits {self.hash[:16]}; "
+                f"group {car!r} is in no fold of splits {self.hash[:16]}; "
                 "the splits were made for another data set, make new splits"
             ) from None
 
-    def validation_images(self, dataset: CarvanaSet, fold: int) -> tuple[str, ...]:
-        """Training image ids whose car belongs to ``fold``."""
+    def validation_images(self, dataset: DataFolder, fold: int) -> tuple[str, ...]:
+        """Training image ids whose group belongs to ``fold``."""
         self._check_fold(fold)
-        return tuple(i for i in dataset.train if self.fold_of(car_id(i)) == fold)
+        return tuple(i for i in dataset.train if self.fold_of(dataset.group_of(i)) == fold)
 
-    def training_images(self, dataset: CarvanaSet, fold: int) -> tuple[str, ...]:
-        """Training image ids whose car belongs to any other fold."""
+    def training_images(self, dataset: DataFolder, fold: int) -> tuple[str, ...]:
+        """Training image ids whose group belongs to any other fold."""
         self._check_fold(fold)
-        return tuple(i for i in dataset.train if self.fold_of(car_id(i)) != fold)
+        return tuple(i for i in dataset.train if self.fold_of(dataset.group_of(i)) != fold)
 
     def _check_fold(self, fold: int) -> None:
         if not 0 <= fold < self.k:
@@ -116,9 +120,9 @@ class Splits:
             )
 
 
-def splits_for(dataset: CarvanaSet, method: SplitMethod, k: int, seed: int, view: str | None = None,
+def splits_for(dataset: DataFolder, method: SplitMethod, k: int, seed: int, view: str | None = None,
                file: str | Path | None = None) -> Splits:
-    """The splits that a recipe's ``[folds]`` asks for, made from ``dataset``.
+    """The splits that a recipe's ``[folds]`` asks for, made from ``dataset``'s groups.
 
     Reads only the masks the method ranks by: none for ``kfold`` and ``file``, one view's for
     ``rank_mod_k`` with a view, every mask for the others.
@@ -128,15 +132,36 @@ def splits_for(dataset: CarvanaSet, method: SplitMethod, k: int, seed: int, view
     if method == "file":
         if file is None:
             raise BenchError("folds method 'file' needs the path of a folds CSV (folds.file)")
-        return read_folds_csv(Path(file), car_ids(dataset), k)
-    if method == "kfold":
-        return kfold(car_ids(dataset), k, seed)
-    if method == "stratified_kfold":
-        return stratified_kfold(car_mask_areas(dataset), k, seed)
-    if method == "rank_mod_k":
-        areas = view_mask_areas(dataset, view, key="folds.view") if view else car_mask_areas(dataset)
-        return rank_mod_k(areas, k, view)
-    return make_splits(car_mask_areas(dataset), k, method, seed)
+        splits = read_folds_csv(Path(file), group_ids(dataset), k)
+    elif method == "kfold":
+        splits = kfold(group_ids(dataset), k, seed)
+    elif method == "stratified_kfold":
+        splits = stratified_kfold(group_mask_areas(dataset), k, seed)
+    elif method == "rank_mod_k":
+        areas = view_mask_areas(dataset, view, key="folds.view") if view else group_mask_areas(dataset)
+        splits = rank_mod_k(areas, k, view)
+    else:
+        splits = make_splits(group_mask_areas(dataset), k, method, seed)
+    return replace(splits, members=members_hash(dataset))
+
+
+def members_hash(dataset: DataFolder) -> str | None:
+    """sha256 (hex) of the data's ``image,group`` pairs, or None where every group is the car id in the
+    image's name (Carvana's rule, which the image ids imply). Folds are lists of groups: with groups
+    from a table or a pattern, the same group names over other images are other folds, which the
+    splits hash must tell apart; with Carvana's rule they cannot be, and its hashes stay as they were
+    (a folders-layout copy of a Carvana set, grouped by car, makes the very same splits)."""
+    pairs = sorted(dataset.groups.items())
+    if all(_car_or_none(image) == group for image, group in pairs):
+        return None
+    return hashlib.sha256("".join(f"{image},{group}\n" for image, group in pairs).encode()).hexdigest()
+
+
+def _car_or_none(image_id: str) -> str | None:
+    try:
+        return car_id(image_id)
+    except BenchError:
+        return None
 
 
 def make_splits(car_areas: Mapping[str, int], k: int, method: AreaMethod, seed: int) -> Splits:
@@ -360,7 +385,7 @@ def read_splits(path: Path) -> Splits:
 
 def _check_k(k: int, cars: int) -> None:
     if k < 2 or k > cars:
-        raise BenchError(f"cannot make k={k} folds from {cars} cars: need 2 <= k <= number of cars")
+        raise BenchError(f"cannot make k={k} folds from {cars} cars (groups): need 2 <= k <= number of groups")
 
 
 def _folds(assignment: Mapping[str, int], k: int) -> tuple[tuple[str, ...], ...]:
@@ -472,8 +497,8 @@ def _deal_round_robin(bins: list[list[str]], k: int, rng: random.Random) -> dict
 
 
 def _content(splits: Splits) -> dict[str, Any]:
-    """What the hash covers. ``view`` only for ``rank_mod_k``, so the splits of the older methods
-    keep the hashes they always had."""
+    """What the hash covers. ``view`` only for ``rank_mod_k`` and ``members`` only for groups that are not
+    car ids, so the splits of the older methods and of Carvana's cars keep the hashes they always had."""
     content = {
         "method": splits.method,
         "k": splits.k,
@@ -482,6 +507,8 @@ def _content(splits: Splits) -> dict[str, Any]:
     }
     if splits.method == "rank_mod_k":
         content["view"] = splits.view
+    if splits.members is not None:
+        content["members"] = splits.members
     return content
 
 
@@ -511,8 +538,12 @@ def _splits_from_json(path: Path, data: Any) -> Splits:
     view = data.get("view")
     if method == "rank_mod_k" and not ("view" in data and (view is None or isinstance(view, str))):
         raise BenchError(f"splits file {path}: rank_mod_k splits need a view (a string, or null for all views)")
+    members = data.get("members")
+    if not (members is None or isinstance(members, str)):
+        raise BenchError(f"splits file {path}: members must be a string (the hash of the image,group pairs)")
     return Splits(method=method, k=k, seed=seed, folds=tuple(tuple(fold) for fold in folds),
-                  view=view if method == "rank_mod_k" else None, source=_source_from_json(path, data.get("file")))
+                  view=view if method == "rank_mod_k" else None, source=_source_from_json(path, data.get("file")),
+                  members=members)
 
 
 def _source_from_json(path: Path, file: Any) -> FoldsFile | None:

@@ -1,5 +1,8 @@
 """Writing and checking a Kaggle Carvana submission: gzipped csv ``img,rle_mask``, one row per test image.
 
+``img`` is the image's file name: ``<id>.jpg`` for Carvana, whatever the test file is called in a folders
+set (``a.png``); reading a submission back drops the image suffix to find the id.
+
 Rows are streamed: a 100,064-image submission is written one encoded mask at a time, never held.
 The check reads the file back the same way and validates every RLE string against its image's size
 without decoding it, so checking a full submission costs seconds, not a full-size mask per row.
@@ -21,13 +24,15 @@ from harness.io import atomic_write
 
 HEADER = ("img", "rle_mask")
 _SUFFIX = ".jpg"  # Kaggle names rows by file name: <carid>_<NN>.jpg
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")  # dropped from a row's name to give its id
 _NEEDS_QUOTES = re.compile(r'[,"\r\n]')
 _DIGITS = 18  # the most an RLE value may have: any 18 digits fit in an int64
 _PAIRS = re.compile(rf"(?:[0-9]{{1,{_DIGITS}}} [0-9]{{1,{_DIGITS}}}(?: [0-9]{{1,{_DIGITS}}} [0-9]{{1,{_DIGITS}}})*)?")
 
 
-def write_submission(path: Path, rows: Iterable[tuple[str, str]]) -> int:
-    """Write ``(image_id, rle)`` rows as a gzipped csv, atomically; return the number of rows.
+def write_submission(path: Path, rows: Iterable[tuple[str, str]], names: Mapping[str, str] | None = None) -> int:
+    """Write ``(image_id, rle)`` rows as a gzipped csv, atomically; return the number of rows. ``names``:
+    the file name of each image (``img``), where it is not ``<id>.jpg``.
 
     ``rows`` may be a generator that does the merging: it is consumed once, while writing. The
     temporary file is renamed into place only after the last row, so an interrupted ensemble never
@@ -44,11 +49,21 @@ def write_submission(path: Path, rows: Iterable[tuple[str, str]]) -> int:
         with igzip.GzipFile(fileobj=handle, mode="wb", mtime=0, compresslevel=2) as packed:
             packed.write(_csv_row(HEADER))
             for image_id, rle_mask in rows:
-                packed.write(_csv_row((image_id + _SUFFIX, rle_mask)))
+                packed.write(_csv_row((file_name(image_id, names), rle_mask)))
                 written += 1
 
     atomic_write(Path(path), write)
     return written
+
+
+def file_name(image_id: str, names: Mapping[str, str] | None = None) -> str:
+    """The ``img`` of an image's row: its file name, ``<id>.jpg`` unless ``names`` says otherwise."""
+    return names.get(image_id, image_id + _SUFFIX) if names else image_id + _SUFFIX
+
+
+def _image_id(name: str) -> str:
+    suffix = Path(name).suffix
+    return name.removesuffix(suffix) if suffix.lower() in _IMAGE_SUFFIXES else name
 
 
 def _csv_row(fields: tuple[str, str]) -> bytes:
@@ -64,7 +79,8 @@ def _csv_field(text: str) -> str:
 
 
 def read_submission(path: Path) -> Iterable[tuple[int, str, str]]:
-    """Yield ``(line number, image id, rle)`` from a (gzipped or plain) submission csv."""
+    """Yield ``(line number, image id, rle)`` from a (gzipped or plain) submission csv; the id is ``img``
+    without its image suffix."""
     path = Path(path)
     opener = igzip.open if path.suffix == ".gz" else open
     limit = csv.field_size_limit(_LONGEST_FIELD)
@@ -77,7 +93,7 @@ def read_submission(path: Path) -> Iterable[tuple[int, str, str]]:
             for row in reader:
                 if len(row) != 2:
                     raise BenchError(f"{path} line {reader.line_num}: expected 2 columns img,rle_mask, got {len(row)}")
-                yield reader.line_num, row[0].removesuffix(_SUFFIX), row[1]
+                yield reader.line_num, _image_id(row[0]), row[1]
     except (OSError, EOFError, UnicodeDecodeError, csv.Error) as error:
         raise BenchError(f"{path}: cannot read as a (gzipped) csv: {error}") from None
     finally:
@@ -98,7 +114,7 @@ def check_submission(path: Path, expected: Mapping[str, tuple[int, int]]) -> int
     """
     seen: set[str] = set()
     for line, image_id, text in read_submission(path):
-        where = f"{path} line {line} (img={image_id}{_SUFFIX})"
+        where = f"{path} line {line} (image {image_id})"
         if image_id not in expected:
             raise BenchError(f"{where}: not a test image")
         if image_id in seen:
@@ -109,7 +125,7 @@ def check_submission(path: Path, expected: Mapping[str, tuple[int, int]]) -> int
             raise BenchError(f"{where}: {problem}")
     missing = [image_id for image_id in expected if image_id not in seen]
     if missing:
-        raise BenchError(f"{path}: {len(missing)} test image(s) missing, e.g. {missing[0]}{_SUFFIX}")
+        raise BenchError(f"{path}: {len(missing)} test image(s) missing, e.g. {missing[0]}")
     return len(seen)
 
 

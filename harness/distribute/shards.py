@@ -91,7 +91,9 @@ def merge(out: Path) -> dict:
     shards = [out / SHARDS / Shard(i, plan["shards"]).name for i in range(1, plan["shards"] + 1)]
     if plan["format"] == "rle":
         rows = {image_id: rle for shard in shards for _, image_id, rle in read_submission(shard / "submission.csv.gz")}
-        write_submission(out / "submission.csv.gz", ((i, rows[i]) for i in plan["images"] if i in rows))
+        names = {Path(line).stem: Path(line).name for shard in shards
+                 for line in shard.with_suffix(".txt").read_text().splitlines()}
+        write_submission(out / "submission.csv.gz", ((i, rows[i]) for i in plan["images"] if i in rows), names)
     elif plan["format"] == "png":
         _link_all([shard / "masks" for shard in shards], out / "masks")
     else:

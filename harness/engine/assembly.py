@@ -12,15 +12,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import albumentations as A
 import torch
 from rich.console import Console
 
-from harness.data.carvana import CarvanaSet, open_carvana
-from harness.data.geometry import CV2_INTERPOLATIONS, Fit
-from harness.data.loading import Normalise
+from harness.data.dataset import DataFolder
+from harness.data.geometry import CV2_INTERPOLATIONS, Fit, crop_shape
+from harness.data.layouts import open_data
+from harness.data.loading import Normalise, ShapeBatches, padded_batch
 from harness.engine import compute_choice
 from harness.engine.choices import Choices
 from harness.engine.device import Compute, set_tf32
@@ -117,11 +118,13 @@ class Assembly:
             return Path(self.recipe.data.root)
         return self.build("dataset", "data.source", self.recipe.data.source)
 
-    def dataset(self) -> CarvanaSet:
-        """The recipe's data, opened and checked, its images read from the folders ``data.images`` names."""
-        return open_carvana(self.data_root(), self.recipe.data.images or "standard")
+    def dataset(self) -> DataFolder:
+        """The recipe's data, opened and checked in its layout with the ``[data]`` settings."""
+        data = self.recipe.data
+        return open_data(self.data_root(), data.layout or "auto", data.images or "standard", data.mask_suffix,
+                         data.groups, data.group_pattern)
 
-    def fit_for(self, dataset: CarvanaSet) -> Fit:
+    def fit_for(self, dataset: DataFolder) -> Fit:
         """The recipe's fit, checked against every image size of the data."""
         fit = recipe_fit(self.recipe, self.choices)
         for height, width in set(dataset.sizes.values()):
@@ -195,10 +198,26 @@ def recipe_normalise(recipe: Recipe) -> Normalise:
 
 
 def loader(samples, compute: Compute, workers: int, batch_size: int, sampler=None) -> torch.utils.data.DataLoader:
+    """Training batches, padded where the samples' shapes differ (``padded_batch``)."""
     return torch.utils.data.DataLoader(
-        samples, batch_size=batch_size, sampler=sampler, num_workers=workers,
+        samples, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=padded_batch,
         pin_memory=compute.device.type == "cuda", persistent_workers=workers > 0,
     )
+
+
+def shape_loader(samples, compute: Compute, workers: int, batches: ShapeBatches) -> torch.utils.data.DataLoader:
+    """Prediction batches of one input shape each (``ShapeBatches``)."""
+    return torch.utils.data.DataLoader(
+        samples, batch_sampler=batches, num_workers=workers,
+        pin_memory=compute.device.type == "cuda", persistent_workers=workers > 0,
+    )
+
+
+def largest_input(fit: Fit, sizes: Iterable[tuple[int, int]], crop: tuple[int, int] | None) -> tuple[int, int]:
+    """(height, width) of the largest training input (a crop where the recipe crops): what a step is
+    timed and its memory measured at, so that the largest batch fits where the timing said it would."""
+    shapes = {crop_shape(crop, *fit.input_shape(height, width)) for height, width in set(sizes)}
+    return max(shapes, key=lambda shape: (shape[0] * shape[1], shape))
 
 
 def recipe_crop(recipe: Recipe) -> tuple[int, int] | None:

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 from rich.console import Console
 
-from harness.data.carvana import CarvanaSet, read_mask
+from harness.data.dataset import DataFolder, read_mask
 from harness.engine import compute_choice
 from harness.engine.device import Compute
 from harness.errors import BenchError
@@ -81,7 +81,7 @@ class ObjectSize:
     masks: int
 
 
-def object_size(dataset: CarvanaSet, limit: int = MASKS_MEASURED) -> ObjectSize:
+def object_size(dataset: DataFolder, limit: int = MASKS_MEASURED) -> ObjectSize:
     """The median size of the objects (8-connected components) in up to ``limit`` training masks."""
     ids = sorted(dataset.train)
     chosen = [ids[round(i)] for i in np.linspace(0, len(ids) - 1, min(limit, len(ids)))] if ids else []
@@ -101,7 +101,7 @@ def input_scale(measured: ObjectSize, wanted: int) -> float:
     return round(min(1.0, wanted / measured.diameter), 4)
 
 
-def scale_for(recipe: Recipe, dataset: CarvanaSet) -> Choices:
+def scale_for(recipe: Recipe, dataset: DataFolder) -> Choices:
     """``input.size = "objects"``: the input scale of this data, with the measurement it follows from."""
     if recipe.input.size != "objects":
         return Choices()
@@ -115,7 +115,7 @@ def steps_for(budget_seconds: float, seconds_per_step: float, folds: int, epochs
     return max(1, int(budget_seconds / (seconds_per_step * folds * epochs)))
 
 
-def decide_from_data(parts: Assembly, dataset: CarvanaSet, ranks: Ranks | None, console: Console) -> Choices:
+def decide_from_data(parts: Assembly, dataset: DataFolder, ranks: Ranks | None, console: Console) -> Choices:
     """The decisions that follow from the data and the network (see the module docstring): the input
     scale of ``input.size = "objects"``, the weights of ``model.encoder_weights = "auto"``. Under
     torchrun, rank 0's."""

@@ -65,7 +65,7 @@ class Output(Protocol):
 
     def done(self, image_id: str) -> bool: ...
     def write(self, image_id: str, encoded: bytes) -> None: ...
-    def finish(self, ids: list[str]) -> None: ...
+    def finish(self, images: list[ImageFile]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -245,7 +245,7 @@ def predict_images(images: Sequence[ImageFile], predictor: Predictor, output: Ou
                 progress.advance(task, len(batch))
             while waiting:
                 _wait(waiting.popleft())
-    output.finish([image.image_id for image in images])
+    output.finish(list(images))
     outcome.seconds = time.perf_counter() - started
     return outcome
 

@@ -29,6 +29,7 @@ from typing import Mapping
 import cv2
 import numpy as np
 
+from harness.data.image_files import ImageFile
 from harness.data.rle import encode
 from harness.data.submission import write_submission
 from harness.errors import BenchError
@@ -73,7 +74,7 @@ class MaskFiles:
     def write(self, image_id: str, png: bytes) -> None:
         atomic_write_bytes(self.folder / f"{image_id}.png", png)
 
-    def finish(self, ids: list[str]) -> None:
+    def finish(self, images: list[ImageFile]) -> None:
         pass
 
 
@@ -122,18 +123,18 @@ class RleJournal:
                 raise cannot_write(self.journal, error) from None
             self.rows[image_id] = (offset + len(image_id.encode()) + 1, len(rle))
 
-    def finish(self, ids: list[str]) -> None:
-        """``submission.csv.gz`` from the journal: the images of ``ids`` it holds, in that order."""
+    def finish(self, images: list[ImageFile]) -> None:
+        """``submission.csv.gz`` from the journal: the ``images`` it holds, in that order, by file name."""
         self._handle.close()
         with open(self.journal, "rb") as journal:
             def rows():
-                for image_id in ids:
-                    if image_id in self.rows:
-                        offset, length = self.rows[image_id]
+                for image in images:
+                    if image.image_id in self.rows:
+                        offset, length = self.rows[image.image_id]
                         journal.seek(offset)
-                        yield image_id, journal.read(length).decode("ascii")
+                        yield image.image_id, journal.read(length).decode("ascii")
 
-            write_submission(self.submission, rows())
+            write_submission(self.submission, rows(), {image.image_id: image.path.name for image in images})
 
 
 class MapStore:
@@ -153,5 +154,5 @@ class MapStore:
     def write(self, image_id: str, compressed: bytes) -> None:
         self.store.put_compressed(image_id, compressed)
 
-    def finish(self, ids: list[str]) -> None:
+    def finish(self, images: list[ImageFile]) -> None:
         pass

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import albumentations as A
 import numpy as np
 
-from harness.data.carvana import CarvanaSet, read_image
+from harness.data.dataset import DataFolder, read_image
 from harness.recipe.schema import PseudoLabelSpec
 from harness.runs.probabilities import TOP_LEVEL, ProbabilityMaps, binarise
 
@@ -70,7 +70,7 @@ class PseudoLabelled:
     Decoded on demand; each map is read from the store when its image is.
     """
 
-    def __init__(self, dataset: CarvanaSet, ids: Sequence[str], maps_path: Path, threshold: float,
+    def __init__(self, dataset: DataFolder, ids: Sequence[str], maps_path: Path, threshold: float,
                  preprocess: A.Compose | None):
         self.dataset, self.ids = dataset, list(ids)
         self.threshold, self.preprocess = threshold, preprocess

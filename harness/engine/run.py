@@ -25,14 +25,16 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from harness.data.carvana import CarvanaSet, car_id, data_hash
-from harness.data.geometry import Fit, crop_shape
+from harness.data.dataset import DataFolder, data_hash, wxh
+from harness.data.folders import GROUPS_FILE, ONE_PER_IMAGE
+from harness.data.geometry import Fit
 from harness.data.image_files import ImageFile
-from harness.data.loading import (CachedImage, EpochSampler, Images, PhasedAugment, PredictionSamples, TrainingSamples,
-                                  shapes_of_test_images)
+from harness.data.loading import (CachedImage, EpochSampler, Images, PhasedAugment, PredictionSamples, ShapeBatches,
+                                  TrainingSamples, shapes_of_test_images)
 from harness.data.splits import Splits, read_splits, splits_for, write_splits
 from harness.engine import compute_choice, distributed
-from harness.engine.assembly import CACHE_BYTES, Assembly, loader, recipe_crop, recipe_normalise
+from harness.engine.assembly import (CACHE_BYTES, Assembly, largest_input, loader, recipe_crop, recipe_normalise,
+                                     shape_loader)
 from harness.engine.choices import Choices, decide_from_data, decide_steps, keep_choices, read_choices
 from harness.engine.device import Compute, check_precision, resolve_device
 from harness.engine.environment import describe_environment
@@ -83,7 +85,7 @@ class _Stage:
     recipe: Recipe
     parts: Assembly
     compute: Compute
-    dataset: CarvanaSet
+    dataset: DataFolder
     fit: Fit
     splits: Splits
     folder: RunFolder
@@ -142,8 +144,11 @@ def run(request: RunRequest, plugins: Plugins, console: Console) -> Path:
     parts = Assembly(recipe, plugins)
     check_precision(device, recipe.train.precision)
     dataset = parts.dataset()
+    if dataset.grouping == ONE_PER_IMAGE:
+        console.print(f"[yellow]warning:[/] {dataset.root}: no groups ({GROUPS_FILE} or data.group_pattern), so "
+                      "each image is its own group: near-duplicate images will leak across folds", highlight=False)
     if recipe.pseudo_label is not None and not dataset.test:
-        test_dir = dataset.image_dir("test")
+        test_dir = dataset.test_dir
         raise BenchError(f"[pseudo_label] needs unlabelled test images, and {test_dir} has none; "
                          f"remove the [pseudo_label] table or use data with a {test_dir.name}/ folder")
     # before _prepare creates the run folder: a bad folds file or view leaves nothing behind
@@ -153,7 +158,7 @@ def run(request: RunRequest, plugins: Plugins, console: Console) -> Path:
     choices = kept or decide_from_data(parts, dataset, ranks, console)
     parts = replace(parts, choices=choices)
     fit = parts.fit_for(dataset)
-    height, width = crop_shape(recipe_crop(recipe), *fit.input_shape(*next(iter(dataset.sizes.values()))))
+    height, width = largest_input(fit, dataset.sizes.values(), recipe_crop(recipe))
     compute, decision = _choose_compute(parts, device, height, width, ranks, console)
     if kept is None:
         choices = decide_steps(parts, compute, decision, height, width, splits.k, ranks)
@@ -443,7 +448,7 @@ class _Watched:
         self.monitor.epoch_done(fold, record)
 
 
-def describe_budget(parts: Assembly, splits: Splits, dataset: CarvanaSet, height: int, width: int,
+def describe_budget(parts: Assembly, splits: Splits, dataset: DataFolder, height: int, width: int,
                     ranks: distributed.Ranks | None = None) -> str:
     """The training a run buys per fold, in optimizer steps, images and input size, with what the run
     chose and why (a time budget's steps, the input scale, the encoder's start; and, under torchrun,
@@ -467,12 +472,17 @@ def describe_budget(parts: Assembly, splits: Splits, dataset: CarvanaSet, height
                    f"as timed here, so every recipe gets the same seconds)")
     elif train.budget_seconds is not None:
         budget += f" (train.steps_per_epoch is set, so train.budget_seconds = {train.budget_seconds:g} is not used)"
+    sizes = set(dataset.sizes.values())
     if choices.input_scale is not None:
-        height0, width0 = next(iter(dataset.sizes.values()))
         scaled = (f"images scaled by {choices.input_scale:g}" if choices.input_scale < 1 else
                   "images at their own resolution (objects already that small; never enlarged)")
+        seen = f"the {wxh(next(iter(sizes)))} images" if len(sizes) == 1 else f"images of {len(sizes)} sizes"
         budget += (f"; input.size = \"objects\": {scaled}, from the median object of {choices.objects_measured} "
-                   f"in the masks, {choices.object_diameter:g} px across in the {width0}x{height0} images")
+                   f"in the masks, {choices.object_diameter:g} px across in {seen}")
+    if dataset.layout != "carvana":
+        budget += f"; folds of {len(set(dataset.groups.values()))} groups ({dataset.grouping})"
+    if len(sizes) > 1:
+        budget += f"; {len(sizes)} image sizes, a batch padded to its largest"
     if choices.encoder_weights is not None:
         budget += "; encoder from ImageNet weights" if choices.encoder_weights == "imagenet" else \
             "; encoder from scratch (no ImageNet weights here)"
@@ -513,7 +523,9 @@ def _fold_setup(stage: _Stage, training: _Training, fold: int) -> FoldSetup:
     def validation(ids: list[str]) -> Validation:
         idx = [position[i] for i in ids]
         samples = PredictionSamples(CachedImage(images, idx), len(idx), fit)
-        return Validation(loader=loader(samples, compute, workers, batch), ids=ids,
+        batches = ShapeBatches([fit.input_shape(*dataset.sizes[i]) for i in ids], batch)
+        return Validation(loader=shape_loader(samples, compute, workers, batches), ids=ids,
+                          groups=[dataset.group_of(i) for i in ids],
                           shapes=[dataset.sizes[i] for i in ids], mask=lambda index: images[idx[index]][1])
 
     sample = validation_sample(val_ids, recipe.train.validate_images, recipe.seed + fold)
@@ -554,7 +566,7 @@ def _predict_test(stage: _Stage, folds: list[FoldFolder]) -> None:
     recipe, parts, compute, dataset, folder = stage.recipe, stage.parts, stage.compute, stage.dataset, stage.folder
     if folder.test_marker.exists() or not dataset.test or recipe.predict.test is False:
         return
-    images = [ImageFile(image_id, dataset.image_dir("test") / f"{image_id}.jpg") for image_id in dataset.test]
+    images = [ImageFile(image_id, dataset.test_files[image_id]) for image_id in dataset.test]
     output = MapStore(folder.open_maps("test"))  # created by _allocate_maps
     outcome = predict_images(images, Predictor.from_folds(parts, folds, compute), output, recipe.train.batch_size,
                              None, stage.console)
@@ -585,8 +597,9 @@ def _summarise(stage: _Stage, pseudo_images: int | None = None) -> None:
         fold = folder.fold(k)
         folds.append(fold.read())
         for line in fold.per_image.read_text().splitlines()[1:]:
-            image_id, score = line.split(",")
-            rows.append((image_id, car_id(image_id), k, float(score)))
+            fields = line.split(",")
+            image_id, score = fields[0], fields[-1]  # image,car,dice (image,dice before groups were written)
+            rows.append((image_id, dataset.group_of(image_id), k, float(score)))
     rows.sort()
     atomic_write_text(folder.per_image, "image,car,fold,dice\n" + "".join(
         f"{image_id},{car},{fold},{score:.6f}\n" for image_id, car, fold, score in rows))

@@ -60,6 +60,7 @@ class Validation:
 
     loader: torch.utils.data.DataLoader
     ids: Sequence[str]
+    groups: Sequence[str]  # each image's group (its car in Carvana), written beside its Dice
     shapes: Sequence[tuple[int, int]]
     mask: Callable[[int], np.ndarray]  # the ground truth of the loader's index-th image
 
@@ -283,7 +284,7 @@ def _validate(model: torch.nn.Module, setup: FoldSetup, validation: Validation) 
         setup.oof.put(image_id, levels)
         scores[image_id] = dice(binarise(levels, setup.threshold), truth)
     seconds = time.perf_counter() - started
-    _write_per_image(setup.folder.per_image_last, scores)
+    _write_per_image(setup.folder.per_image_last, scores, dict(zip(validation.ids, validation.groups)))
     return {
         "val_dice": float(np.mean(list(scores.values()))),
         "val_loss": float(np.mean(losses)),
@@ -301,8 +302,8 @@ def _map_loss(setup: FoldSetup, probability: torch.Tensor, truth: np.ndarray) ->
     return setup.loss(logits, target).item()
 
 
-def _write_per_image(path: Path, scores: dict[str, float]) -> None:
-    lines = ["image,dice"] + [f"{image_id},{score:.6f}" for image_id, score in scores.items()]
+def _write_per_image(path: Path, scores: dict[str, float], groups: dict[str, str]) -> None:
+    lines = ["image,car,dice"] + [f"{image_id},{groups[image_id]},{score:.6f}" for image_id, score in scores.items()]
     atomic_write(path, lambda handle: handle.write(("\n".join(lines) + "\n").encode()))
 
 

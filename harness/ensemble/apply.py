@@ -96,7 +96,7 @@ def predict_ensemble(request: PredictRequest, folder: Path, plugins: Plugins, co
         predicted[str(run.path)] = Run(member, run.summary)
     merged = _reading(ensemble, predicted)
     ids = [image.image_id for image in images if image.image_id in shapes and str(image.path) not in skipped]
-    _write_masks(merged, ids, request, console)
+    _write_masks(merged, ids, request, console, {image.image_id: image.path.name for image in images})
     outcome = Outcome(len(images), predicted=len(ids), skipped=sorted(skipped.items()),
                       seconds=time.perf_counter() - started)
     write_report(request, outcome, {"ensemble": str(folder), "runs": [run.name for run in runs]})
@@ -114,9 +114,11 @@ def _reading(ensemble: Ensemble, stores: dict[str, Run]) -> Ensemble:
     return replace(ensemble, runs=[swapped(member) for member in ensemble.runs])
 
 
-def _write_masks(ensemble: Ensemble, ids: list[str], request: PredictRequest, console: Console) -> None:
+def _write_masks(ensemble: Ensemble, ids: list[str], request: PredictRequest, console: Console,
+                 names: dict[str, str]) -> None:
     if request.format == "rle":
-        write_test_submission(ensemble, request.out / "submission.csv.gz", console, test_pass.default_workers(), ids)
+        write_test_submission(ensemble, request.out / "submission.csv.gz", console, test_pass.default_workers(), ids,
+                              names)
         return
     masks, files = test_pass.SubmissionMasks(ensemble), MaskFiles(request.out, threshold=0.5)
     for image_id in ids:

@@ -42,13 +42,16 @@ import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from harness.data.carvana import CarvanaSet, car_id, open_carvana, read_mask
+from harness.data.dataset import DataFolder, read_mask
+from harness.data.image_files import image_shape
+from harness.data.layouts import open_data
 from harness.data.submission import check_submission, write_submission
 from harness.ensemble import oof_search, test_pass
 from harness.ensemble.members import Group, open_runs, runs_of, top_runs
 from harness.ensemble.spec import load_spec
 from harness.errors import BenchError
 from harness.evaluate import stats
+from harness.evaluate.results import read_per_image
 from harness.io import atomic_write_json, atomic_write_text
 from harness.recipe.components import build, validate_params
 from harness.recipe.hookspecs import Merge, PostProcess
@@ -198,7 +201,7 @@ def build_from_spec(path: Path, request: EnsembleRequest, plugins: Plugins, cons
     return _choose_and_write(spec_request, members, dataset, merge, posts, console, spec=path)
 
 
-def _choose_and_write(request: EnsembleRequest, runs: list[Run | Group], dataset: CarvanaSet, merge: Merge,
+def _choose_and_write(request: EnsembleRequest, runs: list[Run | Group], dataset: DataFolder, merge: Merge,
                       posts: list[Post], console: Console, spec: Path | None = None) -> dict:
     """Weights, threshold and post-processing on out-of-fold data (what the request leaves open), then the
     submission and ``ensemble.json``."""
@@ -217,11 +220,12 @@ def _choose_and_write(request: EnsembleRequest, runs: list[Run | Group], dataset
     ensemble = Ensemble(runs, search.weights, merge, search.cutoff, [p for p in posts if p.name in kept])
     request.out.mkdir(parents=True, exist_ok=True)
     submission = request.out / "submission.csv.gz"
-    test = write_test_submission(ensemble, submission, console, request.workers or test_pass.default_workers())
+    test = write_test_submission(ensemble, submission, console, request.workers or test_pass.default_workers(),
+                                 names={image_id: path.name for image_id, path in dataset.test_files.items()})
     report = _report(request, ensemble, search, dataset, dice_by_chain, kept, decisions, test, oof_seconds, spec)
     ids = runs[0].oof.ids  # per image, as a run's per_image.csv: ensembles pair with each other and with runs
     atomic_write_text(request.out / PER_IMAGE_FILE, "image,car,dice\n" + "".join(
-        f"{image_id},{car_id(image_id)},{score:.6f}\n" for image_id, score in zip(ids, dice_by_chain[kept])))
+        f"{image_id},{dataset.group_of(image_id)},{score:.6f}\n" for image_id, score in zip(ids, dice_by_chain[kept])))
     atomic_write_json(request.out / "ensemble.json", report)
     return report
 
@@ -298,7 +302,7 @@ def _refine_on_grid(greedy: Search, request, runs, dataset, merge, fixed_cutoff,
     return Search([weights.get(run, 0.0) for run in range(len(runs))], cutoff, greedy.single_curves, steps)
 
 
-def _curves(runs: list[Run], dataset: CarvanaSet, merge: Merge, mixtures: list[dict[int, float]],
+def _curves(runs: list[Run], dataset: DataFolder, merge: Merge, mixtures: list[dict[int, float]],
             console: Console, label: str, pooled: bool = False) -> np.ndarray:
     """Per image and mixture, Dice at every cutoff: images x mixtures x 256, one pass over the images.
 
@@ -327,7 +331,7 @@ def _chains(names: list[str]) -> list[tuple[str, ...]]:
     return [chain for size in range(len(names) + 1) for chain in itertools.combinations(names, size)]
 
 
-def _post_pass(ensemble: Ensemble, dataset: CarvanaSet, chains: list[tuple[str, ...]],
+def _post_pass(ensemble: Ensemble, dataset: DataFolder, chains: list[tuple[str, ...]],
                console: Console) -> dict[tuple[str, ...], np.ndarray]:
     """Per-image Dice of the chosen mixture and cutoff under every chain of post-processors."""
     from harness.engine.metrics import dice
@@ -355,9 +359,10 @@ class TestOutcome:
 
 
 def write_test_submission(ensemble: Ensemble, path: Path, console: Console, workers: int = 1,
-                          ids: list[str] | None = None) -> TestOutcome:
+                          ids: list[str] | None = None, names: dict[str, str] | None = None) -> TestOutcome:
     """Merge, threshold, post-process and encode every test image (or those of ``ids``) into ``path``,
-    streaming, in ``workers`` processes (``harness.ensemble.test_pass``; one: in this process)."""
+    streaming, in ``workers`` processes (``harness.ensemble.test_pass``; one: in this process). ``names``:
+    the test images' file names, for the rows (unset: ``<id>.jpg``, Carvana's)."""
     ids = ensemble.runs[0].test.ids if ids is None else ids
     workers = test_pass.pool_size(len(ids), workers)
     reason = test_pass.unpoolable(ensemble) if workers > 1 else None
@@ -368,7 +373,7 @@ def write_test_submission(ensemble: Ensemble, path: Path, console: Console, work
     tracemalloc.start()
     started = time.perf_counter()
     try:
-        written = write_submission(path, rows)
+        written = write_submission(path, rows, names)
         seconds = time.perf_counter() - started
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -382,7 +387,7 @@ def _report(request, ensemble, search, dataset, dice_by_chain, kept, decisions, 
     """ensemble.json: members, weights, threshold, post-processing, Dice with intervals, how to redo it."""
     runs = ensemble.runs
     ids = runs[0].oof.ids
-    cars = [car_id(image_id) for image_id in ids]
+    cars = [dataset.group_of(image_id) for image_id in ids]
     final = dice_by_chain[kept]
     at_seed = search.single_curves[:, :, oof_search.SEED_CUTOFF].astype(np.float64)
     best = int(np.argmax(at_seed.mean(axis=0)))
@@ -484,7 +489,7 @@ def _member_entry(member: Run | Group, weight: float, curves: np.ndarray) -> dic
             "splits_hash": sorted({run.summary.splits_hash for run in member.runs})}
 
 
-def _apply_command(request: EnsembleRequest, ensemble: Ensemble, kept: tuple[str, ...], dataset: CarvanaSet) -> str:
+def _apply_command(request: EnsembleRequest, ensemble: Ensemble, kept: tuple[str, ...], dataset: DataFolder) -> str:
     """The command that rebuilds this exact submission without searching: members, weights, cutoff fixed."""
     members = ensemble.members()
     words = ["bench", "ensemble", *(str(ensemble.runs[i].path) for i in members),
@@ -498,10 +503,10 @@ def _apply_command(request: EnsembleRequest, ensemble: Ensemble, kept: tuple[str
 def check(path: Path, data: Path | None, runs: list[str], results: Path) -> int:
     """``bench ensemble --check``: validate a submission against the test images of a data folder or run."""
     if data is not None:
-        dataset = open_carvana(data)
+        dataset = open_data(data)
         if not dataset.test:
             raise BenchError(f"data folder {data} has no test/ images to check against")
-        expected = {image_id: _test_size(dataset, image_id) for image_id in dataset.test}
+        expected = {image_id: _test_size(path) for image_id, path in dataset.test_files.items()}
     elif runs:
         expected = open_runs(resolve_runs(runs, results))[0].test.shapes
     else:
@@ -509,13 +514,12 @@ def check(path: Path, data: Path | None, runs: list[str], results: Path) -> int:
     return check_submission(path, expected)
 
 
-def _test_size(dataset: CarvanaSet, image_id: str) -> tuple[int, int]:
+def _test_size(path: Path) -> tuple[int, int]:
     """(height, width) of a test image from its header: no decoding, so checking 100,064 rows stays fast."""
-    from PIL import Image
-
-    with Image.open(dataset.image_dir("test") / f"{image_id}.jpg") as image:
-        width, height = image.size
-    return height, width
+    shape = image_shape(path)
+    if shape is None:
+        raise BenchError(f"{path}: cannot read the test image's size")
+    return shape
 
 
 def _check_request(request: EnsembleRequest, runs: list[Run]) -> None:
@@ -539,15 +543,19 @@ def _check_request(request: EnsembleRequest, runs: list[Run]) -> None:
         raise BenchError(f"--post {','.join(request.post)}: at most {MAX_POSTPROCESSORS} distinct post-processors")
 
 
-def _truth_set(root: Path, run: Run) -> CarvanaSet:
-    """The data folder with the ground truth; every out-of-fold image must be in it, at its size."""
-    dataset = open_carvana(root)
-    for image_id, shape in run.oof.shapes.items():
+def _truth_set(root: Path, run: Run | Group) -> DataFolder:
+    """The data folder with the ground truth; every out-of-fold image must be in it, at its size. Its
+    groups are the ones the run was scored with (its per-image table), which a recipe may have taken
+    from a pattern the folder does not hold."""
+    dataset = open_data(root)
+    first = run.runs[0] if isinstance(run, Group) else run
+    for image_id, shape in first.oof.shapes.items():
         if dataset.sizes.get(image_id) != shape:
             found = "missing" if image_id not in dataset.sizes else f"{dataset.sizes[image_id]}"
-            raise BenchError(f"data folder {root} does not match run {run.name}: training image {image_id} "
+            raise BenchError(f"data folder {root} does not match run {first.name}: training image {image_id} "
                              f"is {found}, the run's map is {shape}; pass --data ROOT")
-    return dataset
+    scored = read_per_image(first)
+    return replace(dataset, groups=dict(zip(scored["image"], scored["car"])), grouping=f"as run {first.name} scored")
 
 
 def component_from_text(plugins: Plugins, kind: str, spec: str) -> Callable:

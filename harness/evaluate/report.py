@@ -27,7 +27,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from harness.data.carvana import open_carvana, read_image, read_mask
+from harness.data.dataset import read_image, read_mask
+from harness.data.layouts import open_data
 from harness.errors import BenchError
 from harness.evaluate import compare
 from harness.evaluate import stats
@@ -214,7 +215,7 @@ def overlay(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> np.
 
 def worst_images_figure(runs: list[Run], per_image: dict[str, pd.DataFrame], count: int) -> Figure:
     """A grid: one row per run, its ``count`` lowest-Dice images with ground truth and prediction overlaid."""
-    dataset = open_carvana(runs[0].summary.data)
+    dataset = open_data(runs[0].summary.data)
     figure = Figure(figsize=(3.1 * count, 2.35 * len(runs) + 0.5), dpi=_DPI, layout="constrained")
     grid = figure.subplots(len(runs), count, squeeze=False)
     for row, run in zip(grid, runs):

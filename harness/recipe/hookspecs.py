@@ -142,10 +142,11 @@ def bench_callbacks() -> Mapping[str, Callable[..., Any]]:
 def bench_datasets() -> Mapping[str, Callable[..., Path]]:
     """Data sources, by name.
 
-    ``factory(**params) -> Path`` of a folder in the Carvana layout (``train/``, ``train_masks/`` or
-    ``train_masks.csv``, optional ``test/`` and ``metadata.csv``); see ``harness.data.carvana``. Anything that
-    can be laid out that way (generated, downloaded, converted) is a dataset, and one reader serves
-    them all. A factory that generates data should cache it and return quickly the second time.
+    ``factory(**params) -> Path`` of a data folder in the folders layout (``images/``, ``masks/``,
+    optional ``test/`` and ``groups.csv``; see ``harness.data.folders``) or the Carvana layout
+    (``train/``, ``train_masks/`` or ``train_masks.csv``, optional ``test/`` and ``metadata.csv``; see
+    ``harness.data.carvana``). Anything that can be laid out either way (generated, downloaded,
+    converted) is a dataset, and the two readers serve them all. A factory that generates data should cache it and return quickly the second time.
 
     Example: plugins/components/datasets.py (``synthetic``), registered by plugins/core.py.
     """

@@ -53,7 +53,23 @@ class SourceSpec(ComponentSpec):
 
 class DataSpec(_Strict):
     root: str | None = Field(
-        None, description="A folder in the Carvana layout, read as-is; unset: made by `source`."
+        None, description="A data folder, read as it is: the folders layout (images/, masks/) or Carvana's "
+                          "(train/, train_masks/); unset: made by `source`."
+    )
+    layout: Literal["auto", "carvana", "folders"] | None = Field(
+        None, description="The folder's layout; unset: auto, found from its folders (harness.data.layouts)."
+    )
+    mask_suffix: str | None = Field(
+        None, description="Folders layout: what a mask's file name adds to its image's (masks/a_mask.png: "
+                          "'_mask'); unset: the ending the mask names share."
+    )
+    groups: str | None = Field(
+        None, description="Folders layout: a CSV with columns image,group (images of one group never straddle "
+                          "folds), relative to the data folder; unset: groups.csv there if it exists."
+    )
+    group_pattern: str | None = Field(
+        None, description="Folders layout: a regular expression on an image's id whose group named 'group' (or "
+                          "first group, or whole match) is its group, e.g. '^(?P<group>[^_]+)_'."
     )
     source: SourceSpec = SourceSpec()
     images: Literal["standard", "hq"] | None = Field(

@@ -3,7 +3,7 @@
 The pruner (``[tune] pruner``) decides what is reported: ``median`` judges every epoch, so it is
 told the validation Dice of each epoch at step ``fold x epochs + epoch``; ``wilcoxon`` judges a
 trial against the best one instance by instance, so after each fold it is told each validation
-car's mean Dice, at a step fixed per car so that cars pair up across trials.
+car's (group's) mean Dice, at a step fixed per car so that cars pair up across trials.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from harness.data.carvana import car_id
 from harness.runs.folder import FoldFolder, RunFolder
 
 
@@ -59,8 +58,10 @@ class PruningMonitor:
         if self.reports != "fold" or fold in self.reported_folds:
             return
         self.reported_folds.add(fold)
-        scores = pd.read_csv(folder.per_image, dtype={"image": str})
-        cars = scores.assign(car=scores["image"].map(car_id)).groupby("car")["dice"].mean()
+        scores = pd.read_csv(folder.per_image, dtype={"image": str, "car": str})
+        if "car" not in scores:  # a fold written before per-image groups: each image its own
+            scores = scores.assign(car=scores["image"])
+        cars = scores.groupby("car")["dice"].mean()
         for car, score in cars.items():
             self.trial.report(float(score), _car_step(car))
         self.car_scores.update(cars.to_dict())
