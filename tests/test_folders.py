@@ -215,6 +215,7 @@ PRINTS = {
     "data check": r"folders layout, 64 training images with their masks, 4 groups \(groups.csv\), 32 test images",
     "run": r"out-of-fold Dice \d\.\d{4}",
     "compare": r"OOF Dice",
+    "report": r"wrote cells-report\.html \(2 runs\)",
     "ensemble": r"out-of-fold Dice \d\.\d+",
     "predict": r"ensemble of \d runs?: 32 images in .* 0 skipped",
 }
@@ -314,3 +315,17 @@ def test_synth_writes_the_built_in_set_in_the_folders_layout(bench, tmp_path):
     assert sorted(path.name for path in (tmp_path / "cells").iterdir()) == ["groups.csv", "images", "masks", "test"]
     wrong = bench("data", "synth", "--out", tmp_path / "other", "--layout", "coco")
     assert wrong.code == 2 and "--layout coco: expected carvana or folders" in wrong.err
+
+
+def test_prediction_refuses_a_16_bit_image_as_training_does(tmp_path):
+    import cv2
+
+    from harness.data.geometry import Fit
+    from harness.data.image_files import ImageFile, ImageSamples
+
+    cv2.imwrite(str(tmp_path / "deep.png"), np.full((20, 30), 1000, np.uint16))
+    cv2.imwrite(str(tmp_path / "plain.png"), np.full((20, 30), 100, np.uint8))
+    samples = ImageSamples([ImageFile("deep", tmp_path / "deep.png"), ImageFile("plain", tmp_path / "plain.png")],
+                           None, Fit("pad", None))
+    assert samples[0].image is None and "a 16-bit image" in samples[0].problem
+    assert samples[1].problem is None and samples[1].image.shape == (3, 32, 32)

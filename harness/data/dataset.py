@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from harness.data import rle
-from harness.data.image_files import decode_image
+from harness.data.image_files import EIGHT_BITS_ONLY, decode_image
 from harness.errors import BenchError
 
 Layout = Literal["carvana", "folders"]
@@ -90,6 +90,8 @@ def read_image(dataset: DataFolder, image_id: str, split: Split = "train") -> np
     image = decode_image(path)  # the decoder of bench predict too: the same pixels in training and at test time
     if image is None:
         raise BenchError(f"cannot decode image {path} (missing, truncated or not an image file)")
+    if image.dtype != np.uint8:
+        raise BenchError(f"image {path}: {EIGHT_BITS_ONLY}")
     return image
 
 

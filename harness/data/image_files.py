@@ -34,7 +34,9 @@ _JPEG_START = b"\xff\xd8"
 
 
 def decode_image(path: Path) -> np.ndarray | None:
-    """A uint8 HxWx3 RGB array, or None when the file is missing, truncated or not an image.
+    """An HxWx3 RGB array, or None when the file is missing, truncated or not an image. uint8, but for a
+    16-bit PNG or TIFF, which stays uint16 so that its caller can refuse it (``EIGHT_BITS_ONLY``) rather
+    than have OpenCV stretch it silently.
 
     JPEGs go through simplejpeg (libjpeg-turbo, accurate IDCT and fancy upsampling, as OpenCV's
     own libjpeg-turbo does): the same pixels as ``cv2.imread`` on every JPEG we compared (4:4:4,
@@ -50,8 +52,13 @@ def decode_image(path: Path) -> np.ndarray | None:
             return simplejpeg.decode_jpeg(data, colorspace="RGB")
         except ValueError:
             pass  # not every JPEG is one libjpeg-turbo's RGB output takes; OpenCV may read it
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
     return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+# Training refuses such images at open time (harness.data.folders), prediction image by image, with this line.
+EIGHT_BITS_ONLY = ("a 16-bit image; segbench reads 8-bit grey or RGB images: convert it with the range "
+                   "that suits the data (the same way as the training images)")
 
 
 @dataclass(frozen=True)
@@ -131,6 +138,8 @@ class ImageSamples(torch.utils.data.Dataset):
         image = decode_image(self.images[index].path)
         if image is None:
             return Sample(index, None, (0, 0), "cannot decode (missing, truncated or not an image file)")
+        if image.dtype != np.uint8:
+            return Sample(index, None, image.shape[:2], EIGHT_BITS_ONLY)
         shape = image.shape[:2]
         problem = self.fit.check(*shape)
         if problem:
