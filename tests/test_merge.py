@@ -343,3 +343,92 @@ def test_seed_hull_parameters_are_checked(params: dict, message: str) -> None:
     with pytest.raises(BenchError, match=message) as raised:
         merge.seed_hull(**params)
     assert str(raised.value).startswith("seed_hull: ") and "\n" not in str(raised.value)
+
+
+# --- the fast post-processors against the plain ones they replaced, bit for bit -----------------------------------
+
+
+def _plain_keep_largest(mask: np.ndarray, connectivity: int) -> np.ndarray:
+    """keep_largest as it was: the whole image labelled."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=connectivity)
+    if count <= 2:
+        return mask
+    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+
+
+def _plain_convex_hull(probability: np.ndarray, mask: np.ndarray, low=0.12, high=0.82, min_area=0.002,
+                       connectivity=8) -> np.ndarray:
+    """convex_hull as it was: the whole image labelled, the hull of every confident pixel."""
+    uncertain = ((probability > low) & (probability < high)).view(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(uncertain, connectivity=connectivity)
+    large = [k for k in range(1, count) if stats[k, cv2.CC_STAT_AREA] >= min_area * probability.size]
+    result = mask.copy()
+    for k in large:
+        x, y, width, height = (int(v) for v in stats[k, :4])
+        box = (slice(y, y + height), slice(x, x + width))
+        hull = np.zeros((height, width), dtype=np.uint8)
+        points = cv2.findNonZero((probability[box] >= high).view(np.uint8))
+        if points is not None:
+            cv2.fillConvexPoly(hull, cv2.convexHull(points), 1)
+        region = labels[box] == k
+        result[box][region] = hull[region].astype(bool)
+    return result
+
+
+def _scene(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A map with a car-like body, an unsure window inside it, an unsure shadow beside it, stray blobs of
+    several sizes and noise, placed at random (odd offsets included)."""
+    probability = np.zeros((height, width), np.float32)
+    for _ in range(int(rng.integers(0, 4))):  # bodies, some of them twins of one area
+        top, left = int(rng.integers(0, height)), int(rng.integers(0, width))
+        size = (int(rng.integers(2, height // 2 + 3)), int(rng.integers(2, width // 2 + 3)))
+        probability[top : top + size[0], left : left + size[1]] = rng.choice([0.95, 0.5, 0.3, 1.0])
+        probability[top + 1 : top + size[0] // 2, left + 1 : left + size[1] // 2] = rng.choice([0.4, 0.6, 0.9])
+    for _ in range(int(rng.integers(0, 3))):
+        cv2.circle(probability, (int(rng.integers(width)), int(rng.integers(height))), int(rng.integers(1, 15)),
+                   float(rng.choice([0.2, 0.7, 0.99])), -1)
+    if rng.random() < 0.5:
+        probability += rng.random((height, width), dtype=np.float32) * 0.3 * (rng.random((height, width)) < 0.05)
+    return np.clip(probability, 0, 1)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fast_post_processors_give_the_plain_ones_masks(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for _ in range(150):
+        height, width = int(rng.integers(3, 90)), int(rng.integers(3, 90))
+        probability = _scene(rng, height, width)
+        mask = probability >= 0.5
+        for connectivity in (4, 8):
+            np.testing.assert_array_equal(merge.keep_largest(connectivity)(probability, mask),
+                                          _plain_keep_largest(mask, connectivity))
+            for min_area in (0.0, 0.002, 0.05):
+                np.testing.assert_array_equal(
+                    merge.convex_hull(min_area=min_area, connectivity=connectivity)(probability, mask),
+                    _plain_convex_hull(probability, mask, min_area=min_area, connectivity=connectivity))
+
+
+@pytest.mark.parametrize("top,left", [(0, 0), (1, 0), (0, 1), (1, 1), (3, 5)])
+def test_keep_largest_breaks_a_tie_as_the_whole_image_labelling_does(top: int, left: int) -> None:
+    """Two components of one area, placed so that raster order and 2x2-block order could disagree, at
+    odd and even offsets: the one kept is the one the whole image's labelling keeps."""
+    mask = np.zeros((40, 40), bool)
+    mask[top + 1, left + 5 : left + 9] = True  # 4 pixels, first met at row top + 1
+    mask[top, left + 20 : left + 22] = mask[top + 1, left + 20 : left + 22] = True  # 4 pixels, met at row top
+    for connectivity in (4, 8):
+        np.testing.assert_array_equal(merge.keep_largest(connectivity)(np.zeros((40, 40), np.float32), mask),
+                                      _plain_keep_largest(mask, connectivity))
+
+
+def test_the_hull_of_the_row_ends_is_the_hull_of_every_pixel() -> None:
+    from plugins.components.merging import _row_ends
+
+    rng = np.random.default_rng(7)
+    for _ in range(2000):
+        height, width = int(rng.integers(1, 80)), int(rng.integers(1, 80))
+        confident = _scene(rng, height, width) >= 0.82
+        every = cv2.findNonZero(confident.view(np.uint8))
+        ends = _row_ends(confident)
+        assert (every is None) == (ends is None)
+        if every is not None:
+            np.testing.assert_array_equal(cv2.convexHull(ends), cv2.convexHull(every))
