@@ -432,3 +432,16 @@ def test_the_hull_of_the_row_ends_is_the_hull_of_every_pixel() -> None:
         assert (every is None) == (ends is None)
         if every is not None:
             np.testing.assert_array_equal(cv2.convexHull(ends), cv2.convexHull(every))
+
+
+def test_pieces_counts_the_8_connected_components() -> None:
+    from plugins.components.merging import _pieces
+
+    rng = np.random.default_rng(3)
+    for _ in range(3000):  # every density, pieces touching the border, pieces inside holes
+        height, width = int(rng.integers(1, 30)), int(rng.integers(1, 30))
+        image = (rng.random((height, width)) < rng.choice([0.05, 0.3, 0.6, 0.9])).astype(np.uint8)
+        assert _pieces(image) == cv2.connectedComponents(image, connectivity=8)[0] - 1
+    ring = np.zeros((9, 9), np.uint8)
+    ring[1:8, 1:8], ring[2:7, 2:7], ring[4, 4] = 1, 0, 1  # a piece inside another's hole
+    assert _pieces(ring) == 2

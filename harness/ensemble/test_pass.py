@@ -26,6 +26,7 @@ from dataclasses import replace
 from multiprocessing import get_context
 from typing import TYPE_CHECKING, Iterator
 
+import cv2
 import numpy as np
 
 from harness.data import rle
@@ -150,6 +151,9 @@ _masks: SubmissionMasks | None = None  # a worker's own, built once by _start_wo
 def _start_worker(ensemble: bytes) -> None:
     global _masks
     keep_freed_memory()
+    # One OpenCV thread: the workers already fill the cores (one each), where OpenCV's own pool in every
+    # worker (its labelling and lookups run in parallel) would have them contend for the same cores.
+    cv2.setNumThreads(1)
     _masks = SubmissionMasks(pickle.loads(ensemble))
 
 

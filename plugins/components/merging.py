@@ -54,7 +54,10 @@ def _keep_largest(probability: np.ndarray, mask: np.ndarray, *, connectivity: in
     box = _aligned_box(mask.view(np.uint8))
     if box is None:
         return mask
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask[box].view(np.uint8), connectivity=connectivity)
+    inside = mask[box].view(np.uint8)
+    if connectivity == 8 and _pieces(inside) <= 1:  # one car, the usual case: nothing to remove
+        return mask
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(inside, connectivity=connectivity)
     if count <= 2:  # background plus at most one component: nothing to remove
         return mask
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
@@ -96,26 +99,44 @@ def convex_hull(low: float = 0.12, high: float = 0.82, min_area: float = 0.002, 
 def _convex_hull(probability: np.ndarray, mask: np.ndarray, *, low: float, high: float, min_area: float,
                  connectivity: int) -> np.ndarray:
     uncertain = ((probability > low) & (probability < high)).view(np.uint8)
-    around = _aligned_box(uncertain)
-    if around is None:
-        return mask
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(uncertain[around], connectivity=connectivity)
-    min_pixels = min_area * probability.size
-    large = [k for k in range(1, count) if stats[k, cv2.CC_STAT_AREA] >= min_pixels]
+    large = _large_regions(uncertain, connectivity, min_area * probability.size)
     if not large:
         return mask
     result = mask.copy()
-    top, left = around[0].start, around[1].start
-    for k in large:
-        x, y, width, height = (int(v) for v in stats[k, :4])
-        box = (slice(top + y, top + y + height), slice(left + x, left + x + width))
-        hull = np.zeros((height, width), dtype=np.uint8)
+    for box, region in large:  # disjoint regions, each's hull from the map: the order does not matter
+        hull = np.zeros(region.shape, dtype=np.uint8)
         points = _row_ends(probability[box] >= high)
         if points is not None:
             cv2.fillConvexPoly(hull, cv2.convexHull(points), 1)
-        region = labels[y : y + height, x : x + width] == k
         result[box][region] = hull[region].astype(bool)
     return result
+
+
+def _large_regions(image: np.ndarray, connectivity: int, min_pixels: float) -> list[tuple[tuple[slice, slice], np.ndarray]]:
+    """The connected components of a uint8 image's non-zero pixels that hold at least ``min_pixels``, each
+    as its bounding box and its pixels there (bool). A car's uncertain band is usually one piece, found
+    with its outer borders (``_pieces``) and taken whole without labelling; otherwise the box of all of
+    them is labelled without OpenCV's statistics (7.8 ms for a full-size car's box on one thread; 4.7
+    without them, the areas counted and the boxes found here)."""
+    around = _aligned_box(image)
+    if around is None:
+        return []
+    if connectivity == 8 and _pieces(image[around]) == 1:
+        if cv2.countNonZero(image) < min_pixels:
+            return []
+        x, y, width, height = cv2.boundingRect(image)
+        box = (slice(y, y + height), slice(x, x + width))
+        return [(box, image[box].view(bool))]
+    count, labels = cv2.connectedComponents(image[around], connectivity=connectivity)
+    areas = np.bincount(labels.ravel(), minlength=count)
+    top, left = around[0].start, around[1].start
+    regions = []
+    for label in np.flatnonzero(areas[1:] >= min_pixels) + 1:
+        own = (labels == label).view(np.uint8)
+        x, y, width, height = cv2.boundingRect(own)
+        regions.append(((slice(top + y, top + y + height), slice(left + x, left + x + width)),
+                        own[y : y + height, x : x + width].view(bool)))
+    return regions
 
 
 def _aligned_box(image: np.ndarray) -> tuple[slice, slice] | None:
@@ -124,12 +145,19 @@ def _aligned_box(image: np.ndarray) -> tuple[slice, slice] | None:
     same stats and in the same order, as labelling the whole image: OpenCV labels 8-connected components
     by 2x2 blocks in raster order, and a box aligned to even coordinates keeps the whole image's blocks
     (an unaligned box can break a tie between two largest components the other way: tested). At
-    Carvana's size the box of a car's mask or of its uncertain band is about half the image, so the
-    labelling, the longest step of both post-processors once the hull is cheap, takes half the time."""
+    Carvana's size the box of a car's mask or of its uncertain band is about half the image."""
     x, y, width, height = cv2.boundingRect(image)
     if width == 0 or height == 0:
         return None
     return slice(y - y % 2, y + height), slice(x - x % 2, x + width)
+
+
+def _pieces(image: np.ndarray) -> int:
+    """The number of 8-connected components of a uint8 image's non-zero pixels: its outer borders, the
+    contours without a parent in OpenCV's two-level hierarchy (a piece inside another's hole is at the
+    top level too). 0.16 ms for a full-size car's box where labelling it with stats takes 6.7 (one thread)."""
+    _, hierarchy = cv2.findContours(image, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    return 0 if hierarchy is None else int(np.count_nonzero(hierarchy[0][:, 3] == -1))
 
 
 def _row_ends(confident: np.ndarray) -> np.ndarray | None:

@@ -135,16 +135,22 @@ def _undeclared(maps, weights):
     return merge.mean()(maps, weights)
 
 
+POSTS = {"none": [], "convex_hull,keep_largest": [Post("convex_hull", merge.convex_hull()),
+                                                  Post("keep_largest", merge.keep_largest())],
+         "seed_hull": [Post("seed_hull", merge.seed_hull())]}
+
+
 @pytest.mark.parametrize("path,workers,post,images", [
-    ("float", 1, False, 64), ("exact", 1, False, 1024), ("exact", 2, False, 1024),
-    ("exact", 1, True, 96), ("exact", 2, True, 192),
+    ("float", 1, "none", 64), ("exact", 1, "none", 1024), ("exact", 2, "none", 1024),
+    ("exact", 1, "convex_hull,keep_largest", 256), ("exact", 2, "convex_hull,keep_largest", 512),
+    ("exact", 2, "seed_hull", 512),
 ])
 def test_test_pass_rate(benchmark, car_runs, tmp_path, path, workers, post, images) -> None:
     import torch
 
     if benchmark.disabled:  # make test: once, as a test, on two chunks (both workers start) rather than a timing's worth
         images = min(images, 2 * test_pass.CHUNK)
-    posts = [Post("convex_hull", merge.convex_hull()), Post("keep_largest", merge.keep_largest())] if post else []
+    posts = POSTS[post]
     ensemble = Ensemble(car_runs, [0.45, 0.1, 0.3, 0.15], merge.mean() if path == "exact" else _undeclared, 128, posts)
     ids = car_runs[0].test.ids[:images]
     arrivals = []
@@ -166,7 +172,7 @@ def test_test_pass_rate(benchmark, car_runs, tmp_path, path, workers, post, imag
     exact = test_pass.SubmissionMasks(ensemble).exact
     levels = [run.test.quantised(ids[0]) for run in car_runs]
     share = exact.disagreement(levels).pixels() / levels[0].size if exact else float("nan")
-    print(f"\n{path} path, {workers} worker(s), post-processing {'convex_hull,keep_largest' if post else 'none'}: "
+    print(f"\n{path} path, {workers} worker(s), post-processing {post}: "
           f"{steady:.1f} images/s steady, {images / (arrivals[-1] - started):.1f} with the start; "
           f"{images} images of {WIDTH}x{HEIGHT}, {RUNS} members, {share:.1%} of pixels disagree; "
           f"cpu capability {torch.backends.cpu.get_cpu_capability()}, {len(os.sched_getaffinity(0))} cores")
