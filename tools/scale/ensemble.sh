@@ -11,7 +11,8 @@
 # The runs' test maps are then replaced by the benchmark's car-like maps (tools/scale/car_maps.py),
 # so that the two figures are of the same work; MAPS=model keeps the floor model's own maps, which
 # disagree on every pixel (the exact merge's worst case). SIZE=WxH the images' size (default
-# 1918x1280). WORK needs about 1 GB per 1,000 images. Run from the checkout.
+# 1918x1280). POST=convex_hull,keep_largest (or seed_hull) post-processes every mask, forced
+# (--force-post), instead of --post none. WORK needs about 1 GB per 1,000 images. Run from the checkout.
 set -euo pipefail
 work=$1
 images=${2:-1024}
@@ -46,6 +47,7 @@ if [ "${MAPS:-car}" = car ]; then  # the benchmark's maps: a 1x1 convolution's d
 fi
 rm -rf "$work/ensemble"
 /usr/bin/time -f "bench ensemble: %e s wall, %M KB peak RSS of the main process" \
-    "$bench" ensemble "${runs[@]}" --weights 0.45,0.1,0.3,0.15 --threshold 0.5 --post none --out "$work/ensemble"
+    "$bench" ensemble "${runs[@]}" --weights 0.45,0.1,0.3,0.15 --threshold 0.5 --post "${POST:-none}" \
+    ${POST:+--force-post} --out "$work/ensemble"
 "$(dirname "$bench")/python" -c "import torch, os; print('cpu capability', torch.backends.cpu.get_cpu_capability(), \
 'with', len(os.sched_getaffinity(0)), 'cores')"
