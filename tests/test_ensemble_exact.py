@@ -139,3 +139,46 @@ def test_a_plugin_file_merger_stays_in_one_process(crafted, tmp_path, monkeypatc
     monkeypatch.setattr(test_pass, "CHUNK", 1)  # 3 chunks: 2 workers asked for and refused
     outcome = write_test_submission(ensemble, tmp_path / "sub.csv.gz", Console(quiet=True), workers=2)
     assert (outcome.images, outcome.workers) == (IMAGES, 1)
+
+
+@pytest.fixture(scope="module")
+def crafted_oof(tmp_path_factory) -> list[Run]:
+    """``RUNS`` run folders whose out-of-fold stores hold crafted levels of ``IMAGES`` images."""
+    root = tmp_path_factory.mktemp("crafted_oof")
+    rng = np.random.default_rng(1)
+    ids = [f"img{index}" for index in range(IMAGES)]
+    images = [_crafted_levels(rng, shape, cutoff=128 if index else 100) for index, shape in enumerate(SHAPES)]
+    for run in range(RUNS):
+        store = ProbabilityMaps.create(root / f"run{run}" / "oof_maps", dict(zip(ids, SHAPES)))
+        for image_id, levels in zip(ids, images):
+            store.put(image_id, levels[run])
+    return [Run(RunFolder(root / f"run{run}"), Summary({})) for run in range(RUNS)]
+
+
+def _undeclared_mean(maps, weights) -> np.ndarray:
+    """The built-in mean without its ``pixelwise`` declaration: every map merged whole."""
+    return merging.mean()(maps, weights)
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["runs", "groups"])
+@pytest.mark.parametrize("pooled", [False, True], ids=["per-image", "pooled"])
+def test_out_of_fold_curves_merge_only_where_runs_disagree_bit_for_bit(crafted_oof, grouped, pooled,
+                                                                        monkeypatch) -> None:
+    """The search's curves (``bench ensemble``'s greedy, grid and weights steps) from the disagreeing pixels
+    only are the curves of the whole merged maps, to the last bit, for single runs, groups and mixtures
+    with awkward weights, ties and tenths."""
+    from harness.ensemble import ensemble as module
+
+    rng = np.random.default_rng(2)
+    truths = {image_id: (rng.random(shape) < 0.4).astype(np.uint8) for image_id, shape in
+              zip(crafted_oof[0].oof.ids, SHAPES)}
+    monkeypatch.setattr(module, "read_mask", lambda dataset, image_id: truths[image_id])
+    mixtures = [{0: 1.0}, {3: 1.0}, {0: 0.45, 1: 0.1, 2: 0.3, 3: 0.15}, {1: 1, 3: 1}, {0: 3, 2: 1},
+                {0: 0.1, 1: 0.2, 2: 0.3, 3: 0.4}]
+    members = _members(crafted_oof, grouped)
+    quiet = Console(quiet=True)
+    fast = module._curves(members, None, merging.mean(), mixtures, quiet, "exact", pooled)
+    whole = module._curves(members, None, _undeclared_mean, mixtures, quiet, "whole", pooled)
+    np.testing.assert_array_equal(fast.view(np.uint64 if pooled else np.uint32),
+                                  whole.view(np.uint64 if pooled else np.uint32))
+    assert np.unique(fast).size > 50  # curves that vary: the comparison compares something

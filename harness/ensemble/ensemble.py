@@ -47,6 +47,7 @@ from harness.data.image_files import image_shape
 from harness.data.layouts import open_data
 from harness.data.submission import check_submission, write_submission
 from harness.ensemble import oof_search, test_pass
+from harness.ensemble.exact import ExactMerge, differing_words, gathered
 from harness.ensemble.members import Group, open_runs, runs_of, top_runs
 from harness.ensemble.spec import load_spec
 from harness.errors import BenchError
@@ -312,18 +313,51 @@ def _curves(runs: list[Run], dataset: DataFolder, merge: Merge, mixtures: list[d
     shape = (len(mixtures), LEVEL_COUNT) if pooled else (len(ids), len(mixtures), LEVEL_COUNT)
     curves = np.zeros(shape, dtype=np.float64 if pooled else np.float32)
     needed = sorted({run for mixture in mixtures for run, weight in mixture.items() if weight > 0})
+    chosen = [[run for run in sorted(mixture) if mixture[run] > 0] for mixture in mixtures]
+    exact = [ExactMerge.build([len(runs_of(runs[run])) for run in members], [mixtures[m][run] for run in members],
+                              merge, oof_search.SEED_CUTOFF) for m, members in enumerate(chosen)]
     for i, image_id in enumerate(_track(ids, f"out-of-fold, {label}", console)):
         truth = read_mask(dataset, image_id)
-        maps = {run: runs[run].oof.read_float(image_id) for run in needed}
-        for m, mixture in enumerate(mixtures):
-            members = [run for run in sorted(mixture) if mixture[run] > 0]
-            merged = merge([maps[run] for run in members], [mixture[run] for run in members])
-            curve = oof_search.dice_curve(quantise(merged), truth)
+        if all(exact):
+            image_curves = _exact_curves(runs, needed, chosen, exact, image_id, truth)
+        else:  # a merger that does not declare itself pixelwise: every map merged whole
+            maps = {run: runs[run].oof.read_float(image_id) for run in needed}
+            image_curves = [oof_search.dice_curve(quantise(merge([maps[run] for run in members],
+                                                                 [mixtures[m][run] for run in members])), truth)
+                            for m, members in enumerate(chosen)]
+        for m, curve in enumerate(image_curves):
             if pooled:
                 curves[m] += curve
             else:
                 curves[i, m] = curve
     return curves / max(len(ids), 1) if pooled else curves
+
+
+def _exact_curves(runs: list[Run | Group], needed: list[int], chosen: list[list[int]], exact: list[ExactMerge],
+                  image_id: str, truth: np.ndarray) -> list[np.ndarray]:
+    """Every mixture's Dice curve of one image, bit for bit the whole maps' (``harness.ensemble.exact``),
+    merging only the pixels where the needed runs disagree.
+
+    Where every run holds one level ``c`` (nearly all of a car image), a mixture's merged level is its
+    table's ``quantise(table[c])``: those pixels' (level, truth) counts are taken once per image and
+    moved to each mixture's levels in 512 additions; the float path runs on the rest only.
+    """
+    levels = {run: [member.oof.quantised(image_id) for member in runs_of(runs[run])] for run in needed}
+    every = [level for run in needed for level in levels[run]]
+    where, width = differing_words(every)
+    truth_there = gathered(truth.view(np.uint8), where, width)
+    first = every[0]
+    agreeing = oof_search.level_counts(first, truth) - oof_search.level_counts(gathered(first, where, width),
+                                                                              truth_there)
+    image_curves = []
+    for members, merged in zip(chosen, exact):
+        moved = quantise(merged.table).astype(np.int64)
+        counts = np.bincount(np.concatenate([moved, moved + LEVEL_COUNT]), weights=agreeing,
+                             minlength=2 * LEVEL_COUNT).astype(np.int64)
+        values = merged.values([gathered(level, where, width) for run in members for level in levels[run]])
+        counts += oof_search.level_counts(quantise(values), truth_there)
+        image_curves.append(oof_search.counts_curve(counts))
+    return image_curves
 
 
 def _chains(names: list[str]) -> list[tuple[str, ...]]:

@@ -82,16 +82,13 @@ class ExactMerge:
 
     def disagreement(self, levels: Sequence[np.ndarray]) -> Disagreement:
         """Find the words where ``levels`` (every run's uint8 map, members in order) differ; run the float path there."""
-        first = levels[0]
-        width = next(n for n in (8, 4, 2, 1) if first.size % n == 0)
-        words = [_words(level, width) for level in levels]
-        differ = np.zeros(words[0].size, dtype=bool)
-        for other in words[1:]:
-            differ |= other != words[0]
-        where = np.flatnonzero(differ)
-        gathered = [word[where].view(np.uint8) for word in words]
-        values = _float_path(gathered, self.sizes, list(self.weights), self.merge)
-        return Disagreement(first, where, width, values)
+        where, width = differing_words(levels)
+        return Disagreement(levels[0], where, width, self.values([gathered(level, where, width) for level in levels]))
+
+    def values(self, gathered_levels: Sequence[np.ndarray]) -> np.ndarray:
+        """The float path on pixels gathered from every run's map (members in order): bit for bit its
+        values there in the whole maps (see the module docstring)."""
+        return _float_path(gathered_levels, self.sizes, list(self.weights), self.merge)
 
     def mask(self, split: Disagreement) -> np.ndarray:
         """The mask ``quantise(merged) >= cutoff``, bool (H, W)."""
@@ -109,6 +106,21 @@ class ExactMerge:
 
 
 _WORD = {8: np.uint64, 4: np.uint32, 2: np.uint16, 1: np.uint8}
+
+
+def differing_words(levels: Sequence[np.ndarray]) -> tuple[np.ndarray, int]:
+    """The indices of the words of ``width`` pixels where the maps ``levels`` differ, and the width."""
+    width = next(n for n in (8, 4, 2, 1) if levels[0].size % n == 0)
+    words = [_words(level, width) for level in levels]
+    differ = np.zeros(words[0].size, dtype=bool)
+    for other in words[1:]:
+        differ |= other != words[0]
+    return np.flatnonzero(differ), width
+
+
+def gathered(pixels: np.ndarray, where: np.ndarray, width: int) -> np.ndarray:
+    """A one-byte-per-pixel map's pixels in the words ``where``, word after word (1-D uint8)."""
+    return _words(np.ascontiguousarray(pixels), width)[where].view(np.uint8)
 
 
 def _words(pixels: np.ndarray, width: int) -> np.ndarray:

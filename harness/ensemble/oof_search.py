@@ -33,9 +33,18 @@ _WORSE = 1e-9  # a per-image Dice drop below this is float noise, not an image m
 
 def dice_curve(quantised: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Dice of ``quantised >= c`` against ``truth`` for every cutoff ``c`` in 0..255 (float64, 256)."""
+    return counts_curve(level_counts(quantised, truth))
+
+
+def level_counts(quantised: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Pixels per (level, truth): int64 (512,), the background's levels first, then the object's."""
     keys = quantised.ravel().astype(np.int32)
     keys += truth.ravel().astype(bool) * LEVEL_COUNT  # truth pixels count in the upper half
-    counts = np.bincount(keys, minlength=2 * LEVEL_COUNT)
+    return np.bincount(keys, minlength=2 * LEVEL_COUNT)
+
+
+def counts_curve(counts: np.ndarray) -> np.ndarray:
+    """``dice_curve`` from an image's ``level_counts`` (which add up over parts of the image)."""
     negatives, positives = counts[:LEVEL_COUNT], counts[LEVEL_COUNT:]
     true_pos = np.cumsum(positives[::-1])[::-1]  # pixels >= c that are car
     false_pos = np.cumsum(negatives[::-1])[::-1]
