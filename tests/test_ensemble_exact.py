@@ -40,16 +40,18 @@ def _crafted_levels(rng: np.random.Generator, shape: tuple[int, int], cutoff: in
 
 @pytest.fixture(scope="module")
 def crafted(tmp_path_factory) -> list[Run]:
-    """``RUNS`` run folders whose test stores hold crafted levels (``_crafted_levels``) of ``IMAGES`` images."""
+    """``RUNS`` run folders whose test and out-of-fold stores hold crafted levels (``_crafted_levels``) of
+    ``IMAGES`` images."""
     root = tmp_path_factory.mktemp("crafted_runs")
     rng = np.random.default_rng(0)
     ids = [f"img{index}" for index in range(IMAGES)]
     images = [_crafted_levels(rng, shape, cutoff=128 if index else 100) for index, shape in enumerate(SHAPES)]
     runs = []
     for run in range(RUNS):
-        store = ProbabilityMaps.create(root / f"run{run}" / "test_maps", dict(zip(ids, SHAPES)))
-        for image_id, levels in zip(ids, images):
-            store.put(image_id, levels[run])
+        for stores in ("test_maps", "oof_maps"):
+            store = ProbabilityMaps.create(root / f"run{run}" / stores, dict(zip(ids, SHAPES)))
+            for image_id, levels in zip(ids, images):
+                store.put(image_id, levels[run])
         runs.append(Run(RunFolder(root / f"run{run}"), Summary({})))
     return runs
 
@@ -141,20 +143,6 @@ def test_a_plugin_file_merger_stays_in_one_process(crafted, tmp_path, monkeypatc
     assert (outcome.images, outcome.workers) == (IMAGES, 1)
 
 
-@pytest.fixture(scope="module")
-def crafted_oof(tmp_path_factory) -> list[Run]:
-    """``RUNS`` run folders whose out-of-fold stores hold crafted levels of ``IMAGES`` images."""
-    root = tmp_path_factory.mktemp("crafted_oof")
-    rng = np.random.default_rng(1)
-    ids = [f"img{index}" for index in range(IMAGES)]
-    images = [_crafted_levels(rng, shape, cutoff=128 if index else 100) for index, shape in enumerate(SHAPES)]
-    for run in range(RUNS):
-        store = ProbabilityMaps.create(root / f"run{run}" / "oof_maps", dict(zip(ids, SHAPES)))
-        for image_id, levels in zip(ids, images):
-            store.put(image_id, levels[run])
-    return [Run(RunFolder(root / f"run{run}"), Summary({})) for run in range(RUNS)]
-
-
 def _undeclared_mean(maps, weights) -> np.ndarray:
     """The built-in mean without its ``pixelwise`` declaration: every map merged whole."""
     return merging.mean()(maps, weights)
@@ -162,7 +150,7 @@ def _undeclared_mean(maps, weights) -> np.ndarray:
 
 @pytest.mark.parametrize("grouped", [False, True], ids=["runs", "groups"])
 @pytest.mark.parametrize("pooled", [False, True], ids=["per-image", "pooled"])
-def test_out_of_fold_curves_merge_only_where_runs_disagree_bit_for_bit(crafted_oof, grouped, pooled,
+def test_out_of_fold_curves_merge_only_where_runs_disagree_bit_for_bit(crafted, grouped, pooled,
                                                                         monkeypatch) -> None:
     """The search's curves (``bench ensemble``'s greedy, grid and weights steps) from the disagreeing pixels
     only are the curves of the whole merged maps, to the last bit, for single runs, groups and mixtures
@@ -171,14 +159,26 @@ def test_out_of_fold_curves_merge_only_where_runs_disagree_bit_for_bit(crafted_o
 
     rng = np.random.default_rng(2)
     truths = {image_id: (rng.random(shape) < 0.4).astype(np.uint8) for image_id, shape in
-              zip(crafted_oof[0].oof.ids, SHAPES)}
+              zip(crafted[0].oof.ids, SHAPES)}
     monkeypatch.setattr(module, "read_mask", lambda dataset, image_id: truths[image_id])
     mixtures = [{0: 1.0}, {3: 1.0}, {0: 0.45, 1: 0.1, 2: 0.3, 3: 0.15}, {1: 1, 3: 1}, {0: 3, 2: 1},
                 {0: 0.1, 1: 0.2, 2: 0.3, 3: 0.4}]
-    members = _members(crafted_oof, grouped)
+    members = _members(crafted, grouped)
     quiet = Console(quiet=True)
     fast = module._curves(members, None, merging.mean(), mixtures, quiet, "exact", pooled)
     whole = module._curves(members, None, _undeclared_mean, mixtures, quiet, "whole", pooled)
     np.testing.assert_array_equal(fast.view(np.uint64 if pooled else np.uint32),
                                   whole.view(np.uint64 if pooled else np.uint32))
     assert np.unique(fast).size > 50  # curves that vary: the comparison compares something
+
+
+def test_level_counts_count_every_level_and_truth_exactly() -> None:
+    from harness.ensemble.oof_search import level_counts
+
+    rng = np.random.default_rng(4)
+    for shape in [(0,), (1,), (7,), (13, 17), (1280, 1918)]:
+        levels = rng.integers(0, 256, shape).astype(np.uint8)
+        truth = rng.random(shape) < 0.3
+        expected = np.bincount(levels.ravel().astype(np.int64) + 256 * truth.ravel(), minlength=512)
+        np.testing.assert_array_equal(level_counts(levels, truth), expected)
+        np.testing.assert_array_equal(level_counts(levels, truth.view(np.uint8)), expected)

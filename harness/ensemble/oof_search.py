@@ -23,12 +23,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from harness.runs.probabilities import LEVEL_COUNT
 
 SEED_CUTOFF = 128  # p >= 0.5 on the uint8 scale (harness.runs.probabilities.binarise)
 _WORSE = 1e-9  # a per-image Dice drop below this is float noise, not an image made worse
+_EXACT_IN_FLOAT32 = 2**24  # the most pixels OpenCV's float32 histogram counts exactly
 
 
 def dice_curve(quantised: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -37,10 +39,21 @@ def dice_curve(quantised: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 
 def level_counts(quantised: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Pixels per (level, truth): int64 (512,), the background's levels first, then the object's."""
-    keys = quantised.ravel().astype(np.int32)
-    keys += truth.ravel().astype(bool) * LEVEL_COUNT  # truth pixels count in the upper half
-    return np.bincount(keys, minlength=2 * LEVEL_COUNT)
+    """Pixels per (level, truth): int64 (512,), the background's levels first, then the object's.
+
+    OpenCV's histogram, of all pixels and of the object's (``truth`` as its mask): 1.4 ms for a full-size
+    map against 5.5 for NumPy's ``bincount`` of level + 256 x truth, which needs an int32 copy first
+    (AVX512). Its float32 bins count exactly up to 2**24 pixels, over six times a Carvana image; a larger
+    map (or an empty one, which OpenCV refuses) is counted by NumPy."""
+    if not 0 < quantised.size <= _EXACT_IN_FLOAT32:
+        keys = quantised.ravel().astype(np.int32)
+        keys += truth.ravel().astype(bool) * LEVEL_COUNT  # truth pixels count in the upper half
+        return np.bincount(keys, minlength=2 * LEVEL_COUNT)
+    levels = np.ascontiguousarray(quantised).reshape(1, -1)
+    object_mask = np.ascontiguousarray(truth).reshape(1, -1).view(np.uint8)
+    every = cv2.calcHist([levels], [0], None, [LEVEL_COUNT], [0, LEVEL_COUNT]).ravel()
+    inside = cv2.calcHist([levels], [0], object_mask, [LEVEL_COUNT], [0, LEVEL_COUNT]).ravel()
+    return np.concatenate([every - inside, inside]).astype(np.int64)
 
 
 def counts_curve(counts: np.ndarray) -> np.ndarray:
