@@ -290,7 +290,8 @@ def predict_command(
     run: Annotated[Optional[str], typer.Argument(help="A run folder or an ensemble folder (bench ensemble --out), or a "
                                                       "name under --results.", show_default=False)] = None,
     images: Annotated[Optional[list[Path]], typer.Argument(
-        help="Folders (their .jpg/.jpeg/.png files), image files, or .txt files with one image path a line.",
+        help="Folders (their .jpg/.jpeg/.png/.tif/.tiff/.bmp files), image files, or .txt files with one image "
+             "path a line.",
         show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option(help="Where the masks or maps and predict.json go.",
                                                 show_default=False)] = None,

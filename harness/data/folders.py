@@ -37,15 +37,17 @@ import pandas as pd
 from PIL import Image
 
 from harness.data.dataset import DataFolder, header_of, read_mask, wxh
+from harness.data.image_files import SUFFIXES as IMAGE_SUFFIXES
 from harness.errors import BenchError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 MASK_SUFFIXES = (".png", ".gif", ".tif", ".tiff", ".bmp")
 GROUPS_FILE = "groups.csv"
 GROUPS_COLUMNS = ("image", "group")
 PROBLEMS_SHOWN = 20
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # PIL modes of 16- and 32-bit images
 ONE_PER_IMAGE = "one group per image"
+UNGROUPED = ("no groups (groups.csv or data.group_pattern), so each image is its own group: near-duplicate images "
+             "(fields of one slide, frames of one scene) will leak across folds")
 _UNSAFE = re.compile(r'[,"\r\n]')
 
 

@@ -28,7 +28,9 @@ from PIL import Image
 from harness.data.geometry import Fit
 from harness.errors import BenchError
 
-SUFFIXES = (".jpg", ".jpeg", ".png")
+# The image files segbench reads, for training (harness.data.folders) and prediction alike: what
+# ``decode_image`` decodes (simplejpeg for JPEGs, OpenCV for the rest)
+SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 DECODER = f"simplejpeg {simplejpeg.__version__} (JPEG), OpenCV {cv2.__version__} (others)"
 _JPEG_START = b"\xff\xd8"
 
@@ -68,7 +70,7 @@ class ImageFile:
 
 
 def list_images(inputs: Sequence[Path]) -> list[ImageFile]:
-    """The images ``inputs`` name, in order: a folder stands for the .jpg/.jpeg/.png files directly
+    """The images ``inputs`` name, in order: a folder stands for the image files (``SUFFIXES``) directly
     inside it (sorted by name), a ``.txt`` file for the paths on its lines (relative ones from the
     list's own folder), and any other file for itself. Ids are file stems, so two files with one stem
     would write one output: that is one line naming both."""

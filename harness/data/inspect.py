@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 from harness.data.dataset import DataFolder, read_mask, wxh
-from harness.data.folders import ONE_PER_IMAGE, problems_error
+from harness.data.folders import ONE_PER_IMAGE, UNGROUPED, problems_error
 from harness.errors import BenchError
 
 
@@ -21,8 +21,7 @@ def describe_folder(dataset: DataFolder) -> list[str]:
         lines = [f"{dataset.root}: folders layout, {train} training images with their masks, {groups} groups "
                  f"({dataset.grouping}), {len(dataset.test)} test images"]
         if dataset.grouping == ONE_PER_IMAGE:
-            lines.append("warning: no groups.csv and no data.group_pattern: near-duplicate images (fields of one "
-                         "slide, frames of one scene) will leak across folds")
+            lines.append(f"warning: {UNGROUPED}")
     lines.append("image sizes: " + sizes_line(list(dataset.sizes.values())))
     return lines
 

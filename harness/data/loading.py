@@ -197,7 +197,7 @@ def padded_batch(samples: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torc
     images, masks = zip(*samples)
     height, width = max(image.shape[-2] for image in images), max(image.shape[-1] for image in images)
     if all(image.shape[-2:] == (height, width) for image in images):
-        return torch.stack(images), torch.stack(masks)
+        return torch.utils.data.default_collate(samples)  # in a loader worker, straight into shared memory
     return _padded(images, height, width), _padded(masks, height, width)
 
 

@@ -19,12 +19,12 @@ from typing import Iterable, Mapping
 import numpy as np
 from isal import igzip
 
+from harness.data.image_files import SUFFIXES
 from harness.errors import BenchError
 from harness.io import atomic_write
 
 HEADER = ("img", "rle_mask")
 _SUFFIX = ".jpg"  # Kaggle names rows by file name: <carid>_<NN>.jpg
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")  # dropped from a row's name to give its id
 _NEEDS_QUOTES = re.compile(r'[,"\r\n]')
 _DIGITS = 18  # the most an RLE value may have: any 18 digits fit in an int64
 _PAIRS = re.compile(rf"(?:[0-9]{{1,{_DIGITS}}} [0-9]{{1,{_DIGITS}}}(?: [0-9]{{1,{_DIGITS}}} [0-9]{{1,{_DIGITS}}})*)?")
@@ -63,7 +63,7 @@ def file_name(image_id: str, names: Mapping[str, str] | None = None) -> str:
 
 def _image_id(name: str) -> str:
     suffix = Path(name).suffix
-    return name.removesuffix(suffix) if suffix.lower() in _IMAGE_SUFFIXES else name
+    return name.removesuffix(suffix) if suffix.lower() in SUFFIXES else name
 
 
 def _csv_row(fields: tuple[str, str]) -> bytes:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from harness.data.image_files import DECODER, ImageFile, image_shape, list_images
+from harness.data.image_files import DECODER, SUFFIXES, ImageFile, image_shape, list_images
 from harness.engine.assembly import Assembly
 from harness.engine.choices import Choices, read_choices
 from harness.engine.device import Compute, check_precision, resolve_device
@@ -60,7 +60,7 @@ def listed_images(inputs: list[Path]) -> list[ImageFile]:
     """The images of the command line; none is one line."""
     images = list_images(inputs)
     if not images:
-        raise BenchError(f"no .jpg, .jpeg or .png image in {', '.join(map(str, inputs))}")
+        raise BenchError(f"no {', '.join(SUFFIXES)} image in {', '.join(map(str, inputs))}")
     return images
 
 

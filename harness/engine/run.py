@@ -26,7 +26,7 @@ import torch
 from rich.console import Console
 
 from harness.data.dataset import DataFolder, data_hash, wxh
-from harness.data.folders import GROUPS_FILE, ONE_PER_IMAGE
+from harness.data.folders import ONE_PER_IMAGE, UNGROUPED
 from harness.data.geometry import Fit
 from harness.data.image_files import ImageFile
 from harness.data.loading import (CachedImage, EpochSampler, Images, PhasedAugment, PredictionSamples, ShapeBatches,
@@ -145,8 +145,7 @@ def run(request: RunRequest, plugins: Plugins, console: Console) -> Path:
     check_precision(device, recipe.train.precision)
     dataset = parts.dataset()
     if dataset.grouping == ONE_PER_IMAGE:
-        console.print(f"[yellow]warning:[/] {dataset.root}: no groups ({GROUPS_FILE} or data.group_pattern), so "
-                      "each image is its own group: near-duplicate images will leak across folds", highlight=False)
+        console.print(f"[yellow]warning:[/] {dataset.root}: {UNGROUPED}", highlight=False)
     if recipe.pseudo_label is not None and not dataset.test:
         test_dir = dataset.test_dir
         raise BenchError(f"[pseudo_label] needs unlabelled test images, and {test_dir} has none; "
