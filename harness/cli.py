@@ -287,8 +287,9 @@ def _say_run_result(recipe_name: str, folder: Path) -> None:
 @app.command("predict")
 def predict_command(
     ctx: typer.Context,
-    run: Annotated[Optional[str], typer.Argument(help="A run folder or an ensemble folder (bench ensemble --out), or a "
-                                                      "name under --results.", show_default=False)] = None,
+    run: Annotated[Optional[str], typer.Argument(help="A run folder, an ensemble folder (bench ensemble --out), an ONNX "
+                                                      "export (bench export --out), or a run name under --results.",
+                                                 show_default=False)] = None,
     images: Annotated[Optional[list[Path]], typer.Argument(
         help="Folders (their .jpg/.jpeg/.png/.tif/.tiff/.bmp files), image files, or .txt files with one image "
              "path a line.",
@@ -323,6 +324,7 @@ def predict_command(
     from harness.distribute import shards as sharding
     from harness.engine.predict_run import PredictRequest, listed_images, predict
     from harness.ensemble.apply import ensemble_folder, predict_ensemble
+    from harness.export.folder import export_folder
 
     if merge_shards is not None:
         if run or images or shard:
@@ -356,8 +358,12 @@ def predict_command(
         listing, shard_out = sharding.shard_images(out, part, listed_images(images), format_)
         request = PredictRequest(run, [listing], shard_out, results, format_, device, batch_size, workers)
         console.print(f"shard {part.index} of {part.count} into {shard_out}", highlight=False)
-    ensemble = ensemble_folder(run, results)
-    if ensemble is None:
+    ensemble, export = ensemble_folder(run, results), export_folder(run)
+    if export is not None:
+        from harness.export.runtime import predict_export
+
+        outcome = predict_export(request, export, _plugins(ctx), console)
+    elif ensemble is None:
         outcome = predict(request, _plugins(ctx), console)
     else:
         outcome = predict_ensemble(request, ensemble, _plugins(ctx), console)
@@ -376,6 +382,35 @@ FilterOption = Annotated[
     Optional[list[str]],
     typer.Option("--filter", help=f"FIELD OP VALUE on {SUMMARY_FILE}, OP one of = != > >= < <= ~ (glob); repeatable."),
 ]
+
+
+@app.command("export")
+def export_command(
+    ctx: typer.Context,
+    run: Annotated[str, typer.Argument(help="A run folder, or a run name under --results.", show_default=False)],
+    out: Annotated[Path, typer.Option(help="The export folder: the ONNX files, their card and the run's recipe.",
+                                      show_default=False)],
+    format_: Annotated[str, typer.Option("--format", help="onnx (the one format so far).")] = "onnx",
+    check_images: Annotated[Optional[list[Path]], typer.Option(
+        "--check-images", help="Images to compare onnxruntime with PyTorch on (default: 8 of the run's data).",
+        show_default=False)] = None,
+    results: Annotated[Path, typer.Option(help="Where run names are looked up.")] = Path("results"),
+) -> None:
+    """Export a run's fold models to ONNX, with the card (model.json) that says how to use them without
+    segbench; onnxruntime is checked against PyTorch on real images first."""
+    from harness.engine.predict_run import listed_images, run_folder
+    from harness.export.onnx import FORMATS, export_run
+
+    if format_ not in FORMATS:
+        raise BenchError(f"--format {format_}: expected one of {', '.join(FORMATS)}")
+    images = listed_images(check_images) if check_images else None
+    exported = export_run(run_folder(run, results), out, _plugins(ctx), console, images)
+    card = exported.card
+    check = card["check"]
+    console.print(f"exported {len(card['folds'])} folds of {card['run']} to {out} (ONNX opset {card['opset']}, "
+                  f"input {card['input']['height_width']}); {check['runtime']} matches PyTorch within "
+                  f"{check['max_abs_probability_difference']:.1e} on {check['images']} images (bound {check['bound']:g})",
+                  highlight=False)
 
 
 @app.command("compare")

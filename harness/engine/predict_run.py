@@ -44,10 +44,10 @@ def predict(request: PredictRequest, plugins: Plugins, console: Console) -> Outc
     """Predict the images into ``request.out``; the summary is ``out/predict.json``."""
     if request.format not in FORMATS:
         raise BenchError(f"--format {request.format}: expected one of {', '.join(FORMATS)}")
-    folder = _run_folder(request.run, request.results)
+    folder = run_folder(request.run, request.results)
     images = listed_images(request.images)
     job = RunPrediction.of(folder, plugins, request)
-    output = _output(request.format, request.out, job.recipe.predict.threshold, images)
+    output = output_for(request.format, request.out, job.recipe.predict.threshold, images)
     console.print(f"predict {len(images)} images with the {len(job.predictor.models)} fold models of {folder.path} "
                   f"on {job.predictor.compute.describe()} into {request.out} ({request.format})", highlight=False)
     outcome = job.predict(images, output, console)
@@ -96,11 +96,11 @@ def write_report(request: PredictRequest, outcome: Outcome, what: dict) -> None:
     })
 
 
-def _run_folder(run: str, results: Path) -> RunFolder:
+def run_folder(run: str, results: Path) -> RunFolder:
     """The one run ``run`` names."""
     found = resolve_runs([run], results)
     if len(found) != 1:
-        raise BenchError(f"{run}: holds {len(found)} runs; bench predict applies one, give its folder")
+        raise BenchError(f"{run}: holds {len(found)} runs; give the folder of one")
     return RunFolder(found[0])
 
 
@@ -144,7 +144,8 @@ def _read_environment(folder: RunFolder) -> dict:
         return {}
 
 
-def _output(format: str, out: Path, threshold: float, images: list[ImageFile]) -> Output:
+def output_for(format: str, out: Path, threshold: float, images: list[ImageFile]) -> Output:
+    """Where ``--format`` puts each image's result: PNG masks, the submission's journal, or a map store."""
     if format == "png":
         return MaskFiles(out, threshold)
     if format == "rle":

@@ -76,7 +76,12 @@ def binarise(quantised: np.ndarray, threshold: float = 0.5) -> np.ndarray:
 
     The ``1e-9`` absorbs float error, so a threshold written as ``(c - 0.5) / 255`` selects ``c`` again.
     """
-    return quantised >= int(np.ceil(threshold * TOP_LEVEL + 0.5 - 1e-9))
+    return quantised >= binarise_level(threshold)
+
+
+def binarise_level(threshold: float) -> int:
+    """The lowest level ``binarise`` counts as the object at ``threshold``."""
+    return int(np.ceil(threshold * TOP_LEVEL + 0.5 - 1e-9))
 
 
 def estimated_bytes(shapes: Mapping[str, tuple[int, int]]) -> int:
