@@ -2,6 +2,7 @@
 
 * ``hookimpl`` marks a plugin's hooks (the hooks themselves are ``harness.recipe.hookspecs``);
 * ``Loss``, ``Schedule``, ``Merge``, ``PostProcess``: the callables that factories return;
+* ``TrackedRun``: what a tracker's ``start`` is told about the run it tracks;
 * ``BenchError``: raise it to reject a value in one line (anything else a factory raises is
   reported as one line too, naming the recipe key, the component and the plugin);
 * ``load_encoder_weights``, ``smp_imagenet``, ``HubFile``, ``UrlFile``: pretrained encoders from a local
@@ -14,10 +15,10 @@ import only from here, and a test holds them to it.
 
 from harness.data.synthetic import cached_synthetic_carvana
 from harness.errors import BenchError
-from harness.recipe.hookspecs import Loss, Merge, PostProcess, Schedule, hookimpl
+from harness.recipe.hookspecs import Loss, Merge, PostProcess, Schedule, TrackedRun, hookimpl
 from harness.recipe.weights import HubFile, UrlFile, load_encoder_weights, smp_imagenet
 
 __all__ = [
-    "BenchError", "HubFile", "Loss", "Merge", "PostProcess", "Schedule", "UrlFile", "cached_synthetic_carvana",
-    "hookimpl", "load_encoder_weights", "smp_imagenet",
+    "BenchError", "HubFile", "Loss", "Merge", "PostProcess", "Schedule", "TrackedRun", "UrlFile",
+    "cached_synthetic_carvana", "hookimpl", "load_encoder_weights", "smp_imagenet",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -41,6 +42,10 @@ ProfileOption = Annotated[
     Optional[list[str]], typer.Option("--profile", "-p", help="A [profiles.NAME] to apply (repeatable).")
 ]
 DeviceOption = Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when present).")]
+TrackOption = Annotated[
+    Optional[list[str]], typer.Option("--track", help="Also send the run to a tracker: mlflow or tensorboard (repeatable; "
+                                                      "see bench plugins for others).", show_default=False)
+]
 SetOption = Annotated[
     Optional[list[str]], typer.Option("--set", help="Override KEY=VALUE, e.g. train.epochs=3 (repeatable).")
 ]
@@ -176,10 +181,11 @@ def run_command(
     slurm_gpus: SlurmGpus = 1,
     slurm_cpus: SlurmCpus = None,
     slurm_setup: SlurmSetup = None,
+    track: TrackOption = None,
 ) -> None:
     """Train every fold of a recipe, predict out-of-fold and test images, into a run folder."""
     from harness.engine.distributed import ranks_from_environment
-    from harness.engine.run import RunRequest, run
+    from harness.engine.run import RunRequest, run, run_folder, run_recipe
     from harness.recipe.schema import load_recipe
 
     spread = [flag for flag, value in (("--devices", devices), ("--launcher", launcher), ("--ddp", ddp))
@@ -187,27 +193,52 @@ def run_command(
     if len(spread) > 1 or (spread and (estimate or device and devices)):
         clash = spread + (["--estimate"] if estimate else []) + (["--device"] if device and devices else [])
         raise BenchError(f"{' and '.join(clash[:2])} cannot be used together")
+    if track and (folds or estimate):
+        raise BenchError(f"--track and {'--folds' if folds else '--estimate'} cannot be used together: tracking "
+                         "goes with the command that runs the whole run (it starts the workers of --devices, "
+                         "--launcher or --ddp itself)")
     plugins = _plugins(ctx)
     resolved = load_recipe(recipe, plugins, profile or [], set_ or [])
     request = RunRequest(resolved, results, name, resume, device, estimate, folds=_parse_folds(folds))
-    # what every process it starts is given: the same command, less what spreads it
-    same = [*[f"--profile={p}" for p in profile or []], *[f"--set={s}" for s in set_ or []]]
-    if ddp is not None:
-        _run_with_ddp(ctx, request, ddp, ["run", str(recipe), *same, "--results", str(results),
-                                          *(["--name", name] if name else []), *(["--resume"] if resume else []),
-                                          *(["--device", device] if device else []),
-                                          *(["--folds", folds] if folds else [])])
-        return
-    if spread:
-        from harness.distribute.cluster import Cluster
-
-        cluster = Cluster(launcher, slurm_partition, slurm_time, slurm_gpus, slurm_cpus, slurm_setup or [], device)
-        folder = _run_spread(ctx, request, devices, cluster, [str(recipe.absolute()), *same])
-    else:
-        folder = run(request, plugins, console)
     ranks = ranks_from_environment()
-    if not estimate and (ranks is None or ranks.main):  # under --ddp, rank 0 speaks for all
+    under_torchrun_not_first = ranks is not None and not ranks.main  # rank 0 tracks for all
+    tracking = None if under_torchrun_not_first else _tracking(plugins, track, run_folder(request), run_recipe(request))
+    # what every process it starts is given: the same command, less what spreads it (and tracking:
+    # the trackers are fed from here when the workers are done)
+    same = [*[f"--profile={p}" for p in profile or []], *[f"--set={s}" for s in set_ or []]]
+    try:
+        if ddp is not None:
+            _run_with_ddp(ctx, request, ddp, ["run", str(recipe), *same, "--results", str(results),
+                                              *(["--name", name] if name else []), *(["--resume"] if resume else []),
+                                              *(["--device", device] if device else []),
+                                              *(["--folds", folds] if folds else [])])
+            folder = run_folder(request).path
+        elif spread:
+            from harness.distribute.cluster import Cluster
+
+            cluster = Cluster(launcher, slurm_partition, slurm_time, slurm_gpus, slurm_cpus, slurm_setup or [], device)
+            folder = _run_spread(ctx, request, devices, cluster, [str(recipe.absolute()), *same])
+        else:
+            folder = run(replace(request, monitor=tracking), plugins, console)
+    except BaseException:
+        if tracking is not None:
+            tracking.failed()
+        raise
+    if tracking is not None:
+        tracking.finish()
+    if ddp is not None:
+        return
+    if not estimate and not under_torchrun_not_first:  # under --ddp, rank 0 speaks for all
         _say_run_result(resolved.name, folder)
+
+
+def _tracking(plugins, names: list[str] | None, folder, recipe, tags: dict[str, str] | None = None):
+    """The run's trackers as its monitor, or None without ``--track``."""
+    if not names:
+        return None
+    from harness.track.tracking import Tracking, trackers
+
+    return Tracking(trackers(plugins, names), folder, recipe, console, tags)
 
 
 def _run_with_ddp(ctx: typer.Context, request, processes: int, bench_args: list[str]) -> None:
@@ -641,6 +672,7 @@ def tune_command(
     results: Annotated[Path, typer.Option(help="Studies go to RESULTS/tune/STUDY/, one run folder per trial.")] = Path("results"),
     tuned: Annotated[Path, typer.Option(help="Where the best trial is written as STUDY.toml.")] = Path("recipes/tuned"),
     wide: WideOption = False,
+    track: TrackOption = None,
 ) -> None:
     """Search the recipe's [tune] space with Optuna; write the best trial as a recipe. Run it again to resume."""
     import shlex
@@ -653,7 +685,11 @@ def tune_command(
     name = study or "-".join([recipe.stem, *(profile or [])])
     job = TuneJob(recipe, tuple(profile or ()), tuple(set_ or ()), tuple(ctx.obj["plugins_dir"]), ctx.obj["strict"],
                   StudyPlace(name, results / "tune" / name, storage, host or socket.gethostname(), heartbeat_grace),
-                  device, workers)
+                  device, workers, trackers=tuple(track or ()))
+    if track:
+        from harness.track.tracking import trackers
+
+        trackers(_plugins(ctx), track)  # a missing library is one line here, not a failed trial per worker
     _plugins(ctx)  # say which plugins were skipped, once, before the workers load them again
     space, found = tune(job, console)
     summarise(found, space, job.place, tuned, shlex.join(["bench", *sys.argv[1:]]), console, wide)

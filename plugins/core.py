@@ -1,8 +1,8 @@
-"""The shared plugin: optimizers, schedules, common augmentations, the synthetic data set, smp models and
-the pointwise floor model."""
+"""The shared plugin: optimizers, schedules, common augmentations, the synthetic data set, smp models,
+the pointwise floor model, and the MLflow and TensorBoard trackers."""
 
 from harness.api import hookimpl
-from plugins.components import augmentations, datasets, losses, optimizers, schedules
+from plugins.components import augmentations, datasets, losses, optimizers, schedules, trackers
 from plugins.components.nets import pointwise, smp_models
 
 __version__ = "0.1.0"
@@ -54,3 +54,8 @@ def bench_augmentations():
 @hookimpl
 def bench_datasets():
     return {"synthetic": datasets.synthetic}
+
+
+@hookimpl
+def bench_trackers():
+    return {"mlflow": trackers.mlflow, "tensorboard": trackers.tensorboard}

@@ -17,7 +17,7 @@ LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 # also files a user names on the command line, so they are left out).
 RUN_FOLDER_FILES = ("summary.json", "fold.json", "best.pt", "last.pt", "history.csv", "per_image.csv",
                     "per_image_last.csv", "environment.json", "test.json", "selection.json", "failure.json",
-                    "oof_maps", "test_maps")
+                    "oof_maps", "test_maps", "tracking.json")
 FOLD_PATH = re.compile(r"fold-(\d|\*|$)")  # "fold-0", a glob "fold-*", or the start of f"fold-{k}"
 
 
@@ -55,6 +55,14 @@ def _strings(path: Path):
             yield node.lineno, node.value
 
 
+def test_only_the_export_folder_owner_spells_its_files():
+    owner = ROOT / "harness/export/folder.py"
+    found = [f"{path.relative_to(ROOT)}:{line}: {text}" for path in sorted((ROOT / "harness").rglob("*.py"))
+             if path != owner for line, text in _strings(path) if "model.json" in text or ".onnx" in text]
+    assert not found, "export-folder paths outside harness/export/folder.py:\n" + "\n".join(found)
+    assert any(".onnx" in text for _, text in _strings(owner))
+
+
 def test_only_the_run_folder_owner_spells_run_folder_files():
     owner = ROOT / "harness/runs/folder.py"
     found = []
@@ -85,7 +93,7 @@ def test_the_public_api_is_what_plugin_authors_are_told():
     import harness.api
 
     assert sorted(harness.api.__all__) == [
-        "BenchError", "HubFile", "Loss", "Merge", "PostProcess", "Schedule", "UrlFile", "cached_synthetic_carvana",
+        "BenchError", "HubFile", "Loss", "Merge", "PostProcess", "Schedule", "TrackedRun", "UrlFile", "cached_synthetic_carvana",
         "hookimpl", "load_encoder_weights", "smp_imagenet"]
     assert all(hasattr(harness.api, name) for name in harness.api.__all__)
 
@@ -94,7 +102,7 @@ def test_harness_is_in_wings():
     modules = sorted(p.name for p in (ROOT / "harness").glob("*.py"))
     wings = sorted(p.name for p in (ROOT / "harness").iterdir() if (p / "__init__.py").exists())
     assert modules == ["__init__.py", "api.py", "cli.py", "errors.py", "io.py", "memory.py", "tables.py"]
-    assert wings == ["data", "distribute", "engine", "ensemble", "evaluate", "recipe", "runs", "speed", "tune"]
+    assert wings == ["data", "distribute", "engine", "ensemble", "evaluate", "export", "recipe", "runs", "speed", "track", "tune"]
 
 
 def test_every_component_kind_has_its_hook_and_every_hook_a_kind():

@@ -66,6 +66,25 @@ class RunMonitor(Protocol):
     def fold_done(self, fold: int, folder: FoldFolder) -> None: ...
 
 
+class Monitors:
+    """Several monitors as one (a tuning trial's pruner and its trackers), each told everything in turn."""
+
+    def __init__(self, *monitors: RunMonitor):
+        self.monitors = monitors
+
+    def estimated(self, seconds: float) -> None:
+        for monitor in self.monitors:
+            monitor.estimated(seconds)
+
+    def epoch_done(self, fold: int, record: dict[str, float]) -> None:
+        for monitor in self.monitors:
+            monitor.epoch_done(fold, record)
+
+    def fold_done(self, fold: int, folder: FoldFolder) -> None:
+        for monitor in self.monitors:
+            monitor.fold_done(fold, folder)
+
+
 @dataclass(frozen=True)
 class RunRequest:
     recipe: Recipe

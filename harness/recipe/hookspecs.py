@@ -27,13 +27,13 @@ component is built) is ``harness.recipe.kinds``; plugin authors import from ``ha
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import pluggy
 
 if TYPE_CHECKING:  # the contract names these types; importing torch here would slow `bench --help`
-    from pathlib import Path
-
     import albumentations
     import numpy
     import torch
@@ -48,6 +48,16 @@ Loss = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]  # (logits, ta
 Schedule = Callable[[float], float]  # fractional epoch -> multiplier of the optimizer's base lr
 Merge = Callable[[Sequence["numpy.ndarray"], Sequence[float]], "numpy.ndarray"]  # (maps, weights) -> map
 PostProcess = Callable[["numpy.ndarray", "numpy.ndarray"], "numpy.ndarray"]  # (probability, mask) -> mask
+
+
+@dataclass(frozen=True)
+class TrackedRun:
+    """What a tracker is told about the run it tracks (``bench_trackers``)."""
+
+    name: str  # the run folder's name
+    folder: Path
+    params: dict[str, str]  # the resolved recipe, flattened: "train.epochs" -> "4"
+    tags: dict[str, str] = field(default_factory=dict)  # recipe; study and trial for a tuning trial
 
 
 # --------------------------------------------------------------------------------------------------
@@ -216,4 +226,39 @@ def bench_postprocessors() -> Mapping[str, Callable[..., PostProcess]]:
     the result is a bool ``(H, W)`` mask.
 
     Example: plugins/components/merging.py (``convex_hull``), registered by plugins/merge.py.
+    """
+
+
+# --------------------------------------------------------------------------------------------------
+# Tracking: where a run's parameters, curves and results are also sent (`bench run --track NAME`,
+# `bench tune --track NAME`; harness.track). Not part of a recipe: tracking changes no result.
+# --------------------------------------------------------------------------------------------------
+
+
+@hookspec
+def bench_trackers() -> Mapping[str, Callable[[], Any]]:
+    """Experiment trackers, by name (MLflow, TensorBoard, ...).
+
+    ``factory() -> tracker``, called when the command starts: a factory whose library is missing
+    raises ``BenchError`` naming the extra to install, so the command stops before any training. The
+    tracker's own settings come from its library's environment variables (``MLFLOW_TRACKING_URI``, say).
+    A tracker is an object with these methods, which the harness calls in this order:
+
+    * ``start(run: TrackedRun, state: dict | None) -> dict`` (``TrackedRun`` from ``harness.api``): open the tracked run for
+      segbench's run ``run.name`` (its folder, its resolved recipe flattened to ``run.params``,
+      ``run.tags``: the recipe, and for a tuning trial the study and trial number). ``state`` is what
+      an earlier ``start`` returned for the same run folder (a resumed run): continue that tracked run.
+      Return what identifies it (JSON: strings, numbers, lists, dicts); segbench keeps it in the run folder.
+    * ``log_metrics(metrics: dict[str, float], step: int)``: numbers at a step. Each epoch of fold K
+      comes as ``fold{K}/train_loss``, ``fold{K}/val_dice``, ... at step = the epoch, each once, even
+      across a resume; the run's summary as ``oof_dice``, ``fold_dice_mean``, ... at step 0.
+    * ``log_files(paths: list[Path])``: files to keep with the tracked run (``summary.json``, the
+      recipe, the report page).
+    * ``end(status: str)``: ``"finished"``; ``"failed"`` when the run stopped on an error (a resumed
+      run starts again with ``start`` and the state), ``"pruned"`` for a tuning trial Optuna pruned.
+
+    Any of them may raise: segbench then prints one line saying that tracking with it is off, and the
+    run goes on without it.
+
+    Example: plugins/components/trackers.py (``mlflow``, ``tensorboard``), registered by plugins/core.py.
     """

@@ -32,6 +32,7 @@ KINDS: tuple[Kind, ...] = (
     Kind("callback", "bench_callbacks", "callbacks", "", "callback object", True),
     Kind("merger", "bench_mergers", None, "", "Merge", False),  # bench ensemble --merger
     Kind("postprocessor", "bench_postprocessors", None, "", "PostProcess", False),  # bench ensemble --post
+    Kind("tracker", "bench_trackers", None, "", "tracker object", False),  # bench run --track
 )
 BY_NAME: dict[str, Kind] = {kind.name: kind for kind in KINDS}
 RECIPE_KEYS: dict[str, str] = {kind.recipe_key: kind.name for kind in KINDS if kind.recipe_key}

@@ -97,6 +97,7 @@ class RunFolder:
     splits = property(lambda self: self.path / "splits.json")
     environment = property(lambda self: self.path / "environment.json")
     choices = property(lambda self: self.path / "choices.json")  # what it decided from data and machine
+    tracking = property(lambda self: self.path / "tracking.json")  # its trackers' runs (harness.track)
     per_image = property(lambda self: self.path / PER_IMAGE_FILE)
     test_marker = property(lambda self: self.path / "test.json")
     summary_path = property(lambda self: self.path / SUMMARY_FILE)

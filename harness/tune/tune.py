@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 from rich.markup import escape
 
-from harness.engine.run import RunRequest, run, run_id
+from harness.engine.run import Monitors, RunRequest, run, run_folder, run_id, run_recipe
 from harness.errors import BenchError, DiskFull
 from harness.io import atomic_write_text, readable_size
 from harness.recipe.plugins import load_plugins
@@ -39,6 +39,7 @@ from harness.recipe.schema import load_recipe
 from harness.runs.folder import RunFolder
 from harness.tune import study as studies
 from harness.tune.pruning import PruningMonitor
+from harness.track.tracking import Tracking, trackers
 from harness.tune.search_space import SearchSpace
 
 
@@ -54,6 +55,7 @@ class TuneJob:
     place: studies.StudyPlace
     device: str | None
     workers: int = 1
+    trackers: tuple[str, ...] = ()  # --track: every trial's run is sent to these, tagged with the study and trial
     started: float = field(default_factory=time.time)
 
     def search_space(self) -> SearchSpace:
@@ -253,9 +255,22 @@ class Worker:
         trial.set_user_attr("run", folder_name)
         monitor = PruningMonitor(trial, self.space.spec.pruner.reports, recipe.folds.k, recipe.train.epochs)
         request = RunRequest(recipe, self.job.place.folder, resume=True, device=self.device, monitor=monitor)
+        tracking = None
+        if self.job.trackers:
+            tracking = Tracking(trackers(self.space.plugins, list(self.job.trackers)), run_folder(request),
+                                run_recipe(request), self.console,
+                                tags={"study": self.job.place.name, "trial": str(trial.number)})
+            request = replace(request, monitor=Monitors(tracking, monitor))  # the epoch is sent, then judged
         # one writer per run folder: two workers may be handed the same parameters
         with FileLock(self.job.place.folder / ".locks" / f"{folder_name}.lock"):
-            folder = run(request, self.space.plugins, self.console)
+            try:
+                folder = run(request, self.space.plugins, self.console)
+            except BaseException as error:
+                if tracking is not None:
+                    tracking.failed("pruned" if isinstance(error, optuna.TrialPruned) else "failed")
+                raise
+        if tracking is not None:
+            tracking.finish()
         monitor.finish(folder)
         summary = RunFolder(folder).scored().read_summary()  # a two-stage recipe is judged by its last stage
         return [float(summary[name]) for name in self.space.spec.objectives]
