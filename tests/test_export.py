@@ -144,6 +144,28 @@ def test_bad_exports_are_one_line(exported, tmp_path, bench, monkeypatch):
     assert said.code == 2 and "pip install 'segbench[onnx]'" in said.err and "onnxruntime" in said.err
 
 
+def test_files_fixed_at_one_shape_are_checked_and_used_at_it_only(exported, photographs, tmp_path, bench,
+                                                                     monkeypatch):
+    """The exporter's fallback for a network it cannot trace with dynamic sides: one shape, batch 1, said
+    in the card; an image of another shape is one line naming the file and the shape."""
+    import harness.export.onnx as onnx_export
+
+    export = onnx_export._export
+    monkeypatch.setattr(onnx_export, "_export",
+                        lambda module, example, path, name, dynamic: export(module, example, path, name, False))
+    run_folder, _, _ = exported
+    said = bench("export", run_folder, "--out", tmp_path / "fixed", "--check-images", photographs)
+    assert said.code == 0, said.err
+    card = json.loads((tmp_path / "fixed" / "model.json").read_text())
+    assert card["input"]["dynamic"] is False and card["input"]["height_width"] == "fixed at 64x96 (height x width), batch 1"
+    assert card["check"]["images"] == 1  # the one photograph whose fitted input has that shape
+    said = bench("predict", tmp_path / "fixed", photographs / "photo0.jpg", "--out", tmp_path / "one", "--format", "png")
+    assert said.code == 0 and (tmp_path / "one" / "masks" / "photo0.png").is_file(), said.err
+    said = bench("predict", tmp_path / "fixed", photographs, "--out", tmp_path / "all", "--format", "png")
+    assert said.code == 2 and len(said.err.strip().splitlines()) == 1, said.err
+    assert "fold0.onnx: onnxruntime cannot run it on a (1, 3, " in said.err
+
+
 UNTRACEABLE = '''
 import torch
 from harness.api import hookimpl

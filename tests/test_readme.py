@@ -71,6 +71,10 @@ CASES = [
     Case(r"bench report results/\* --out report\.html", r"wrote report\.html \(\d+ runs\)", ("report.html",)),
     Case(r"bench predict results/<run> /data/carvana/test --out preds/", r"\d+ images in .* 0 skipped",
          ("preds/submission.csv.gz",)),
+    Case(r"bench export results/<run> --out model-onnx/", r"exported 2 folds of alexander-.* matches PyTorch within",
+         ("model-onnx/model.json", "model-onnx/fold0.onnx")),
+    Case(r"bench predict model-onnx/ /data/carvana/test --out preds-onnx/", r"\d+ images in .* 0 skipped",
+         ("preds-onnx/submission.csv.gz",)),
     Case(r"bench ensemble --check preds/submission\.csv\.gz --data /data/carvana", r"valid, \d+ test images, each once"),
     Case(r"bench ensemble results/\* --out ensemble/", r"images/s in 2 worker processes\)",
          ("ensemble/submission.csv.gz", "ensemble/ensemble.json")),
@@ -79,7 +83,7 @@ CASES = [
     Case(r"bench predict ensemble/ /data/carvana/test --out preds-ensemble/", r"ensemble of \d+ runs: \d+ images",
          ("preds-ensemble/submission.csv.gz",)),
     Case(r"bench ensemble ensembles/seed_merge\.toml --results results/seed",
-         cannot_run="needs the nine runs that make seed-merge trains first (about 16 minutes here)"),
+         cannot_run="needs the nine runs that make seed-merge trains first (about 22 minutes here)"),
     Case(r"bench benchmark recipes/alexander\.toml --profile quick", r"written to results/benchmarks/alexander-",
          append=TINY_DATA + ["--repeats", "2", "--warmup", "1", "--workers", "0", "--skip", "overhead"]),
     Case(r"bench ablate recipes/alexander\.toml --profile quick --trick tta --trick hnm",
@@ -87,6 +91,8 @@ CASES = [
     Case(r"bench tune recipes/alexander\.toml --profile quick --workers 2",
          r"wrote recipes/tuned/alexander-quick\.toml", ("recipes/tuned/alexander-quick.toml",),
          append=TINY + ["--set", "tune.trials=1"]),  # the space is checked; test_tune.py runs two workers
+    Case(r"bench run recipes/alexander\.toml --profile quick --track mlflow", r"alexander: out-of-fold Dice",
+         ("mlflow.db",), append=TINY),  # the first line's run, found complete: sent whole from its files
     Case(r"bench show recipes/vladimir\.toml --profile quick", r'name = "vladimir"'),
     Case(r"bench plugins", r"alexander"),
     Case(r"bench data synth --out my-set --cars 24 --size 240x160", r"wrote 48 images", ("my-set/train_masks.csv",),

@@ -29,7 +29,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 import albumentations as A
 import numpy as np
@@ -228,7 +228,7 @@ def predict_images(images: Sequence[ImageFile], predictor: Predictor, output: Ou
         with _progress(console) as progress, ThreadPoolExecutor(_WRITERS) as writers:
             task = progress.add_task("predict", total=len(pending))
             waiting: deque[list[Future]] = deque()
-            for batch in batches:
+            for batch in _one_line_errors(batches):
                 writes = []
                 for sample in batch if in_workers else predictor.predicted(batch):
                     image = pending[sample.index]
@@ -248,6 +248,19 @@ def predict_images(images: Sequence[ImageFile], predictor: Predictor, output: Ou
     output.finish(list(images))
     outcome.seconds = time.perf_counter() - started
     return outcome
+
+
+def _one_line_errors(batches: Iterable) -> Iterator:
+    """The loader's batches; a ``BenchError`` a worker raised (a model that refuses an input shape, say),
+    which the loader re-raises wrapped in the worker's traceback, back to its own one line."""
+    try:
+        yield from batches
+    except BenchError as error:
+        text = str(error).strip()
+        if not text.startswith("Caught BenchError"):
+            raise
+        last = text.splitlines()[-1]
+        raise BenchError(last.split(": ", 1)[1] if ": " in last else last) from None
 
 
 def _write(output: Output, image_id: str, sample: Sample) -> None:

@@ -115,16 +115,15 @@ def export_run(run_folder: RunFolder, out: Path, plugins: Plugins, console: Cons
         fold_dynamic = _export(module, example, folder.fold_file(fold.index), recipe.model.name, dynamic)
         dynamic = fold_dynamic if dynamic is None else dynamic
         modules.append(module)
-    worst = _check(modules, [folder.fold_file(f.index) for f in folds], images, parts, fit, ort)
+    worst, checked = _check(modules, [folder.fold_file(f.index) for f in folds], images, parts, fit, ort,
+                            None if dynamic else tuple(example.shape))
     if worst > PROBABILITY_BOUND:
         raise BenchError(f"{out}: onnxruntime's probabilities differ from PyTorch's by up to {worst:.2e} on "
-                         f"{min(len(images), CHECK_IMAGES)} images (bound {PROBABILITY_BOUND:g}); not exported")
-    shutil.copyfile(run_folder.recipe_toml if run_folder.recipe_toml.is_file() else _recipe_file(run_folder),
-                    folder.recipe_toml)
+                         f"{checked} images (bound {PROBABILITY_BOUND:g}); not exported")
+    shutil.copyfile(_recipe_file(run_folder), folder.recipe_toml)
     if run_folder.choices.is_file():
         shutil.copyfile(run_folder.choices, folder.choices)
-    card = _card(run_folder, recipe, folds, fit, example.shape[-2:], dynamic, worst, len(images[:CHECK_IMAGES]),
-                 ort.__version__)
+    card = _card(run_folder, recipe, folds, fit, example.shape[-2:], dynamic, worst, checked, ort.__version__)
     atomic_write_json(folder.card, card)
     return Exported(folder, card)
 
@@ -193,15 +192,18 @@ def _export(module: Exportable, example: torch.Tensor, path: Path, model_name: s
     raise BenchError(f"model '{model_name}': the ONNX exporter cannot trace it ({errors[-1]})")
 
 
-def _check(modules: list[Exportable], files: list[Path], images: list[ImageFile], parts: Assembly, fit, ort) -> float:
-    """The largest |p_onnxruntime - p_pytorch| over the check images and every fold (fp32 on the CPU)."""
+def _check(modules: list[Exportable], files: list[Path], images: list[ImageFile], parts: Assembly, fit, ort,
+           fixed: tuple[int, ...] | None) -> tuple[float, int]:
+    """The largest |p_onnxruntime - p_pytorch| over the check images and every fold (fp32 on the CPU), and
+    on how many images: those whose input has the ``fixed`` shape, for files exported at one."""
     samples = ImageSamples(images[:CHECK_IMAGES], parts.transforms("preprocess"), fit)
     inputs = []
     for index in range(len(samples)):
         sample = samples[index]
         if sample.problem:
             raise BenchError(f"{images[index].path}: {sample.problem}")
-        inputs.append(sample.image[None])
+        if fixed is None or tuple(sample.image[None].shape) == fixed:
+            inputs.append(sample.image[None])
     worst = 0.0
     for module, path in zip(modules, files):
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -210,7 +212,7 @@ def _check(modules: list[Exportable], files: list[Path], images: list[ImageFile]
                 expected = torch.sigmoid(module(image)).numpy()
             got = 1 / (1 + np.exp(-session.run(None, {"image": image.numpy()})[0].astype(np.float64)))
             worst = max(worst, float(np.abs(got - expected).max()))
-    return worst
+    return worst, len(inputs)
 
 
 def _card(run_folder: RunFolder, recipe: Recipe, folds: list[FoldFolder], fit, traced: tuple[int, int],
@@ -227,7 +229,7 @@ def _card(run_folder: RunFolder, recipe: Recipe, folds: list[FoldFolder], fit, t
         **_scores(run_folder),
         "folds": [ExportFolder(run_folder.path).fold_file(fold.index).name for fold in folds],
         "input": {
-            "name": "image", "dtype": "uint8", "layout": "NCHW", "channels": "RGB",
+            "name": "image", "dtype": "uint8", "layout": "NCHW", "channels": "RGB", "dynamic": dynamic,
             "height_width": (f"any multiples of {MULTIPLE} (dynamic), batch dynamic" if dynamic
                              else f"fixed at {traced[0]}x{traced[1]} (height x width), batch 1"),
             "normalisation": f"inside the graph: input.normalize = {recipe.input.normalize!r}, "

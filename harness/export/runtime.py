@@ -62,7 +62,8 @@ class Uint8Input(torch.nn.Module):
 
 
 def export_predictor(folder: ExportFolder, plugins: Plugins) -> tuple[Predictor, int]:
-    """The export's folds behind the run's prediction, and the recipe's batch size."""
+    """The export's folds behind the run's prediction, and the batch they take: the recipe's, or 1 for
+    files exported at a fixed shape (which is also a batch of one)."""
     card = folder.read_card()
     recipe = load_recipe(folder.recipe_toml, plugins)
     choices = read_choices(folder.choices) or Choices()
@@ -70,7 +71,7 @@ def export_predictor(folder: ExportFolder, plugins: Plugins) -> tuple[Predictor,
     models = [OnnxFold(folder.path / name) for name in card["folds"]]
     predictor = Predictor(models, recipe_fit(recipe, choices), Uint8Input(), parts.transforms("preprocess"),
                           recipe.predict.model_copy(update={"compile": False}), Compute(torch.device("cpu"), "fp32", False), 0)
-    return predictor, recipe.train.batch_size
+    return predictor, recipe.train.batch_size if card["input"].get("dynamic", True) else 1
 
 
 def predict_export(request: PredictRequest, folder: ExportFolder, plugins: Plugins, console: Console) -> Outcome:
@@ -79,6 +80,9 @@ def predict_export(request: PredictRequest, folder: ExportFolder, plugins: Plugi
         raise BenchError(f"--device {request.device}: an ONNX export predicts on the CPU with onnxruntime; "
                          "give the run folder to predict on a GPU")
     predictor, batch_size = export_predictor(folder, plugins)
+    if request.batch_size not in (None, batch_size) and batch_size == 1:
+        raise BenchError(f"--batch-size {request.batch_size}: {folder.path}'s files take one image at a time "
+                         "(exported at a fixed shape)")
     images = listed_images(request.images)
     output = output_for(request.format, request.out, predictor.spec.threshold, images)
     runtime = f"onnxruntime {onnxruntime().__version__}"

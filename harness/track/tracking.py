@@ -24,7 +24,6 @@ from rich.console import Console
 from rich.markup import escape
 
 from harness.errors import BenchError
-from harness.evaluate.report import write_report
 from harness.io import atomic_write_json
 from harness.recipe.components import build, describe_exception
 from harness.recipe.hookspecs import TrackedRun
@@ -51,11 +50,12 @@ def trackers(plugins: Plugins, names: list[str]) -> dict[str, Any]:
 class Tracking:
     """The trackers of one run folder; a ``RunMonitor`` for the run that trains it."""
 
-    def __init__(self, trackers: dict[str, Any], folder: RunFolder, recipe: Recipe, console: Console,
+    def __init__(self, built: dict[str, Any], folder: RunFolder, recipe: Recipe, console: Console,
                  tags: dict[str, str] | None = None):
-        self.trackers, self.folder, self.recipe, self.console = dict(trackers), folder, recipe, console
+        self.trackers, self.folder, self.recipe, self.console = dict(built), folder, recipe, console
         self.tags = {"recipe": recipe.name, **(tags or {})}
         self.kept: dict[str, dict[str, Any]] = {}  # tracker -> {"state": ..., "sent": {fold: last epoch}}
+        self.saved: dict[str, Any] = {}  # tracking.json as found: a tracker off this time keeps its run for the next
         self.started = False
 
     # -- the run monitor's calls -----------------------------------------------------------------
@@ -84,6 +84,8 @@ class Tracking:
         summary = stage.read_summary()
         numbers = {key: float(summary[key]) for key in SUMMARY_NUMBERS if isinstance(summary.get(key), (int, float))}
         self._each("log_metrics", numbers, 0)
+        from harness.evaluate.report import write_report  # matplotlib: only when a run ends tracked
+
         with tempfile.TemporaryDirectory() as scratch:
             report = Path(scratch) / "report.html"
             run = open_run(stage.path)
@@ -92,7 +94,7 @@ class Tracking:
                 write_report([run], report)
                 files.append(report)
             except Exception as error:  # a figure that cannot be drawn must not lose the rest
-                self._warn_all(f"no report page ({describe_exception(error)})")
+                self._warn(f"no report page ({describe_exception(error)})")
             self._each("log_files", [path for path in files if path.is_file()])
         self._each("end", "finished")
 
@@ -107,15 +109,14 @@ class Tracking:
         if self.started:
             return
         self.started = True
-        saved = {}
         if self.folder.tracking.is_file():
             try:
-                saved = read_json(self.folder.tracking)
+                self.saved = read_json(self.folder.tracking)
             except BenchError as error:  # a damaged file: new tracked runs rather than no run
-                self._warn_all(f"{error}; starting new tracked runs")
+                self._warn(f"{error}; starting new tracked runs")
         run = TrackedRun(self.folder.name, self.folder.path.absolute(), flat_params(self.recipe), self.tags)
         for name in list(self.trackers):
-            before = saved.get(name, {})
+            before = self.saved.get(name, {})
             state = self._call(name, "start", run, before.get("state"))
             if name in self.trackers:
                 self.kept[name] = {"state": state, "sent": before.get("sent", {})}
@@ -152,12 +153,12 @@ class Tracking:
                                highlight=False)
             return _OFF
 
-    def _warn_all(self, message: str) -> None:
+    def _warn(self, message: str) -> None:
         self.console.print(f"[yellow]warning:[/] tracking: {escape(message)}", highlight=False)
 
     def _keep(self) -> None:
         if self.folder.path.is_dir():
-            atomic_write_json(self.folder.tracking, self.kept)
+            atomic_write_json(self.folder.tracking, {**self.saved, **self.kept})
 
 
 _OFF = object()  # what ``_call`` returns for a tracker it has just switched off
