@@ -430,10 +430,14 @@ def export_command(
     """Export a run's fold models to ONNX, with the card (model.json) that says how to use them without
     segbench; onnxruntime is checked against PyTorch on real images first."""
     from harness.engine.predict_run import listed_images, run_folder
+    from harness.ensemble.apply import ENSEMBLE_FILE, ensemble_folder
     from harness.export.onnx import FORMATS, export_run
 
     if format_ not in FORMATS:
         raise BenchError(f"--format {format_}: expected one of {', '.join(FORMATS)}")
+    if ensemble_folder(run, results) is not None:
+        raise BenchError(f"{run}: an ensemble; bench export exports runs so far: export each of its runs (the "
+                         f"ensemble's {ENSEMBLE_FILE} names them, with their weights, threshold and post-processing)")
     images = listed_images(check_images) if check_images else None
     exported = export_run(run_folder(run, results), out, _plugins(ctx), console, images)
     card = exported.card

@@ -133,6 +133,12 @@ def test_bad_exports_are_one_line(exported, tmp_path, bench, monkeypatch):
     said = bench("export", unfinished, "--out", tmp_path / "out")
     assert said.code == 2 and "no finished fold to export" in said.err and len(said.err.strip().splitlines()) == 1
 
+    ensemble = tmp_path / "ensemble"
+    ensemble.mkdir()
+    (ensemble / "ensemble.json").write_text("{}")
+    said = bench("export", ensemble, "--out", tmp_path / "out")
+    assert said.code == 2 and "an ensemble; bench export exports runs so far" in said.err
+
     said = bench("export", run_folder, "--out", tmp_path / "out", "--format", "tflite")
     assert said.code == 2 and "--format tflite: expected one of onnx" in said.err
 
