@@ -75,7 +75,7 @@ class RunPrediction:
 
     @classmethod
     def of(cls, folder: RunFolder, plugins: Plugins, request: PredictRequest) -> RunPrediction:
-        recipe = load_recipe(_recipe_file(folder), plugins)
+        recipe = load_recipe(recipe_file(folder), plugins)
         parts = Assembly(recipe, plugins, read_choices(folder.choices) or Choices())  # the input scale it trained at
         folds = _fold_checkpoints(folder, recipe)
         compute = _compute(recipe, folder, resolve_device(request.device))
@@ -104,7 +104,7 @@ def run_folder(run: str, results: Path) -> RunFolder:
     return RunFolder(found[0])
 
 
-def _recipe_file(folder: RunFolder) -> Path:
+def recipe_file(folder: RunFolder) -> Path:
     """The run's recipe; a pseudo-label stage (``RUN/pseudo``) trains with its run's."""
     if folder.recipe_toml.is_file():
         return folder.recipe_toml

@@ -37,6 +37,7 @@ from harness.data.image_files import ImageFile, ImageSamples
 from harness.data.loading import Normalise
 from harness.engine.assembly import Assembly, recipe_fit, recipe_normalise
 from harness.engine.choices import Choices, read_choices
+from harness.engine.predict_run import recipe_file
 from harness.errors import BenchError
 from harness.evaluate import stats
 from harness.evaluate.results import read_per_image
@@ -91,7 +92,7 @@ def export_run(run_folder: RunFolder, out: Path, plugins: Plugins, console: Cons
                check_images: list[ImageFile] | None = None) -> Exported:
     """Export every finished fold of ``run_folder`` into ``out``; check it; write the card last."""
     ort = onnxruntime()
-    recipe = load_recipe(_recipe_file(run_folder), plugins)
+    recipe = load_recipe(recipe_file(run_folder), plugins)
     choices = read_choices(run_folder.choices) or Choices()
     parts = Assembly(recipe, plugins, choices)
     folds = [fold for fold in run_folder.folds() if fold.done() and fold.best.is_file()]
@@ -120,7 +121,7 @@ def export_run(run_folder: RunFolder, out: Path, plugins: Plugins, console: Cons
     if worst > PROBABILITY_BOUND:
         raise BenchError(f"{out}: onnxruntime's probabilities differ from PyTorch's by up to {worst:.2e} on "
                          f"{checked} images (bound {PROBABILITY_BOUND:g}); not exported")
-    shutil.copyfile(_recipe_file(run_folder), folder.recipe_toml)
+    shutil.copyfile(recipe_file(run_folder), folder.recipe_toml)
     if run_folder.choices.is_file():
         shutil.copyfile(run_folder.choices, folder.choices)
     card = _card(run_folder, recipe, folds, fit, example.shape[-2:], dynamic, worst, checked, ort.__version__)
@@ -136,11 +137,6 @@ def onnxruntime():
         return importlib.import_module("onnxruntime")
     except ImportError as error:
         raise BenchError(f"ONNX export needs {error.name}: pip install 'segbench[onnx]'") from None
-
-
-def _recipe_file(folder: RunFolder) -> Path:
-    """The run's recipe; a pseudo-label stage (``RUN/pseudo``) trains with its run's."""
-    return folder.recipe_toml if folder.recipe_toml.is_file() else RunFolder(folder.path.parent).recipe_toml
 
 
 def _fold_model(parts: Assembly, fold: FoldFolder) -> torch.nn.Module:

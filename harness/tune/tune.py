@@ -37,9 +37,9 @@ from harness.io import atomic_write_text, readable_size
 from harness.recipe.plugins import load_plugins
 from harness.recipe.schema import load_recipe
 from harness.runs.folder import RunFolder
+from harness.track.tracking import Tracking, trackers
 from harness.tune import study as studies
 from harness.tune.pruning import PruningMonitor
-from harness.track.tracking import Tracking, trackers
 from harness.tune.search_space import SearchSpace
 
 
