@@ -7,7 +7,8 @@ image's size and the threshold stay outside, as the card (``model.json``) says, 
 same few lines for every network and differ from recipe to recipe.
 
 Height and width are dynamic (any multiple of 32, the batch too) where the exporter can trace the
-network so; otherwise the file is fixed to the recipe's input size and the card says it. The
+network so; otherwise the file is fixed to one shape, the first check image's fitted input (the
+recipe's size when ``input.size`` is fixed), with a batch of one, and the card says it. The
 exporter is PyTorch's ``torch.export``-based one (``dynamo=True``) at opset 18: the TorchScript
 exporter is deprecated, and 18 is the newest opset both it and onnxruntime 1.2x cover without
 conversion.
