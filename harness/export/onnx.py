@@ -9,9 +9,9 @@ same few lines for every network and differ from recipe to recipe.
 Height and width are dynamic (any multiple of 32, the batch too) where the exporter can trace the
 network so; otherwise the file is fixed to one shape, the first check image's fitted input (the
 recipe's size when ``input.size`` is fixed), with a batch of one, and the card says it. The
-exporter is PyTorch's ``torch.export``-based one (``dynamo=True``) at opset 18: the TorchScript
-exporter is deprecated, and 18 is the newest opset both it and onnxruntime 1.2x cover without
-conversion.
+exporter is PyTorch's ``torch.export``-based one (``dynamo=True``; the TorchScript exporter is
+deprecated) at opset 18, the one its operator library is written for (another would be converted
+after export), which onnxruntime has run since 1.14.
 
 After exporting, up to 8 real images of the run's data go through both paths (the fit, then PyTorch
 in fp32, then onnxruntime) and the largest difference of probabilities is compared with
