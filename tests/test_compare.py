@@ -319,3 +319,10 @@ def test_runs_are_scored_at_the_shortest_runs_time_budget():
     assert dice_within(short, 19.0) == pytest.approx((0.7 + 0.85) / 2)
     assert dice_within(long, 5.0) is None  # a fold that had not finished an epoch cannot be scored
     assert dice_within(pd.DataFrame({"epoch": [0], "val_dice": [0.5], "fold": [0]}), 20.0) is None  # an old run
+
+
+def test_the_skipped_line_names_a_few_and_counts_the_rest():
+    from harness.runs.folder import skipped_line
+
+    assert skipped_line(["a (no run in it)", "b"]) == "skipped: a (no run in it), b"
+    assert skipped_line([f"r{i}" for i in range(11)]) == "skipped: r0, r1, r2, and 8 more"

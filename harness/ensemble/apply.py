@@ -27,9 +27,10 @@ from harness.engine.inference import Outcome
 from harness.engine.outputs import MapStore, MaskFiles
 from harness.engine.predict_run import PredictRequest, RunPrediction, listed_images, readable_shapes, write_report
 from harness.ensemble import test_pass
-from harness.ensemble.ensemble import Ensemble, Post, build_component, component_from_text, write_test_submission
+from harness.ensemble.ensemble import Ensemble, Post, component_from_text, write_test_submission
 from harness.ensemble.members import Group, runs_of
 from harness.errors import BenchError
+from harness.recipe.components import build_component
 from harness.recipe.plugins import Plugins
 from harness.runs.folder import Run, RunFolder, read_json
 

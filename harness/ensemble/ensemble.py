@@ -54,9 +54,9 @@ from harness.errors import BenchError
 from harness.evaluate import stats
 from harness.evaluate.results import read_per_image
 from harness.io import atomic_write_json, atomic_write_text
-from harness.recipe.components import build, validate_params
+from harness.recipe.components import build_component
 from harness.recipe.hookspecs import Merge, PostProcess
-from harness.recipe.plugins import Plugins, UnknownComponent
+from harness.recipe.plugins import Plugins
 from harness.runs.folder import PER_IMAGE_FILE, Run, RunFolder, resolve_runs, resolve_targets, skipped_line
 from harness.runs.probabilities import LEVEL_COUNT, binarise, quantise
 
@@ -606,30 +606,6 @@ def _parse_component(kind: str, spec: str) -> tuple[str, dict[str, str]]:
             raise BenchError(f"{kind} {spec!r}: expected name:key=value, got {pair!r}")
         params[key] = value
     return name, params
-
-
-def build_component(plugins: Plugins, kind: str, name: str, params: dict, where: str,
-                     key: str | None = None) -> Callable:
-    """A registered merger or post-processor, its parameters checked; every problem is one line that
-    starts with ``where`` (who asked for it) and, for a table of an ensemble spec, names its ``key``."""
-    def at(part: str) -> str:
-        return f"{where}: key '{key}.{part}'" if key else where
-
-    try:
-        component = plugins.get(kind, name)
-    except UnknownComponent as error:
-        raise BenchError(f"{at('name')}: unknown {kind} {name!r}; {error.hint()}") from None
-    values, problems = validate_params(component, params)
-    if problems:
-        problem = problems[0]
-        raise BenchError(f"{at(problem.key)}: {problem.message}" if key else
-                         f"{where}: {problem.key}: {problem.message}")
-    located = f"{where}: key '{key}'" if key else where
-    try:
-        return build(component, values, where=located)
-    except BenchError as error:  # the factory's own one-line refusal: say where it was asked for
-        message = str(error)
-        raise BenchError(message if message.startswith(located) else f"{located}: {message}") from None
 
 
 def _cutoff(threshold: float, where: str = "--threshold") -> int:

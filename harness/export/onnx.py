@@ -38,12 +38,15 @@ from harness.data.image_files import ImageFile, ImageSamples
 from harness.data.loading import Normalise
 from harness.engine.assembly import Assembly, recipe_fit, recipe_normalise
 from harness.engine.choices import Choices, read_choices
+from harness.engine.device import Compute
+from harness.engine.inference import Predictor
 from harness.engine.predict_run import recipe_file
 from harness.errors import BenchError
 from harness.evaluate import stats
 from harness.evaluate.results import read_per_image
 from harness.export.folder import CARD_FILE, FORMAT, ExportFolder
 from harness.io import atomic_write_json
+from harness.recipe.components import describe_exception
 from harness.recipe.plugins import Plugins
 from harness.recipe.schema import Recipe, load_recipe
 from harness.runs.folder import FoldFolder, Run, RunFolder
@@ -111,12 +114,13 @@ def export_run(run_folder: RunFolder, out: Path, plugins: Plugins, console: Cons
         raise BenchError(f"{out}: exists and holds no export (no {CARD_FILE}); give a new folder")
     out.mkdir(parents=True, exist_ok=True)
     folder.card.unlink(missing_ok=True)  # until the new card is written, the folder is an unfinished export
-    modules, dynamic = [], None
-    for fold in folds:
-        module = Exportable(_fold_model(parts, fold), recipe_normalise(recipe)).eval()
+    # the folds' networks as bench predict loads them, in fp32 on the CPU: what the files must compute
+    models = Predictor.from_folds(parts, folds, Compute(torch.device("cpu"), "fp32", False)).models
+    modules = [Exportable(model, recipe_normalise(recipe)).eval() for model in models]
+    dynamic = None  # the first fold decides for the others
+    for fold, module in zip(folds, modules):
         fold_dynamic = _export(module, example, folder.fold_file(fold.index), recipe.model.name, dynamic)
         dynamic = fold_dynamic if dynamic is None else dynamic
-        modules.append(module)
     worst, checked = _check(modules, [folder.fold_file(f.index) for f in folds], images, parts, fit, ort,
                             None if dynamic else tuple(example.shape))
     if worst > PROBABILITY_BOUND:
@@ -138,12 +142,6 @@ def onnxruntime():
         return importlib.import_module("onnxruntime")
     except ImportError as error:
         raise BenchError(f"ONNX export needs {error.name}: pip install 'segbench[onnx]'") from None
-
-
-def _fold_model(parts: Assembly, fold: FoldFolder) -> torch.nn.Module:
-    model = parts.model(pretrained=False)
-    model.load_state_dict(fold.read_checkpoint(fold.best)["model"])
-    return model.float()
 
 
 def _data_images(parts: Assembly) -> list[ImageFile]:
@@ -277,13 +275,8 @@ def _describe_fit(fit) -> str:
 
 
 def _root_cause(error: BaseException) -> str:
-    """The first line of the innermost error: the exporter wraps what the network's code did in errors of
-    its own whose first lines say only which step of the export failed."""
+    """The innermost error in one line: the exporter wraps what the network's code did in errors of its
+    own whose first lines say only which step of the export failed."""
     while error.__cause__ is not None or error.__context__ is not None:
         error = error.__cause__ or error.__context__
-    return f"{type(error).__name__}: {_first_line(error)}"
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    return describe_exception(error)

@@ -23,6 +23,7 @@ from harness.engine.predict_run import PredictRequest, listed_images, output_for
 from harness.errors import BenchError
 from harness.export.folder import ExportFolder
 from harness.export.onnx import onnxruntime
+from harness.recipe.components import describe_exception
 from harness.recipe.plugins import Plugins
 from harness.recipe.schema import load_recipe
 
@@ -50,7 +51,7 @@ class OnnxFold(torch.nn.Module):
             logits = self._session.run(None, {"image": np.ascontiguousarray(image.numpy())})[0]
         except Exception as error:  # onnxruntime's errors: a shape the file was not exported for, say
             raise BenchError(f"{self.path}: onnxruntime cannot run it on a {tuple(image.shape)} input "
-                             f"({str(error).strip().splitlines()[0]})") from None
+                             f"({describe_exception(error)})") from None
         return torch.from_numpy(logits)
 
 

@@ -12,12 +12,12 @@ import difflib
 import functools
 import inspect
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import pydantic
 
 from harness.errors import BenchError
-from harness.recipe.plugins import Component
+from harness.recipe.plugins import Component, Plugins, UnknownComponent
 
 
 @dataclass(frozen=True)
@@ -103,3 +103,29 @@ def describe_exception(error: BaseException) -> str:
     if isinstance(error, (ValueError, TypeError)) and text:
         return text
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def build_component(plugins: Plugins, kind: str, name: str, params: dict, where: str,
+                     key: str | None = None) -> Callable:
+    """A component the command line or an ensemble spec names (a merger, a post-processor, a tracker), its
+    parameters checked and built; every problem is one line that starts with ``where`` (who asked for
+    it) and, for a table of an ensemble spec, names its ``key``. (A recipe's components are checked
+    as the recipe loads, ``harness.recipe.schema``.)"""
+    def at(part: str) -> str:
+        return f"{where}: key '{key}.{part}'" if key else where
+
+    try:
+        component = plugins.get(kind, name)
+    except UnknownComponent as error:
+        raise BenchError(f"{at('name')}: unknown {kind} {name!r}; {error.hint()}") from None
+    values, problems = validate_params(component, params)
+    if problems:
+        problem = problems[0]
+        raise BenchError(f"{at(problem.key)}: {problem.message}" if key else
+                         f"{where}: {problem.key}: {problem.message}")
+    located = f"{where}: key '{key}'" if key else where
+    try:
+        return build(component, values, where=located)
+    except BenchError as error:  # the factory's own one-line refusal: say where it was asked for
+        message = str(error)
+        raise BenchError(message if message.startswith(located) else f"{located}: {message}") from None

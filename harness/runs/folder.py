@@ -286,9 +286,14 @@ class Targets:
     skipped: list[str]  # "PATH (why)": a file or a folder without runs, among targets that name runs
 
 
+SKIPPED_SHOWN = 3  # entries the skipped line names; a results folder with many leftovers is not a paragraph
+
+
 def skipped_line(skipped: list[str]) -> str:
-    """The one line that says what RUNS arguments matched besides the runs listed."""
-    return f"skipped: {', '.join(skipped)}"
+    """The one line that says what RUNS arguments matched besides the runs listed: the first few, and
+    how many more (naming RUNS explicitly shows which)."""
+    more = len(skipped) - SKIPPED_SHOWN
+    return f"skipped: {', '.join(skipped[:SKIPPED_SHOWN])}" + (f", and {more} more" if more > 0 else "")
 
 
 def resolve_runs(targets: list[str], results: Path) -> list[Path]:

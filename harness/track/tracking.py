@@ -25,9 +25,9 @@ from rich.markup import escape
 
 from harness.errors import BenchError
 from harness.io import atomic_write_json
-from harness.recipe.components import build, describe_exception
+from harness.recipe.components import build_component, describe_exception
 from harness.recipe.hookspecs import TrackedRun
-from harness.recipe.plugins import Plugins, UnknownComponent
+from harness.recipe.plugins import Plugins
 from harness.recipe.schema import Recipe
 from harness.runs.folder import PSEUDO_STAGE, FoldFolder, RunFolder, open_run, read_json
 
@@ -37,14 +37,7 @@ SUMMARY_NUMBERS = ("oof_dice", "fold_dice_mean", "fold_dice_std", "train_seconds
 
 def trackers(plugins: Plugins, names: list[str]) -> dict[str, Any]:
     """The trackers ``--track`` names, built; an unknown name or a missing library is one line."""
-    built = {}
-    for name in dict.fromkeys(names):
-        try:
-            component = plugins.get("tracker", name)
-        except UnknownComponent as error:
-            raise BenchError(f"--track {name}: unknown tracker; {error.hint()}") from None
-        built[name] = build(component, {}, where=f"--track {name}")
-    return built
+    return {name: build_component(plugins, "tracker", name, {}, f"--track {name}") for name in dict.fromkeys(names)}
 
 
 class Tracking:
